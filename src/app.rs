@@ -1,0 +1,212 @@
+//! Start-up: state, routes, middleware, the listener and graceful shutdown. Tests use the same
+//! path ([`AppState::new`] + [`routes`], or [`App::build`] on port 0).
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use poem::{
+    Endpoint, EndpointExt, IntoResponse, Response, Route, Server,
+    http::{Method, StatusCode},
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+    middleware::{CatchPanic, Compression, Cors, NormalizePath, Tracing, TrailingSlash},
+};
+
+use crate::{
+    cache::PageCache,
+    config::Settings,
+    db::{Db, DbError},
+    listing::Listing,
+};
+
+/// What every handler can reach.
+pub struct AppState {
+    pub settings: Settings,
+    /// None when no database is configured.
+    pub db: Option<Db>,
+    pub listing: Listing,
+    /// `Cache-Control` value for listing responses, built once.
+    pub cache_control: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+impl AppState {
+    /// Builds the state. With a database configured this makes one attempt to reach it (and
+    /// migrate it), bounded by the checkout timeout, and starts the background re-probe; the
+    /// server starts whatever the outcome.
+    pub async fn new(settings: Settings) -> Result<Arc<AppState>, StartError> {
+        let db = match &settings.database.url {
+            None => {
+                tracing::warn!(
+                    "no database configured (DATABASE_URL is not set): serving the {} photographs \
+                     built into the binary",
+                    crate::listing::Fallback::load().len()
+                );
+                None
+            }
+            Some(url) => {
+                let db = Db::new(url.expose(), &settings.database)?;
+                tracing::info!(database = %db.target(), "connecting to the database");
+                if !db.probe().await {
+                    tracing::warn!(
+                        database = %db.target(),
+                        "database not reachable at start-up; serving embedded data and retrying \
+                         every {} ms",
+                        settings.database.reprobe_interval_ms
+                    );
+                }
+                db.spawn_monitor();
+                Some(db)
+            }
+        };
+        if settings.auth.admin_api_key.is_none() {
+            tracing::warn!("ADMIN_API_KEY is not set: uploads will be refused");
+        }
+        let listing = Listing::new(db.clone(), PageCache::new(&settings.cache));
+        let cache_control = format!("public, max-age={}", settings.cache.http_max_age_secs);
+        Ok(Arc::new(AppState {
+            settings,
+            db,
+            listing,
+            cache_control,
+        }))
+    }
+}
+
+/// Every route with its middleware.
+pub fn routes(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
+    let api = crate::api::service(state.clone());
+    let (docs, spec) = (api.swagger_ui(), api.spec_endpoint());
+    Route::new()
+        .nest("/", api)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .with(NormalizePath::new(TrailingSlash::Trim))
+        .with(cors(&state.settings.server.cors_origins))
+        .with(Compression::new())
+        .with(Tracing)
+        .catch_all_error(json_error)
+        .with(CatchPanic::new().with_handler(|_| {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+        }))
+}
+
+/// An explicit allow-list. poem's `Cors` allows *every* origin when its list is empty, so an
+/// empty list here refuses every cross-origin request instead.
+fn cors(origins: &[String]) -> Cors {
+    let cors = Cors::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(["content-type", "x-api-key", "if-none-match"])
+        .expose_headers(["etag", "x-total-count", "x-data-source", "link"])
+        .max_age(600);
+    if origins.is_empty() {
+        cors.allow_origins_fn(|_| false)
+    } else {
+        cors.allow_origins(origins.iter().map(String::as_str))
+    }
+}
+
+/// Errors raised outside our handlers (unknown route, wrong method, CORS refusal, ...) get the
+/// same JSON shape as ours.
+async fn json_error(e: poem::Error) -> Response {
+    let status = e.status();
+    let detail = match status {
+        StatusCode::NOT_FOUND => "Not Found".to_string(),
+        StatusCode::METHOD_NOT_ALLOWED => "Method Not Allowed".to_string(),
+        StatusCode::FORBIDDEN => "Origin not allowed".to_string(),
+        s if s.is_server_error() => {
+            tracing::error!(error = %e, "request failed");
+            "internal server error".to_string()
+        }
+        _ => e.to_string(),
+    };
+    error_response(status, &detail)
+}
+
+fn error_response(status: StatusCode, detail: &str) -> Response {
+    poem::web::Json(serde_json::json!({ "detail": detail }))
+        .with_status(status)
+        .into_response()
+}
+
+/// A bound server, ready to run.
+pub struct App {
+    acceptor: TcpAcceptor,
+    state: Arc<AppState>,
+    addr: SocketAddr,
+}
+
+impl App {
+    /// Builds the state and binds the listener (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> Result<App, StartError> {
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let acceptor = TcpListener::bind(addr.clone())
+            .into_acceptor()
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .ok_or_else(|| StartError::Bind {
+                addr,
+                source: std::io::Error::other("no local address"),
+            })?;
+        let state = AppState::new(settings).await?;
+        Ok(App {
+            acceptor,
+            state,
+            addr: local,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish (up to
+    /// `server.shutdown_grace_secs`).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let grace = Duration::from_secs(self.state.settings.server.shutdown_grace_secs);
+        tracing::info!(address = %self.addr, "listening");
+        let endpoint = routes(self.state);
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(endpoint, shutdown, Some(grace))
+            .await
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,166 @@
+//! The listing cache: pages of `GET /api/images` kept as ready-to-send JSON bytes.
+//!
+//! Three moka caches:
+//! - `pages`: the live cache, bounded by bytes and a TTL. Concurrent misses for one page share a
+//!   single load (moka's `try_get_with`); failed loads are not cached.
+//! - `totals`: the row count behind `X-Total-Count`, with the same TTL.
+//! - `stale`: the last good copy of every page, with no TTL, served only while the database is
+//!   down ("the last page successfully served for the same query").
+//!
+//! Writes call [`PageCache::invalidate`]. Keys carry a generation number that invalidation bumps,
+//! so a load that started before a write can never park its outdated page under a current key.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use moka::future::Cache;
+use sha2::{Digest, Sha256};
+
+use crate::config::CacheSettings;
+
+/// One page of the listing, serialised once.
+#[derive(Debug)]
+pub struct Page {
+    /// The JSON array, exactly as sent.
+    pub body: Bytes,
+    /// Strong validator: a hash of `body`, quoted.
+    pub etag: String,
+    /// Total number of photographs when the page was built.
+    pub total: i64,
+}
+
+impl Page {
+    pub fn new(body: Vec<u8>, total: i64) -> Page {
+        let digest = Sha256::digest(&body);
+        let etag = format!("\"{}\"", crate::db::hex(&digest[..16]));
+        Page {
+            body: Bytes::from(body),
+            etag,
+            total,
+        }
+    }
+
+    /// Whether an `If-None-Match` header value matches this page (RFC 9110 weak comparison).
+    pub fn matches(&self, if_none_match: &str) -> bool {
+        if_none_match
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag)
+    }
+}
+
+/// What identifies a page. (Keyset and category parameters join this key when they exist.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+pub struct PageCache {
+    /// None when `cache.max_bytes` is 0: every request goes to the database.
+    pages: Option<Cache<(u64, PageKey), Arc<Page>>>,
+    totals: Cache<u64, i64>,
+    stale: Cache<PageKey, Arc<Page>>,
+    generation: AtomicU64,
+}
+
+fn weigh(body_len: usize) -> u32 {
+    // Body plus a rough allowance for the key, the Arc and moka's own bookkeeping.
+    u32::try_from(body_len + 128).unwrap_or(u32::MAX)
+}
+
+impl PageCache {
+    pub fn new(s: &CacheSettings) -> PageCache {
+        let ttl = Duration::from_secs(s.ttl_secs.max(1));
+        let pages = (s.max_bytes > 0).then(|| {
+            Cache::builder()
+                .max_capacity(s.max_bytes)
+                .weigher(|_k, v: &Arc<Page>| weigh(v.body.len()))
+                .time_to_live(ttl)
+                .build()
+        });
+        PageCache {
+            pages,
+            totals: Cache::builder().max_capacity(4).time_to_live(ttl).build(),
+            stale: Cache::builder()
+                .max_capacity(s.stale_max_bytes.max(1))
+                .weigher(|_k, v: &Arc<Page>| weigh(v.body.len()))
+                .build(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// A live cached page, if there is one.
+    pub async fn get(&self, key: PageKey) -> Option<Arc<Page>> {
+        self.pages.as_ref()?.get(&(self.generation(), key)).await
+    }
+
+    /// The cached page, or the result of `load`, shared by every concurrent caller for the same
+    /// key. A successful load is also kept as the page's stale copy.
+    pub async fn get_or_load<F>(
+        &self,
+        key: PageKey,
+        load: F,
+    ) -> Result<Arc<Page>, Arc<crate::db::DbError>>
+    where
+        F: Future<Output = Result<Arc<Page>, crate::db::DbError>>,
+    {
+        let load = async {
+            let page = load.await?;
+            self.stale.insert(key, page.clone()).await;
+            Ok(page)
+        };
+        match &self.pages {
+            Some(pages) => pages.try_get_with((self.generation(), key), load).await,
+            None => load.await.map_err(Arc::new),
+        }
+    }
+
+    /// The row count, cached under the current generation.
+    pub async fn total<F>(&self, load: F) -> Result<i64, Arc<crate::db::DbError>>
+    where
+        F: Future<Output = Result<i64, crate::db::DbError>>,
+    {
+        self.totals.try_get_with(self.generation(), load).await
+    }
+
+    /// The last page successfully loaded for `key`, however old.
+    pub async fn stale(&self, key: PageKey) -> Option<Arc<Page>> {
+        self.stale.get(&key).await
+    }
+
+    /// Forgets every live page and count: the next request for each reloads it.
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(pages) = &self.pages {
+            pages.invalidate_all();
+        }
+        self.totals.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_matching_follows_if_none_match_rules() {
+        let p = Page::new(b"[]".to_vec(), 0);
+        assert!(p.matches(&p.etag));
+        assert!(p.matches(&format!("W/{}", p.etag)));
+        assert!(p.matches(&format!("\"other\", {}", p.etag)));
+        assert!(p.matches("*"));
+        assert!(!p.matches("\"other\""));
+        assert_ne!(p.etag, Page::new(b"[1]".to_vec(), 0).etag);
+    }
+}

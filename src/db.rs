@@ -1,0 +1,371 @@
+//! PostgreSQL: the r2d2 pool, the one bridge from async handlers onto tokio's blocking threads,
+//! outage tracking, migrations and the queries.
+//!
+//! The pool is synchronous (`postgres` + r2d2), so every database call goes through [`Db::run`],
+//! which moves the closure onto a blocking thread. Handlers never call `spawn_blocking` themselves.
+//!
+//! Availability is remembered rather than rediscovered: when a call fails for a connectivity
+//! reason the database is marked down, requests stop waiting on it (they are answered from the
+//! cache, the stale copy or the embedded data), and a background task re-probes it every
+//! `database.reprobe_interval_ms` until it answers, applying pending migrations before it is used.
+
+use std::{
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use postgres::{NoTls, error::SqlState};
+use r2d2_postgres::{PostgresConnectionManager, r2d2};
+use rust_embed::Embed;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::DatabaseSettings;
+
+pub type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type PgConn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// One row of `photographs`, in the contract's field order.
+#[derive(Debug, Clone, PartialEq, Serialize, poem_openapi::Object)]
+pub struct Photo {
+    pub id: i32,
+    pub filename: String,
+    pub url: String,
+    pub category: String,
+    pub width: i32,
+    pub height: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no database connection available: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("database error: {0}")]
+    Pg(#[from] postgres::Error),
+    #[error("database task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("migration {name}: {problem}")]
+    Migration { name: String, problem: String },
+    /// A failure shared by every caller waiting on one cache load.
+    #[error("{0}")]
+    Shared(Arc<DbError>),
+}
+
+impl DbError {
+    /// True when the error says "cannot talk to the database" rather than "the query was wrong".
+    pub fn is_connectivity(&self) -> bool {
+        match self {
+            DbError::Pool(_) => true,
+            DbError::Pg(e) => match e.code() {
+                None => true, // I/O, closed connection, timeout: no SQLSTATE from the server
+                Some(code) => {
+                    code.code().starts_with("08") // connection_exception class
+                        || *code == SqlState::ADMIN_SHUTDOWN
+                        || *code == SqlState::CRASH_SHUTDOWN
+                        || *code == SqlState::CANNOT_CONNECT_NOW
+                        || *code == SqlState::TOO_MANY_CONNECTIONS
+                }
+            },
+            DbError::Shared(e) => e.is_connectivity(),
+            DbError::Join(_) | DbError::Migration { .. } => false,
+        }
+    }
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Taken out in `Drop` (see there).
+    pool: Option<PgPool>,
+    /// `host:port/dbname`, for logs: the URL itself may hold a password.
+    target: String,
+    /// The last call or probe reached the database.
+    up: AtomicBool,
+    /// Migrations have been applied by this process (or `migrate_on_start` is off).
+    migrated: AtomicBool,
+    migrate_on_start: bool,
+    reprobe_interval: Duration,
+}
+
+impl Drop for Inner {
+    /// Dropping the last pool handle closes its connections, and a sync `postgres::Client`
+    /// closes by blocking on its own runtime: on a tokio worker thread that panics inside a
+    /// destructor and aborts the process. Closing on a plain thread is always safe.
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::Builder::new()
+                .name("pg-pool-close".into())
+                .spawn(move || drop(pool));
+        }
+    }
+}
+
+impl Db {
+    /// Builds the pool without connecting: the server starts even when the database is down.
+    pub fn new(url: &str, s: &DatabaseSettings) -> Result<Db, DbError> {
+        let mut cfg: postgres::Config = url.parse()?;
+        cfg.connect_timeout(Duration::from_millis(s.connect_timeout_ms));
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("portfolio-server");
+        }
+        let target = describe(&cfg);
+        let pool = r2d2::Pool::builder()
+            .max_size(s.pool_max_size)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_millis(s.checkout_timeout_ms))
+            // Outages are logged once, on the transition, by `mark_down`; r2d2's own handler
+            // would log every failed reconnect attempt.
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(PostgresConnectionManager::new(cfg, NoTls));
+        Ok(Db {
+            inner: Arc::new(Inner {
+                pool: Some(pool),
+                target,
+                up: AtomicBool::new(false),
+                migrated: AtomicBool::new(!s.migrate_on_start),
+                migrate_on_start: s.migrate_on_start,
+                reprobe_interval: Duration::from_millis(s.reprobe_interval_ms),
+            }),
+        })
+    }
+
+    /// `host:port/dbname` of the database, safe to log.
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    /// Whether requests should use the database now. False while it is down or not yet migrated.
+    pub fn is_available(&self) -> bool {
+        self.inner.up.load(Ordering::Acquire) && self.inner.migrated.load(Ordering::Acquire)
+    }
+
+    fn pool(&self) -> PgPool {
+        self.inner.pool.clone().expect("pool is only taken in Drop")
+    }
+
+    /// Runs `f` with a pooled connection on a blocking thread: the one bridge from async code
+    /// to the synchronous driver. A connectivity failure marks the database down.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut PgConn) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool();
+        let span = tracing::Span::current();
+        let result = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(DbError::from)
+        .and_then(std::convert::identity);
+        if let Err(e) = &result
+            && e.is_connectivity()
+        {
+            self.mark_down(e);
+        }
+        result
+    }
+
+    fn mark_down(&self, e: &DbError) {
+        if self.inner.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                database = %self.inner.target,
+                error = %e,
+                "database unreachable; serving cached and embedded data until it is back"
+            );
+        }
+    }
+
+    /// Checks the database answers, applying pending migrations first if this process has not
+    /// yet done so. Returns whether it is available afterwards.
+    pub async fn probe(&self) -> bool {
+        let need_migrations = !self.inner.migrated.load(Ordering::Acquire);
+        let result = self
+            .run(move |c| {
+                if need_migrations {
+                    migrate(c)
+                } else {
+                    c.simple_query("SELECT 1")?;
+                    Ok(Vec::new())
+                }
+            })
+            .await;
+        match result {
+            Ok(applied) => {
+                if need_migrations {
+                    self.inner.migrated.store(true, Ordering::Release);
+                    if !applied.is_empty() {
+                        tracing::info!(migrations = ?applied, "applied database migrations");
+                    }
+                }
+                if !self.inner.up.swap(true, Ordering::AcqRel) {
+                    tracing::info!(database = %self.inner.target, "database connected");
+                }
+                true
+            }
+            Err(e) => {
+                if !e.is_connectivity() {
+                    // Reachable but unusable (a failed migration, say): say so loudly, keep
+                    // serving the fallback, and keep retrying in case someone fixes it.
+                    tracing::error!(database = %self.inner.target, error = %e, "database not usable");
+                }
+                false
+            }
+        }
+    }
+
+    /// Re-probes the database in the background while it is unavailable. The task ends when the
+    /// last `Db` handle is dropped.
+    pub fn spawn_monitor(&self) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let interval = self.inner.reprobe_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let db = Db { inner };
+                if !db.is_available() {
+                    db.probe().await;
+                }
+            }
+        });
+    }
+
+    /// Whether the database answers right now. Cheap while it is known to be down.
+    pub async fn ping(&self) -> bool {
+        if !self.is_available() {
+            return false;
+        }
+        self.run(|c| Ok(c.simple_query("SELECT 1")?)).await.is_ok()
+    }
+
+    /// Applies pending migrations now (the `migrate` subcommand).
+    pub async fn migrate_now(&self) -> Result<Vec<String>, DbError> {
+        let applied = self.run(migrate).await?;
+        self.inner.migrated.store(true, Ordering::Release);
+        Ok(applied)
+    }
+
+    pub fn migrate_on_start(&self) -> bool {
+        self.inner.migrate_on_start
+    }
+}
+
+fn describe(cfg: &postgres::Config) -> String {
+    use postgres::config::Host;
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let db = cfg.get_dbname().or(cfg.get_user()).unwrap_or("postgres");
+    format!("{host}:{port}/{db}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migrations
+
+#[derive(Embed)]
+#[folder = "sql/migrations/"]
+#[include = "*.sql"]
+struct Migrations;
+
+/// Any fixed number, shared by every replica: whoever holds it migrates, the others wait.
+const MIGRATION_LOCK: i64 = 0x706f_7274_666f_6c69; // "portfoli"
+
+/// Applies every embedded migration not yet recorded in `schema_migrations`, in file-name order,
+/// in one transaction under an advisory lock. Returns the names applied.
+pub fn migrate(c: &mut PgConn) -> Result<Vec<String>, DbError> {
+    let mut tx = c.transaction()?;
+    // Transaction-scoped: released on commit or rollback, never left held by a pooled connection.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             name TEXT PRIMARY KEY,
+             sha256 TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )?;
+    let mut applied = Vec::new();
+    for name in Migrations::iter() {
+        let file = Migrations::get(&name).expect("listed by iter");
+        let sql = std::str::from_utf8(&file.data).map_err(|e| DbError::Migration {
+            name: name.to_string(),
+            problem: format!("not UTF-8: {e}"),
+        })?;
+        let digest = hex(&Sha256::digest(sql.as_bytes()));
+        let recorded = tx.query_opt(
+            "SELECT sha256 FROM schema_migrations WHERE name = $1",
+            &[&name.as_ref()],
+        )?;
+        match recorded {
+            Some(row) => {
+                let was: String = row.get(0);
+                if was != digest {
+                    return Err(DbError::Migration {
+                        name: name.to_string(),
+                        problem: "was edited after it was applied; add a new migration instead"
+                            .into(),
+                    });
+                }
+            }
+            None => {
+                tx.batch_execute(sql).map_err(|e| DbError::Migration {
+                    name: name.to_string(),
+                    problem: e
+                        .as_db_error()
+                        .map_or(e.to_string(), |d| d.message().to_string()),
+                })?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (name, sha256) VALUES ($1, $2)",
+                    &[&name.as_ref(), &digest],
+                )?;
+                applied.push(name.to_string());
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(applied)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries
+
+/// One page of photographs in id order.
+pub fn fetch_page(c: &mut PgConn, limit: i64, offset: i64) -> Result<Vec<Photo>, DbError> {
+    let rows = c.query(include_str!("../sql/queries/page.sql"), &[&limit, &offset])?;
+    Ok(rows
+        .iter()
+        .map(|r| Photo {
+            id: r.get(0),
+            filename: r.get(1),
+            url: r.get(2),
+            category: r.get(3),
+            width: r.get(4),
+            height: r.get(5),
+        })
+        .collect())
+}
+
+/// Number of photographs (the `X-Total-Count` header).
+pub fn count(c: &mut PgConn) -> Result<i64, DbError> {
+    Ok(c.query_one("SELECT count(*) FROM photographs", &[])?.get(0))
+}

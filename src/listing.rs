@@ -1,0 +1,128 @@
+//! The read path of `GET /api/images`: cache, then database, then the stale copy, then the
+//! photographs embedded in the binary. The body is always a JSON array of the same shape.
+
+use std::sync::Arc;
+
+use rust_embed::Embed;
+
+use crate::{
+    cache::{Page, PageCache, PageKey},
+    db::{self, Db},
+};
+
+/// Where a response's data came from; sent as `X-Data-Source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// PostgreSQL, directly or through the live cache.
+    Database,
+    /// The last good copy of this page, while the database is down.
+    Stale,
+    /// The photographs embedded in the binary.
+    Fallback,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Database => "database",
+            Source::Stale => "stale",
+            Source::Fallback => "fallback",
+        }
+    }
+}
+
+#[derive(Embed)]
+#[folder = "assets/"]
+pub struct Assets;
+
+/// The embedded photographs, as parsed JSON objects (they carry `title` and `location` besides
+/// the six contract fields).
+pub struct Fallback {
+    items: Vec<serde_json::Value>,
+}
+
+impl Fallback {
+    pub fn load() -> Fallback {
+        let file = Assets::get("photographs.json").expect("assets/photographs.json is embedded");
+        let items: Vec<serde_json::Value> =
+            serde_json::from_slice(&file.data).expect("assets/photographs.json is a JSON array");
+        Fallback { items }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn page(&self, key: PageKey) -> Arc<Page> {
+        let start = usize::try_from(key.offset)
+            .unwrap_or(usize::MAX)
+            .min(self.items.len());
+        let end = start
+            .saturating_add(usize::try_from(key.limit).unwrap_or(0))
+            .min(self.items.len());
+        let body = serde_json::to_vec(&self.items[start..end]).expect("JSON values serialise");
+        Arc::new(Page::new(body, self.items.len() as i64))
+    }
+}
+
+pub struct Listing {
+    db: Option<Db>,
+    cache: PageCache,
+    fallback: Fallback,
+}
+
+impl Listing {
+    pub fn new(db: Option<Db>, cache: PageCache) -> Listing {
+        Listing {
+            db,
+            cache,
+            fallback: Fallback::load(),
+        }
+    }
+
+    pub fn fallback(&self) -> &Fallback {
+        &self.fallback
+    }
+
+    /// Forgets cached pages after a write.
+    pub fn invalidate(&self) {
+        self.cache.invalidate();
+    }
+
+    pub async fn page(&self, key: PageKey) -> (Arc<Page>, Source) {
+        let Some(db) = &self.db else {
+            return (self.fallback.page(key), Source::Fallback);
+        };
+        if let Some(page) = self.cache.get(key).await {
+            return (page, Source::Database);
+        }
+        // While the database is known to be down, don't make every request wait out a
+        // checkout timeout: the background probe will notice when it is back.
+        if db.is_available() {
+            match self.cache.get_or_load(key, self.load(db, key)).await {
+                Ok(page) => return (page, Source::Database),
+                Err(e) => tracing::warn!(error = %e, "listing from the database failed"),
+            }
+        }
+        match self.cache.stale(key).await {
+            Some(page) => (page, Source::Stale),
+            None => (self.fallback.page(key), Source::Fallback),
+        }
+    }
+
+    async fn load(&self, db: &Db, key: PageKey) -> Result<Arc<Page>, db::DbError> {
+        let total = self
+            .cache
+            .total(db.run(db::count))
+            .await
+            .map_err(db::DbError::Shared)?;
+        let PageKey { limit, offset } = key;
+        let photos = db.run(move |c| db::fetch_page(c, limit, offset)).await?;
+        let body = serde_json::to_vec(&photos).expect("photos serialise");
+        Ok(Arc::new(Page::new(body, total)))
+    }
+}

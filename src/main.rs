@@ -1,0 +1,80 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portfolio_server::{
+    app::{App, shutdown_signal},
+    config::Settings,
+    db::Db,
+    telemetry,
+};
+
+/// The photo-portfolio API server.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply pending database migrations, then exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Bounded: blocking threads only ever wait on the pool, which has `pool_max_size`
+        // connections; more threads would only queue up in front of it.
+        .max_blocking_threads(64)
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(settings).await,
+            Command::Migrate => migrate(settings).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let app = App::build(settings).await?;
+    app.run_until_stopped(shutdown_signal()).await?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+async fn migrate(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let url = settings
+        .database
+        .url
+        .as_ref()
+        .ok_or("no database configured: set DATABASE_URL")?;
+    let db = Db::new(url.expose(), &settings.database)?;
+    let applied = db.migrate_now().await?;
+    if applied.is_empty() {
+        tracing::info!(database = %db.target(), "database is up to date");
+    } else {
+        tracing::info!(database = %db.target(), migrations = ?applied, "applied migrations");
+    }
+    Ok(())
+}
