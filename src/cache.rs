@@ -152,6 +152,73 @@ impl PageCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn settings(max_bytes: u64) -> CacheSettings {
+        CacheSettings {
+            max_bytes,
+            ttl_secs: 60,
+            stale_max_bytes: 1 << 20,
+            http_max_age_secs: 0,
+        }
+    }
+
+    const KEY: PageKey = PageKey {
+        limit: 10,
+        offset: 0,
+    };
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_misses_for_one_page_load_it_once() {
+        let cache = Arc::new(PageCache::new(&settings(1 << 20)));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (cache, loads) = (cache.clone(), loads.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load(KEY, async {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok(Arc::new(Page::new(b"[]".to_vec(), 0)))
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_cache_stays_within_its_byte_budget() {
+        let budget = 64 * 1024;
+        let cache = PageCache::new(&settings(budget));
+        for offset in 0..200 {
+            let key = PageKey { limit: 10, offset };
+            let page = Arc::new(Page::new(vec![b' '; 2000], 0));
+            cache.get_or_load(key, async { Ok(page) }).await.unwrap();
+        }
+        let pages = cache.pages.as_ref().unwrap();
+        pages.run_pending_tasks().await;
+        assert!(pages.weighted_size() <= budget, "{}", pages.weighted_size());
+        assert!(pages.entry_count() > 10, "it still caches what fits");
+    }
+
+    #[tokio::test]
+    async fn invalidation_hides_pages_loaded_before_it() {
+        let cache = PageCache::new(&settings(1 << 20));
+        let old = Arc::new(Page::new(b"[1]".to_vec(), 1));
+        cache.get_or_load(KEY, async { Ok(old) }).await.unwrap();
+        assert!(cache.get(KEY).await.is_some());
+        cache.invalidate();
+        assert!(cache.get(KEY).await.is_none());
+        // The stale copy survives for outages.
+        assert_eq!(cache.stale(KEY).await.unwrap().body.as_ref(), b"[1]");
+    }
 
     #[test]
     fn etag_matching_follows_if_none_match_rules() {

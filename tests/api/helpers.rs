@@ -1,0 +1,472 @@
+//! Test harness: a real PostgreSQL, a fresh database per test, a proxy that can cut the database
+//! off, and the app behind poem's `TestClient`.
+//!
+//! The cluster comes from `TEST_DATABASE_URL` (any PostgreSQL the tests may create databases on)
+//! or, when that is unset, is started once per test binary from the machine's PostgreSQL binaries
+//! (`pg_config --bindir`), on a free loopback port, as the `postgres` user when running as root.
+//! A watchdog shell stops it and deletes its data when this process exits, however it exits.
+
+use std::{
+    io::Write,
+    net::TcpListener as StdListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use poem::{
+    EndpointExt,
+    endpoint::BoxEndpoint,
+    http::{HeaderMap, StatusCode},
+    test::TestClient,
+};
+use portfolio_server::{
+    app::{AppState, routes},
+    config::{Secret, Settings},
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The PostgreSQL server
+
+struct Cluster {
+    /// `postgres://user[:pw]@host:port` without a database name.
+    base_url: String,
+    /// Database to connect to for CREATE/DROP DATABASE.
+    admin_db: String,
+    /// Keeps the watchdog's stdin open: when this process dies the pipe closes and the watchdog
+    /// stops PostgreSQL.
+    _watchdog: Option<Mutex<Child>>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+fn cluster() -> &'static Cluster {
+    // Started on a plain thread: the sync postgres client must not run on a tokio worker.
+    CLUSTER.get_or_init(|| {
+        std::thread::spawn(start_cluster)
+            .join()
+            .expect("cluster start")
+    })
+}
+
+fn start_cluster() -> Cluster {
+    if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
+        let (base, db) = split_db_url(&url);
+        return Cluster {
+            base_url: base,
+            admin_db: db.unwrap_or_else(|| "postgres".into()),
+            _watchdog: None,
+        };
+    }
+    let bindir = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+    let initdb = bindir.join("initdb");
+    let postgres = bindir.join("postgres");
+    assert!(
+        initdb.exists() && postgres.exists(),
+        "PostgreSQL server binaries not found in {} (install postgresql-15, or set \
+         TEST_DATABASE_URL)",
+        bindir.display()
+    );
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let dir = tempfile::Builder::new()
+        .prefix("portfolio-test-pg-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let data = dir.join("data");
+    if is_root {
+        run_ok(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir),
+        );
+    }
+    let as_pg = |program: &PathBuf| {
+        if is_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    };
+    run_ok(
+        as_pg(&initdb)
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdout(Stdio::null()),
+    );
+    let port = free_port();
+    // The watchdog: start postgres, wait for stdin to close (this process exiting), then stop
+    // it and remove the data directory.
+    let script = format!(
+        "'{pg}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 -c fsync=off \
+         -c synchronous_commit=off -c full_page_writes=off -c max_connections=500 \
+         -c shared_buffers=64MB > '{dir}/log' 2>&1 & pid=$!; cat > /dev/null; \
+         kill -INT $pid; wait $pid; rm -rf '{dir}'",
+        pg = postgres.display(),
+        data = data.display(),
+        dir = dir.display(),
+    );
+    let mut sh = if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "sh", "-c", &script]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        c
+    };
+    let child = sh
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start postgres");
+    let base_url = format!("postgres://postgres@127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match postgres::Client::connect(&format!("{base_url}/postgres"), postgres::NoTls) {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!(
+                "PostgreSQL did not start: {e}\n{}",
+                std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+            ),
+        }
+    }
+    Cluster {
+        base_url,
+        admin_db: "postgres".into(),
+        _watchdog: Some(Mutex::new(child)),
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `postgres://u@h:p/db?x` -> (`postgres://u@h:p`, Some(`db`)); the query string is dropped.
+fn split_db_url(url: &str) -> (String, Option<String>) {
+    let url = url.split('?').next().unwrap_or(url);
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => {
+            let (base, db) = url.split_at(after_scheme + i);
+            let db = &db[1..];
+            (base.to_string(), (!db.is_empty()).then(|| db.to_string()))
+        }
+        None => (url.to_string(), None),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A database per test
+
+/// A fresh, empty database, dropped when the value is.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+static DB_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let c = cluster();
+        let name = format!(
+            "test_{}_{}",
+            std::process::id(),
+            DB_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = format!("{}/{}", c.base_url, c.admin_db);
+        let sql = format!("CREATE DATABASE {name}");
+        on_plain_thread(move || {
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls)?;
+            client.batch_execute(&sql)
+        })
+        .expect("create test database");
+        TestDb {
+            url: format!("{}/{name}", c.base_url),
+            name,
+        }
+    }
+
+    /// Runs SQL on this database from a plain thread (safe inside async tests).
+    pub fn execute(&self, sql: &str) {
+        let (url, sql) = (self.url.clone(), sql.to_string());
+        on_plain_thread(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+            client.batch_execute(&sql)
+        })
+        .unwrap_or_else(|e| panic!("SQL failed: {e}"));
+    }
+
+    /// Runs a query and returns every row as text columns.
+    pub fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let (url, sql) = (self.url.clone(), sql.to_string());
+        on_plain_thread(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+            let msgs = client.simple_query(&sql)?;
+            Ok(msgs
+                .into_iter()
+                .filter_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                    }
+                    _ => None,
+                })
+                .collect())
+        })
+        .unwrap_or_else(|e| panic!("query failed: {e}"))
+    }
+
+    /// Runs SQL and returns the error it fails with, if any.
+    pub fn try_execute(&self, sql: &str) -> Result<(), postgres::Error> {
+        let (url, sql) = (self.url.clone(), sql.to_string());
+        on_plain_thread(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+            client.batch_execute(&sql)
+        })
+    }
+
+    /// Inserts `n` more photographs, named `photo-<k>.jpg` for k counting on from the last seed.
+    pub fn seed(&self, n: usize) {
+        self.execute(&format!(
+            "INSERT INTO photographs (filename, url, category, width, height) \
+             SELECT 'photo-' || k || '.jpg', 'https://cdn.example/photo-' || k || '.jpg', \
+                    CASE WHEN k % 2 = 0 THEN 'nature' ELSE 'city' END, 1000 + k, 2000 + k \
+             FROM (SELECT (SELECT coalesce(max(id), 0) FROM photographs) + i AS k \
+                   FROM generate_series(1, {n}) AS i) AS s"
+        ));
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let c = cluster();
+        let admin = format!("{}/{}", c.base_url, c.admin_db);
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = on_plain_thread(move || {
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls)?;
+            client.batch_execute(&sql)
+        });
+    }
+}
+
+fn on_plain_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, postgres::Error> + Send + 'static,
+) -> Result<T, postgres::Error> {
+    std::thread::spawn(f).join().expect("thread panicked")
+}
+
+// ---------------------------------------------------------------------------------------------
+// A proxy that can cut the database off
+
+/// Forwards TCP to the database until [`ToggleProxy::cut`], which drops every open connection
+/// and refuses new ones until [`ToggleProxy::restore`]. To the server this is the database going
+/// away and coming back, without stopping a cluster that other tests share.
+pub struct ToggleProxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    kill: watch::Sender<u64>,
+}
+
+impl ToggleProxy {
+    pub async fn start(target_url: &str) -> ToggleProxy {
+        let (base, _) = split_db_url(target_url);
+        let hostport = base.rsplit('@').next().unwrap().to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (kill, _) = watch::channel(0u64);
+        let (up2, kill2) = (up.clone(), kill.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut killed = kill2.subscribe();
+                let target = hostport.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = killed.changed() => {}
+                    }
+                });
+            }
+        });
+        ToggleProxy { port, up, kill }
+    }
+
+    /// The URL of the database `url` reached through this proxy.
+    pub fn url_for(&self, url: &str) -> String {
+        let (base, db) = split_db_url(url);
+        let (userinfo, _) = base.rsplit_once('@').unwrap();
+        format!("{userinfo}@127.0.0.1:{}/{}", self.port, db.unwrap())
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.kill.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The app
+
+/// Settings for tests: short timeouts so outages are noticed and recovered from quickly.
+pub fn settings(db_url: Option<&str>) -> Settings {
+    let mut s = Settings::default();
+    s.server.host = "127.0.0.1".into();
+    s.server.port = 0;
+    s.database.url = db_url.map(Secret::new);
+    s.database.checkout_timeout_ms = 500;
+    s.database.connect_timeout_ms = 500;
+    s.database.reprobe_interval_ms = 100;
+    s.server.cors_origins = vec!["https://portfolio.example".into()];
+    s
+}
+
+pub struct TestApp {
+    pub state: Arc<AppState>,
+    pub client: TestClient<BoxEndpoint<'static, poem::Response>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `id`s of a listing body, in order.
+    pub fn ids(&self) -> Vec<i64> {
+        self.json()
+            .as_array()
+            .expect("listing body is an array")
+            .iter()
+            .map(|p| p["id"].as_i64().expect("id is an integer"))
+            .collect()
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(settings: Settings) -> TestApp {
+        let state = AppState::new(settings).await.expect("app state");
+        let ep = routes(state.clone()).boxed();
+        TestApp {
+            state,
+            client: TestClient::new(ep),
+        }
+    }
+
+    /// The app on a migrated database of its own (through no proxy).
+    pub async fn with_db(db: &TestDb) -> TestApp {
+        Self::spawn(settings(Some(&db.url))).await
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.request(uri, &[]).await
+    }
+
+    pub async fn request(&self, uri: &str, headers: &[(&str, &str)]) -> Reply {
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        let mut req = self.client.get(path);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            req = req.query(k, &v);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.0;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().into_vec().await.unwrap();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Polls `uri` until `done` holds for its reply, for at most `secs` seconds.
+    pub async fn wait_for(&self, uri: &str, secs: u64, done: impl Fn(&Reply) -> bool) -> Reply {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let r = self.get(uri).await;
+            if done(&r) || Instant::now() > deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Writes `text` to a file and returns its path (for config tests).
+pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::File::create(&p)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap();
+    p
+}

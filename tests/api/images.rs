@@ -1,0 +1,142 @@
+//! `GET /api/images` with the database up.
+
+use poem::http::StatusCode;
+
+use crate::helpers::{TestApp, TestDb};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_are_ordered_by_id_and_honour_limit_and_offset() {
+    let db = TestDb::new();
+    let app = TestApp::with_db(&db).await;
+    db.seed(25);
+    // Delete a few so ids have gaps: pagination is by position, ordering by id.
+    db.execute("DELETE FROM photographs WHERE id IN (3, 4, 17)");
+
+    let first = app.get("/api/images").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(
+        first.ids(),
+        vec![1, 2, 5, 6, 7, 8, 9, 10, 11, 12],
+        "default limit is 10"
+    );
+    assert_eq!(first.header("x-data-source"), Some("database"));
+
+    let page = app.get("/api/images?limit=5&offset=10").await;
+    assert_eq!(page.ids(), vec![13, 14, 15, 16, 18]);
+    let tail = app.get("/api/images?limit=100&offset=20").await;
+    assert_eq!(tail.ids(), vec![24, 25], "22 rows remain");
+    let past_end = app.get("/api/images?offset=1000").await;
+    assert_eq!(past_end.status, StatusCode::OK);
+    assert_eq!(past_end.body, b"[]");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn items_have_the_contract_fields_and_types() {
+    let db = TestDb::new();
+    let app = TestApp::with_db(&db).await;
+    db.seed(1);
+    let r = app.get("/api/images").await;
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    let item = &r.json()[0];
+    assert_eq!(item["id"], 1);
+    assert_eq!(item["filename"], "photo-1.jpg");
+    assert_eq!(item["url"], "https://cdn.example/photo-1.jpg");
+    assert_eq!(item["category"], "city");
+    assert_eq!(item["width"], 1001);
+    assert_eq!(item["height"], 2001);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_range_or_non_integer_parameters_are_422_naming_the_parameter() {
+    let db = TestDb::new();
+    let app = TestApp::with_db(&db).await;
+    for (query, param) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=-5", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=1.5", "limit"),
+        ("limit=", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=ten", "offset"),
+        ("offset=99999999999999999999", "offset"),
+    ] {
+        let r = app.get(&format!("/api/images?{query}")).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        let detail = r.json()["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains(param), "{query}: {detail}");
+    }
+    // The bounds themselves are fine.
+    for query in ["limit=1", "limit=100", "offset=0"] {
+        let r = app.get(&format!("/api/images?{query}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{query}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etag_and_if_none_match_give_304() {
+    let db = TestDb::new();
+    let app = TestApp::with_db(&db).await;
+    db.seed(3);
+    let r = app.get("/api/images").await;
+    let etag = r.header("etag").expect("etag").to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    assert_eq!(r.header("cache-control"), Some("public, max-age=10"));
+
+    let again = app
+        .request("/api/images", &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert!(again.body.is_empty());
+    assert_eq!(again.header("etag"), Some(etag.as_str()));
+
+    let other = app
+        .request("/api/images", &[("if-none-match", "\"something-else\"")])
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+
+    // A different page has a different ETag.
+    let page2 = app.get("/api/images?limit=1").await;
+    assert_ne!(page2.header("etag"), Some(etag.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x_total_count_is_the_number_of_rows() {
+    let db = TestDb::new();
+    let app = TestApp::with_db(&db).await;
+    db.seed(42);
+    let r = app.get("/api/images?limit=5").await;
+    assert_eq!(r.header("x-total-count"), Some("42"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_are_cached_and_invalidation_shows_new_rows() {
+    let db = TestDb::new();
+    let app = TestApp::with_db(&db).await;
+    db.seed(2);
+    assert_eq!(app.get("/api/images").await.ids(), vec![1, 2]);
+    db.seed(1); // a row written behind the server's back
+    let cached = app.get("/api/images").await;
+    assert_eq!(cached.ids(), vec![1, 2], "served from the cache");
+    assert_eq!(cached.header("x-total-count"), Some("2"));
+
+    app.state.listing.invalidate(); // what an upload does after committing
+    let fresh = app.get("/api/images").await;
+    assert_eq!(fresh.ids(), vec![1, 2, 3]);
+    assert_eq!(fresh.header("x-total-count"), Some("3"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_cache_disabled_every_request_reads_the_database() {
+    let db = TestDb::new();
+    let mut s = crate::helpers::settings(Some(&db.url));
+    s.cache.max_bytes = 0;
+    let app = TestApp::spawn(s).await;
+    db.seed(1);
+    assert_eq!(app.get("/api/images").await.ids(), vec![1]);
+    db.seed(1);
+    assert_eq!(app.get("/api/images").await.ids(), vec![1, 2]);
+}

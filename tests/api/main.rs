@@ -1,0 +1,9 @@
+//! Black-box tests of the HTTP API against a real PostgreSQL. One test binary, so the cluster is
+//! started once; every test gets a fresh database.
+
+mod binary;
+mod helpers;
+mod http;
+mod images;
+mod migrations;
+mod outage;

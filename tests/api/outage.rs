@@ -1,0 +1,173 @@
+//! The database going away and coming back: cached, stale and embedded answers, health, recovery.
+
+use std::time::{Duration, Instant};
+
+use poem::http::StatusCode;
+
+use crate::helpers::{TestApp, TestDb, ToggleProxy, settings};
+
+/// An app whose database connection runs through a proxy the test can cut.
+async fn app_behind_proxy(db: &TestDb, cache_bytes: u64) -> (TestApp, ToggleProxy) {
+    let proxy = ToggleProxy::start(&db.url).await;
+    let mut s = settings(Some(&proxy.url_for(&db.url)));
+    s.cache.max_bytes = cache_bytes;
+    (TestApp::spawn(s).await, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_page_is_still_served_when_the_database_stops() {
+    let db = TestDb::new();
+    let (app, proxy) = app_behind_proxy(&db, 1 << 20).await;
+    db.seed(12);
+    let before = app.get("/api/images?limit=4&offset=2").await;
+    assert_eq!(before.ids(), vec![3, 4, 5, 6]);
+
+    proxy.cut();
+    let during = app.get("/api/images?limit=4&offset=2").await;
+    assert_eq!(during.status, StatusCode::OK);
+    assert_eq!(during.body, before.body);
+    assert_eq!(during.header("etag"), before.header("etag"));
+    assert_eq!(during.header("x-total-count"), Some("12"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_cached_page_the_last_good_copy_is_served_as_stale() {
+    let db = TestDb::new();
+    let (app, proxy) = app_behind_proxy(&db, 0).await; // page cache off
+    db.seed(12);
+    let before = app.get("/api/images?limit=3").await;
+    assert_eq!(before.header("x-data-source"), Some("database"));
+
+    proxy.cut();
+    let during = app.get("/api/images?limit=3").await;
+    assert_eq!(during.status, StatusCode::OK);
+    assert_eq!(during.header("x-data-source"), Some("stale"));
+    assert_eq!(during.ids(), vec![1, 2, 3]);
+    assert_eq!(during.header("x-total-count"), Some("12"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_never_served_falls_back_to_embedded_data_in_the_same_shape_paginated() {
+    let db = TestDb::new();
+    let (app, proxy) = app_behind_proxy(&db, 1 << 20).await;
+    db.seed(50);
+    proxy.cut();
+
+    let all = app.get("/api/images?limit=100").await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(all.header("x-data-source"), Some("fallback"));
+    assert_eq!(all.header("x-total-count"), Some("13"));
+    let items = all.json();
+    let items = items.as_array().expect("an array, as the front end needs");
+    assert_eq!(items.len(), 13);
+    for item in items {
+        for field in ["filename", "url", "category"] {
+            assert!(item[field].is_string(), "{field} in {item}");
+        }
+        for field in ["id", "width", "height"] {
+            assert!(item[field].is_i64(), "{field} in {item}");
+        }
+    }
+    let page = app.get("/api/images?limit=5&offset=10").await;
+    assert_eq!(page.ids(), vec![11, 12, 13]);
+    let default = app.get("/api/images").await;
+    assert_eq!(default.ids(), (1..=10).collect::<Vec<_>>());
+    let beyond = app.get("/api/images?offset=13").await;
+    assert_eq!(beyond.body, b"[]");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outage_answers_do_not_wait_out_the_checkout_timeout_each_time() {
+    let db = TestDb::new();
+    let proxy = ToggleProxy::start(&db.url).await;
+    let mut s = settings(Some(&proxy.url_for(&db.url)));
+    s.database.checkout_timeout_ms = 3000;
+    s.database.reprobe_interval_ms = 60_000; // no recovery during this test
+    let app = TestApp::spawn(s).await;
+    proxy.cut();
+    // The first request after the cut may wait for the pool to give up; it marks the outage.
+    let _ = app.get("/api/images?offset=1").await;
+    let started = Instant::now();
+    for offset in 2..12 {
+        let r = app.get(&format!("/api/images?offset={offset}")).await;
+        assert_eq!(r.header("x-data-source"), Some("fallback"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(3000),
+        "ten outage answers took {:?}: each one waited on the database",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_follows_the_database_and_the_server_recovers_by_itself() {
+    let db = TestDb::new();
+    let (app, proxy) = app_behind_proxy(&db, 0).await;
+    db.seed(3);
+    let health = app.get("/api/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(
+        health.json(),
+        serde_json::json!({"message": "server active", "database": "connected"})
+    );
+
+    proxy.cut();
+    let down = app
+        .wait_for("/api/health", 5, |r| {
+            r.status == StatusCode::SERVICE_UNAVAILABLE
+        })
+        .await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(down.json()["message"], "server active");
+    assert_eq!(down.json()["database"], "connection failed");
+    let listing = app.get("/api/images?limit=2&offset=1").await;
+    assert_eq!(listing.header("x-data-source"), Some("fallback"));
+
+    proxy.restore();
+    let up = app
+        .wait_for("/api/health", 10, |r| r.status == StatusCode::OK)
+        .await;
+    assert_eq!(up.status, StatusCode::OK, "recovered without a restart");
+    let listing = app
+        .wait_for("/api/images?limit=2&offset=1", 5, |r| {
+            r.header("x-data-source") == Some("database")
+        })
+        .await;
+    assert_eq!(listing.ids(), vec![2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_starts_with_the_database_down_and_migrates_when_it_comes_up() {
+    let db = TestDb::new();
+    let proxy = ToggleProxy::start(&db.url).await;
+    proxy.cut();
+    let app = TestApp::spawn(settings(Some(&proxy.url_for(&db.url)))).await;
+    let r = app.get("/api/images").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-data-source"), Some("fallback"));
+    assert_eq!(
+        app.get("/api/health").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    proxy.restore();
+    let up = app
+        .wait_for("/api/health", 10, |r| r.status == StatusCode::OK)
+        .await;
+    assert_eq!(up.status, StatusCode::OK);
+    // The schema exists now: migrations ran on recovery.
+    db.seed(2);
+    app.state.listing.invalidate();
+    assert_eq!(app.get("/api/images").await.ids(), vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_database_configured_health_is_503_and_the_listing_is_embedded() {
+    let app = TestApp::spawn(settings(None)).await;
+    let health = app.get("/api/health").await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health.json()["database"], "connection failed");
+    let r = app.get("/api/images?limit=3&offset=3").await;
+    assert_eq!(r.ids(), vec![4, 5, 6]);
+    assert_eq!(r.header("x-data-source"), Some("fallback"));
+}
