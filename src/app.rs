@@ -5,16 +5,19 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Response, Route, Server,
-    http::{Method, StatusCode},
+    endpoint::StaticFilesEndpoint,
+    http::{Method, StatusCode, header},
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-    middleware::{CatchPanic, Compression, Cors, NormalizePath, Tracing, TrailingSlash},
+    middleware::{CatchPanic, Compression, Cors, NormalizePath, SetHeader, Tracing, TrailingSlash},
 };
 
 use crate::{
     cache::PageCache,
-    config::Settings,
+    config::{Settings, StorageBackend},
     db::{Db, DbError},
     listing::Listing,
+    storage::{self, ObjectStore},
+    upload::Uploader,
 };
 
 /// What every handler can reach.
@@ -23,6 +26,7 @@ pub struct AppState {
     /// None when no database is configured.
     pub db: Option<Db>,
     pub listing: Listing,
+    pub uploader: Arc<Uploader>,
     /// `Cache-Control` value for listing responses, built once.
     pub cache_control: String,
 }
@@ -43,6 +47,15 @@ impl AppState {
     /// migrate it), bounded by the checkout timeout, and starts the background re-probe; the
     /// server starts whatever the outcome.
     pub async fn new(settings: Settings) -> Result<Arc<AppState>, StartError> {
+        let store = storage::from_settings(&settings.storage);
+        Self::with_store(settings, Arc::from(store)).await
+    }
+
+    /// As [`AppState::new`], with the object store given (tests wrap the real ones).
+    pub async fn with_store(
+        settings: Settings,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Arc<AppState>, StartError> {
         let db = match &settings.database.url {
             None => {
                 tracing::warn!(
@@ -71,11 +84,13 @@ impl AppState {
             tracing::warn!("ADMIN_API_KEY is not set: uploads will be refused");
         }
         let listing = Listing::new(db.clone(), PageCache::new(&settings.cache));
+        let uploader = Uploader::new(db.clone(), store, settings.upload.clone());
         let cache_control = format!("public, max-age={}", settings.cache.http_max_age_secs);
         Ok(Arc::new(AppState {
             settings,
             db,
             listing,
+            uploader,
             cache_control,
         }))
     }
@@ -85,10 +100,22 @@ impl AppState {
 pub fn routes(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let api = crate::api::service(state.clone());
     let (docs, spec) = (api.swagger_ui(), api.spec_endpoint());
-    Route::new()
+    let mut route = Route::new()
         .nest("/", api)
         .nest("/docs", docs)
-        .at("/openapi.json", spec)
+        .at("/openapi.json", spec);
+    let storage = &state.settings.storage;
+    if storage.backend == StorageBackend::Local {
+        // Object keys never change content (no overwrite), so copies may be kept for a year.
+        route = route.nest(
+            "/media",
+            StaticFilesEndpoint::new(&storage.local_dir).with(
+                SetHeader::new()
+                    .overriding(header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            ),
+        );
+    }
+    route
         .with(NormalizePath::new(TrailingSlash::Trim))
         .with(cors(&state.settings.server.cors_origins))
         .with(Compression::new())
@@ -97,6 +124,7 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .with(CatchPanic::new().with_handler(|_| {
             error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
         }))
+        .data(state)
 }
 
 /// An explicit allow-list. poem's `Cors` allows *every* origin when its list is empty, so an
@@ -122,7 +150,8 @@ async fn json_error(e: poem::Error) -> Response {
         StatusCode::NOT_FOUND => "Not Found".to_string(),
         StatusCode::METHOD_NOT_ALLOWED => "Method Not Allowed".to_string(),
         StatusCode::FORBIDDEN => "Origin not allowed".to_string(),
-        s if s.is_server_error() => {
+        // A 500's message may hold internals; other statuses carry a message meant for the client.
+        StatusCode::INTERNAL_SERVER_ERROR => {
             tracing::error!(error = %e, "request failed");
             "internal server error".to_string()
         }

@@ -31,6 +31,7 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub auth: AuthSettings,
     pub storage: StorageSettings,
+    pub upload: UploadSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -94,6 +95,25 @@ pub struct StorageSettings {
     pub supabase_key: Option<Secret>,
     /// Supabase Storage bucket.
     pub supabase_bucket: String,
+    /// Most seconds one request to Supabase may take.
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UploadSettings {
+    /// Largest accepted photo, in bytes (413 above it).
+    pub max_file_bytes: u64,
+    /// Largest accepted request body, in bytes, with or without Content-Length (413 above it).
+    pub max_request_bytes: u64,
+    /// Most files in one `/api/upload-batch` request; the rest are reported as failed.
+    pub max_batch_files: usize,
+    /// Largest accepted width or height, in pixels.
+    pub max_side_px: u32,
+    /// Allowed categories (compared case-insensitively). Empty: any 1 to 50 characters.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub allowed_categories: Vec<String>,
+    /// Uploads written at the same time; each holds a database connection while it stores.
+    pub max_concurrent: usize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -136,6 +156,15 @@ impl Default for Settings {
                 supabase_url: None,
                 supabase_key: None,
                 supabase_bucket: "images".into(),
+                timeout_secs: 60,
+            },
+            upload: UploadSettings {
+                max_file_bytes: 25 << 20,
+                max_request_bytes: 512 << 20,
+                max_batch_files: 500,
+                max_side_px: 16_384,
+                allowed_categories: Vec::new(),
+                max_concurrent: 2,
             },
         }
     }
@@ -225,6 +254,9 @@ impl Settings {
             self.storage.supabase_url = None;
         }
         self.server.cors_origins.retain(|o| !o.trim().is_empty());
+        self.upload
+            .allowed_categories
+            .retain(|c| !c.trim().is_empty());
         for o in &mut self.server.cors_origins {
             *o = o.trim().trim_end_matches('/').to_string();
         }
@@ -259,6 +291,12 @@ impl Settings {
             return invalid(
                 "server.cors_origins (CORS_ORIGINS)",
                 "must list origins explicitly; `*` is not allowed",
+            );
+        }
+        if self.upload.max_file_bytes == 0 || self.upload.max_request_bytes == 0 {
+            return invalid(
+                "upload.max_file_bytes",
+                "and upload.max_request_bytes must be above 0",
             );
         }
         if self.storage.backend == StorageBackend::Supabase

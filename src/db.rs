@@ -39,6 +39,20 @@ pub struct Photo {
     pub height: i32,
 }
 
+impl Photo {
+    /// From a row selected as `id, filename, url, category, width, height`.
+    pub fn from_row(r: &postgres::Row) -> Photo {
+        Photo {
+            id: r.get(0),
+            filename: r.get(1),
+            url: r.get(2),
+            category: r.get(3),
+            width: r.get(4),
+            height: r.get(5),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("no database connection available: {0}")]
@@ -352,17 +366,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// One page of photographs in id order.
 pub fn fetch_page(c: &mut PgConn, limit: i64, offset: i64) -> Result<Vec<Photo>, DbError> {
     let rows = c.query(include_str!("../sql/queries/page.sql"), &[&limit, &offset])?;
-    Ok(rows
-        .iter()
-        .map(|r| Photo {
-            id: r.get(0),
-            filename: r.get(1),
-            url: r.get(2),
-            category: r.get(3),
-            width: r.get(4),
-            height: r.get(5),
-        })
-        .collect())
+    Ok(rows.iter().map(Photo::from_row).collect())
 }
 
 /// Number of photographs (the `X-Total-Count` header).

@@ -11,7 +11,13 @@ pub mod cache;
 pub mod config;
 /// PostgreSQL: pool, blocking bridge, outage tracking, migrations, queries.
 pub mod db;
+/// Pure checks on uploaded photos: JPEG content, displayed size, safe names.
+pub mod imaging;
 /// The read path of the listing: cache, database, stale copy, embedded data.
 pub mod listing;
+/// Object storage: a local folder or Supabase Storage, create-only.
+pub mod storage;
 /// Logging set-up.
 pub mod telemetry;
+/// The upload use case and its never-lose, never-orphan write protocol.
+pub mod upload;

@@ -3,6 +3,7 @@
 
 mod images;
 mod meta;
+mod upload;
 
 use std::{marker::PhantomData, sync::Arc};
 
@@ -21,6 +22,8 @@ use crate::app::AppState;
 pub enum ApiTags {
     /// The photo listing the front end reads.
     Images,
+    /// Admin uploads (`X-API-Key`).
+    Uploads,
     /// Service status and static portfolio data.
     Meta,
 }
@@ -91,13 +94,16 @@ impl<T: Type> ApiResponse for RawJson<T> {
     }
 }
 
-pub type Service = OpenApiService<(images::ImagesApi, meta::MetaApi), ()>;
+pub type Service = OpenApiService<(images::ImagesApi, upload::UploadApi, meta::MetaApi), ()>;
 
 /// The OpenAPI service holding every operation.
 pub fn service(state: Arc<AppState>) -> Service {
     OpenApiService::new(
         (
             images::ImagesApi {
+                state: state.clone(),
+            },
+            upload::UploadApi {
                 state: state.clone(),
             },
             meta::MetaApi { state },

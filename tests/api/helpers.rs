@@ -304,6 +304,8 @@ pub struct ToggleProxy {
     pub port: u16,
     up: Arc<AtomicBool>,
     kill: watch::Sender<u64>,
+    /// Connections currently being forwarded.
+    active: Arc<AtomicU64>,
 }
 
 impl ToggleProxy {
@@ -314,7 +316,8 @@ impl ToggleProxy {
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
         let (kill, _) = watch::channel(0u64);
-        let (up2, kill2) = (up.clone(), kill.clone());
+        let active = Arc::new(AtomicU64::new(0));
+        let (up2, kill2, active2) = (up.clone(), kill.clone(), active.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -326,18 +329,27 @@ impl ToggleProxy {
                 }
                 let mut killed = kill2.subscribe();
                 let target = hostport.clone();
+                let active = active2.clone();
+                active.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = killed.changed() => {}
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = killed.changed() => {}
+                        }
                     }
+                    // Both sockets are closed by now.
+                    drop(inbound);
+                    active.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        ToggleProxy { port, up, kill }
+        ToggleProxy {
+            port,
+            up,
+            kill,
+            active,
+        }
     }
 
     /// The URL of the database `url` reached through this proxy.
@@ -350,6 +362,21 @@ impl ToggleProxy {
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.kill.send_modify(|n| *n += 1);
+    }
+
+    /// Cuts, then blocks until every forwarded connection is closed: after this returns, no
+    /// byte reaches the database. Call from a blocking thread.
+    pub fn cut_and_wait(&self) {
+        self.cut();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            self.active.load(Ordering::SeqCst),
+            0,
+            "proxy connections closed"
+        );
     }
 
     pub fn restore(&self) {
@@ -469,4 +496,176 @@ pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .unwrap();
     p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Uploads
+
+pub const API_KEY: &str = "test-admin-key";
+
+/// A JPEG of `w`x`h`, optionally with an EXIF orientation tag.
+pub fn jpeg(w: u32, h: u32, orientation: Option<u16>) -> Vec<u8> {
+    use image::{ImageEncoder, codecs::jpeg::JpegEncoder};
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    let mut out = Vec::new();
+    let mut enc = JpegEncoder::new_with_quality(&mut out, 85);
+    if let Some(o) = orientation {
+        let mut t = b"II*\0".to_vec();
+        t.extend_from_slice(&8u32.to_le_bytes());
+        t.extend_from_slice(&1u16.to_le_bytes());
+        t.extend_from_slice(&0x0112u16.to_le_bytes());
+        t.extend_from_slice(&3u16.to_le_bytes());
+        t.extend_from_slice(&1u32.to_le_bytes());
+        t.extend_from_slice(&o.to_le_bytes());
+        t.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        enc.set_exif_metadata(t).unwrap();
+    }
+    enc.write_image(&img, w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+pub fn png(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(w, h))
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+/// A multipart/form-data body built by hand, so tests control Content-Length and framing.
+#[derive(Default, Clone)]
+pub struct Form {
+    parts: Vec<(String, Option<String>, Vec<u8>)>,
+}
+
+pub const BOUNDARY: &str = "----portfolio-test-boundary-7d1a";
+
+impl Form {
+    pub fn new() -> Form {
+        Form::default()
+    }
+    pub fn file(mut self, field: &str, filename: &str, bytes: Vec<u8>) -> Form {
+        self.parts
+            .push((field.into(), Some(filename.into()), bytes));
+        self
+    }
+    pub fn text(mut self, field: &str, value: &str) -> Form {
+        self.parts
+            .push((field.into(), None, value.as_bytes().to_vec()));
+        self
+    }
+    pub fn content_type() -> String {
+        format!("multipart/form-data; boundary={BOUNDARY}")
+    }
+    pub fn body(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (field, filename, bytes) in &self.parts {
+            b.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+            match filename {
+                Some(f) => b.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"{field}\"; filename=\"{f}\"\r\n\
+                         Content-Type: image/jpeg\r\n\r\n"
+                    )
+                    .as_bytes(),
+                ),
+                None => b.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{field}\"\r\n\r\n").as_bytes(),
+                ),
+            }
+            b.extend_from_slice(bytes);
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        b
+    }
+}
+
+/// Settings for upload tests: an admin key and a media folder of the test's own.
+pub fn upload_settings(db_url: Option<&str>, media: &std::path::Path) -> Settings {
+    let mut s = settings(db_url);
+    s.auth.admin_api_key = Some(Secret::new(API_KEY));
+    s.storage.local_dir = media.to_path_buf();
+    s.storage.public_base_url = "http://media.test/media".into();
+    s
+}
+
+impl TestApp {
+    pub async fn spawn_with_store(
+        settings: Settings,
+        store: Arc<dyn portfolio_server::storage::ObjectStore>,
+    ) -> TestApp {
+        let state = AppState::with_store(settings, store)
+            .await
+            .expect("app state");
+        let ep = routes(state.clone()).boxed();
+        TestApp {
+            state,
+            client: TestClient::new(ep),
+        }
+    }
+
+    /// POSTs `form` with a Content-Length and the given API key (None: no header).
+    pub async fn post_form(&self, path: &str, form: &Form, key: Option<&str>) -> Reply {
+        let body = form.body();
+        let mut req = self
+            .client
+            .post(path)
+            .header("content-type", Form::content_type())
+            .header("content-length", body.len().to_string());
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        Self::reply(req.body(body).send().await.0).await
+    }
+
+    /// POSTs `form` as a stream with no Content-Length (chunked).
+    pub async fn post_form_chunked(&self, path: &str, form: &Form) -> Reply {
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = form
+            .body()
+            .chunks(16 * 1024)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        let body = poem::Body::from_bytes_stream(futures_util::stream::iter(chunks));
+        let req = self
+            .client
+            .post(path)
+            .header("content-type", Form::content_type())
+            .header("x-api-key", API_KEY)
+            .body(body);
+        Self::reply(req.send().await.0).await
+    }
+
+    async fn reply(resp: poem::Response) -> Reply {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().into_vec().await.unwrap();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn upload(&self, filename: &str, bytes: Vec<u8>) -> Reply {
+        self.post_form(
+            "/api/upload",
+            &Form::new().file("file", filename, bytes),
+            Some(API_KEY),
+        )
+        .await
+    }
+}
+
+/// File names in a folder, sorted, ignoring none (temporary files would show up too).
+pub fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }

@@ -7,3 +7,4 @@ mod http;
 mod images;
 mod migrations;
 mod outage;
+mod uploads;

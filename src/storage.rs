@@ -1,0 +1,339 @@
+//! Object storage behind one small, synchronous interface: a local folder (the default) or
+//! Supabase Storage's REST API. Callers run these methods on a blocking thread.
+//!
+//! The interface has no "overwrite": [`ObjectStore::put_new`] either creates the object or reports
+//! that the key is taken, so an upload can never replace a photo someone else stored.
+
+use std::{
+    fs,
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use crate::config::{Secret, StorageBackend, StorageSettings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// This call created the object.
+    Created,
+    /// An object with this key already exists; it was not touched.
+    AlreadyExists,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Could not talk to the storage service (connection refused, timeout, ...).
+    #[error("storage unreachable: {0}")]
+    Unavailable(String),
+    /// The storage service answered with an error; `message` is its own.
+    #[error("storage refused the request ({status}): {message}")]
+    Rejected { status: u16, message: String },
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Stores `bytes` under `key` unless the key exists.
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError>;
+    /// Removes `key`. Removing a missing key is not an error.
+    fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Whether `key` exists.
+    fn exists(&self, key: &str) -> Result<bool, StorageError>;
+    /// The public URL recorded for `key`.
+    fn public_url(&self, key: &str) -> String;
+}
+
+/// Builds the configured backend.
+pub fn from_settings(s: &StorageSettings) -> Box<dyn ObjectStore> {
+    match s.backend {
+        StorageBackend::Local => Box::new(LocalStore::new(&s.local_dir, &s.public_base_url)),
+        StorageBackend::Supabase => Box::new(SupabaseStore::new(
+            s.supabase_url
+                .as_deref()
+                .expect("checked by Settings::validate"),
+            s.supabase_key
+                .clone()
+                .expect("checked by Settings::validate"),
+            &s.supabase_bucket,
+            Duration::from_secs(s.timeout_secs.max(1)),
+        )),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Files in a folder. Keys are single path components (see `imaging::safe_file_name`).
+pub struct LocalStore {
+    dir: PathBuf,
+    public_base_url: String,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl LocalStore {
+    pub fn new(dir: &Path, public_base_url: &str) -> LocalStore {
+        LocalStore {
+            dir: dir.to_path_buf(),
+            public_base_url: public_base_url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        if key.is_empty() || key.contains(['/', '\\']) || key.starts_with('.') {
+            return Err(StorageError::Rejected {
+                status: 400,
+                message: format!("invalid key `{key}`"),
+            });
+        }
+        Ok(self.dir.join(key))
+    }
+}
+
+impl ObjectStore for LocalStore {
+    /// Writes a temporary file, flushes it to disk, then hard-links it under its name. `link`
+    /// fails if the name exists, so the final file appears whole and never replaces another.
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+        let target = self.path(key)?;
+        fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!(
+            ".upload-{}-{}.tmp",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let mut f = fs::File::create_new(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::hard_link(&tmp, &target)
+        })();
+        let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(()) => Ok(Put::Created),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Put::AlreadyExists),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match fs::remove_file(self.path(key)?) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        Ok(self.path(key)?.try_exists()?)
+    }
+
+    fn public_url(&self, key: &str) -> String {
+        format!("{}/{}", self.public_base_url, encode_key(key))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Supabase Storage over its REST API.
+///
+/// Supabase reports nearly every error as HTTP 400 with the real status as a *string*
+/// `statusCode` in the JSON body (`../shared/notes/supabase-storage.md`), so outcomes are read
+/// from the body, not the HTTP status.
+pub struct SupabaseStore {
+    base: String,
+    key: Secret,
+    bucket: String,
+    agent: ureq::Agent,
+}
+
+impl SupabaseStore {
+    pub fn new(url: &str, key: Secret, bucket: &str, timeout: Duration) -> SupabaseStore {
+        let agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(5).min(timeout)))
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        SupabaseStore {
+            base: url.trim_end_matches('/').to_string(),
+            key,
+            bucket: bucket.to_string(),
+            agent,
+        }
+    }
+
+    fn object_url(&self, key: &str) -> String {
+        format!(
+            "{}/storage/v1/object/{}/{}",
+            self.base,
+            encode_key(&self.bucket),
+            encode_key(key)
+        )
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.key.expose())
+    }
+}
+
+fn transport(e: ureq::Error) -> StorageError {
+    StorageError::Unavailable(e.to_string())
+}
+
+/// The status Supabase meant: the body's `statusCode` (a string, sometimes a number) if present,
+/// else the HTTP status; and its message.
+fn reported(http_status: u16, body: &str) -> (u16, String) {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let status = match &json["statusCode"] {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+        _ => None,
+    }
+    .unwrap_or(http_status);
+    let message = json["message"]
+        .as_str()
+        .or(json["error"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let t = body.trim();
+            if t.is_empty() {
+                format!("HTTP {http_status}")
+            } else {
+                t.chars().take(300).collect()
+            }
+        });
+    (status, message)
+}
+
+impl ObjectStore for SupabaseStore {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+        let mut resp = self
+            .agent
+            .post(&self.object_url(key))
+            .header("Authorization", &self.bearer())
+            .header("apikey", self.key.expose())
+            .header("x-upsert", "false")
+            .content_type("image/jpeg")
+            .send(bytes)
+            .map_err(transport)?;
+        let http = resp.status().as_u16();
+        if (200..300).contains(&http) {
+            return Ok(Put::Created);
+        }
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        let (status, message) = reported(http, &body);
+        if status == 409 || http == 409 {
+            return Ok(Put::AlreadyExists);
+        }
+        Err(StorageError::Rejected { status, message })
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let url = format!(
+            "{}/storage/v1/object/{}",
+            self.base,
+            encode_key(&self.bucket)
+        );
+        let mut resp = self
+            .agent
+            .delete(&url)
+            .header("Authorization", &self.bearer())
+            .header("apikey", self.key.expose())
+            .force_send_body()
+            .send_json(serde_json::json!({ "prefixes": [key] }))
+            .map_err(transport)?;
+        let http = resp.status().as_u16();
+        if (200..300).contains(&http) {
+            return Ok(());
+        }
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        match reported(http, &body) {
+            (404, _) => Ok(()),
+            (status, message) => Err(StorageError::Rejected { status, message }),
+        }
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        let mut resp = self
+            .agent
+            .head(&self.object_url(key))
+            .header("Authorization", &self.bearer())
+            .header("apikey", self.key.expose())
+            .call()
+            .map_err(transport)?;
+        let http = resp.status().as_u16();
+        if (200..300).contains(&http) {
+            return Ok(true);
+        }
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        match reported(http, &body) {
+            (404, _) => Ok(false),
+            (400, _) if body.is_empty() => Ok(false), // HEAD errors carry no body
+            (status, message) => Err(StorageError::Rejected { status, message }),
+        }
+    }
+
+    fn public_url(&self, key: &str) -> String {
+        format!(
+            "{}/storage/v1/object/public/{}/{}",
+            self.base,
+            encode_key(&self.bucket),
+            encode_key(key)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supabase_errors_are_read_from_the_body() {
+        let dup = r#"{"statusCode":"409","error":"Duplicate","message":"The resource already exists","code":"KeyAlreadyExists"}"#;
+        assert_eq!(
+            reported(400, dup),
+            (409, "The resource already exists".into())
+        );
+        let auth = r#"{"statusCode":"403","error":"Unauthorized","message":"signature verification failed","code":"AccessDenied"}"#;
+        assert_eq!(reported(400, auth).0, 403);
+        let route =
+            r#"{"message":"Route GET:/nope not found","error":"Not Found","statusCode":404}"#;
+        assert_eq!(reported(404, route).0, 404);
+        assert_eq!(reported(502, "bad gateway"), (502, "bad gateway".into()));
+        assert_eq!(reported(500, ""), (500, "HTTP 500".into()));
+    }
+
+    #[test]
+    fn the_local_store_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "http://x/media/");
+        assert_eq!(store.put_new("a.jpg", b"one").unwrap(), Put::Created);
+        assert_eq!(store.put_new("a.jpg", b"two").unwrap(), Put::AlreadyExists);
+        assert_eq!(fs::read(dir.path().join("a.jpg")).unwrap(), b"one");
+        assert!(store.exists("a.jpg").unwrap());
+        store.delete("a.jpg").unwrap();
+        store.delete("a.jpg").unwrap();
+        assert!(!store.exists("a.jpg").unwrap());
+        assert!(store.put_new("../x.jpg", b"").is_err());
+        assert_eq!(store.public_url("a b.jpg"), "http://x/media/a%20b.jpg");
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert!(leftovers.is_empty(), "no temporary files left behind");
+    }
+}

@@ -1,0 +1,654 @@
+//! `POST /api/upload` and `/api/upload-batch` with the local storage backend, for real.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use poem::http::StatusCode;
+use portfolio_server::storage::{LocalStore, ObjectStore, Put, StorageError};
+
+use crate::helpers::{
+    API_KEY, Form, TestApp, TestDb, ToggleProxy, files_in, jpeg, png, upload_settings,
+};
+
+/// Row count and the names of rows in `photographs`.
+fn rows(db: &TestDb) -> Vec<String> {
+    db.rows("SELECT filename FROM photographs ORDER BY id")
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect()
+}
+
+async fn app(db: &TestDb, media: &Path) -> TestApp {
+    TestApp::spawn(upload_settings(Some(&db.url), media)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_is_stored_recorded_listed_and_served() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = app(&db, media.path()).await;
+    assert_eq!(app.get("/api/images").await.body, b"[]"); // cache the empty page
+
+    let photo = jpeg(64, 48, None);
+    let r = app
+        .post_form(
+            "/api/upload",
+            &Form::new()
+                .text("category", " Street ")
+                .file("file", "My Photo.JPG", photo.clone()),
+            Some(API_KEY),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let rec = r.json();
+    assert_eq!(rec["filename"], "my-photo.jpg");
+    assert_eq!(rec["url"], "http://media.test/media/my-photo.jpg");
+    assert_eq!(rec["category"], "street");
+    assert_eq!(
+        (rec["width"].as_i64(), rec["height"].as_i64()),
+        (Some(64), Some(48))
+    );
+    assert!(rec["id"].is_i64());
+
+    assert_eq!(files_in(media.path()), ["my-photo.jpg"]);
+    assert_eq!(
+        std::fs::read(media.path().join("my-photo.jpg")).unwrap(),
+        photo
+    );
+    assert_eq!(rows(&db), ["my-photo.jpg"]);
+
+    let listing = app.get("/api/images").await;
+    assert_eq!(listing.json()[0], rec, "visible right after upload");
+    assert_eq!(listing.header("x-total-count"), Some("1"));
+
+    let served = app.get("/media/my-photo.jpg").await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(served.body, photo);
+    assert!(
+        served
+            .header("cache-control")
+            .unwrap()
+            .contains("immutable")
+    );
+    let etag = served.header("etag").expect("etag").to_string();
+    let again = app
+        .request("/media/my-photo.jpg", &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_category_is_nature() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = app(&db, media.path()).await;
+    let r = app.upload("a.jpeg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.json()["category"], "nature");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_or_wrong_key_is_401_and_nothing_is_stored() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = app(&db, media.path()).await;
+    let form = Form::new().file("file", "a.jpg", jpeg(8, 8, None));
+    for key in [None, Some("wrong"), Some(""), Some("test-admin-key ")] {
+        for path in ["/api/upload", "/api/upload-batch"] {
+            let r = app.post_form(path, &form, key).await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path} {key:?}");
+            assert_eq!(r.json()["detail"], "Invalid or missing API key");
+        }
+    }
+    assert!(files_in(media.path()).is_empty());
+    assert!(rows(&db).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_configured_admin_key_uploads_are_503_saying_what_to_set() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let mut s = upload_settings(Some(&db.url), media.path());
+    s.auth.admin_api_key = None;
+    let app = TestApp::spawn(s).await;
+    for path in ["/api/upload", "/api/upload-batch"] {
+        let r = app
+            .post_form(
+                path,
+                &Form::new().file("file", "a.jpg", jpeg(8, 8, None)),
+                Some("x"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(
+            r.json()["detail"]
+                .as_str()
+                .unwrap()
+                .contains("ADMIN_API_KEY")
+        );
+    }
+    assert!(files_in(media.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_jpegs_unreadable_and_huge_images_are_400_and_leave_nothing() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = app(&db, media.path()).await;
+    let good = jpeg(40, 30, None);
+    let mut huge = jpeg(16, 16, None);
+    let sof = huge.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    huge[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]); // 60000x60000
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "renamed.jpg",
+            png(8, 8),
+            "Only .jpg/.jpeg files are accepted",
+        ),
+        (
+            "photo.png",
+            good.clone(),
+            "Only .jpg/.jpeg files are accepted",
+        ),
+        (
+            "notes.txt",
+            b"hello".to_vec(),
+            "Only .jpg/.jpeg files are accepted",
+        ),
+        (
+            "empty.jpg",
+            Vec::new(),
+            "Only .jpg/.jpeg files are accepted",
+        ),
+        (
+            "truncated.jpg",
+            good[..good.len() / 2].to_vec(),
+            "Unreadable image",
+        ),
+        ("huge.jpg", huge, "60000x60000"),
+        ("bad\tname.jpg", good.clone(), "Invalid file name"),
+    ];
+    for (name, bytes, message) in cases {
+        let r = app.upload(name, bytes).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name}");
+        let detail = r.json()["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains(message), "{name}: {detail}");
+    }
+    // A raw control byte in the part header is refused by the multipart parser itself.
+    let r = app.upload("bad\u{1}name.jpg", good.clone()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = app
+        .post_form(
+            "/api/upload",
+            &Form::new()
+                .text("category", "")
+                .file("file", "ok.jpg", good),
+            Some(API_KEY),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid category")
+    );
+    assert!(files_in(media.path()).is_empty());
+    assert!(rows(&db).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exif_orientation_6_gives_the_displayed_dimensions() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = app(&db, media.path()).await;
+    let r = app.upload("portrait.jpg", jpeg(40, 30, Some(6))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        (r.json()["width"].as_i64(), r.json()["height"].as_i64()),
+        (Some(30), Some(40))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn path_traversal_names_are_reduced_to_a_base_name_inside_the_media_folder() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let inner = media.path().join("media");
+    let app = app(&db, &inner).await;
+    for (name, stored) in [
+        ("../../escape.jpg", "escape.jpg"),
+        ("..\\..\\win.jpg", "win.jpg"),
+        ("/etc/abs.jpg", "abs.jpg"),
+        ("...dots.jpg", "dots.jpg"),
+    ] {
+        let r = app.upload(name, jpeg(8, 8, None)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{name}");
+        assert_eq!(r.json()["filename"], stored);
+    }
+    assert_eq!(
+        files_in(media.path()),
+        ["media"],
+        "nothing outside the folder"
+    );
+    assert_eq!(
+        files_in(&inner),
+        ["abs.jpg", "dots.jpg", "escape.jpg", "win.jpg"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_files_and_requests_are_413_with_or_without_content_length() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let mut s = upload_settings(Some(&db.url), media.path());
+    let big = jpeg(400, 400, None);
+    s.upload.max_file_bytes = (big.len() - 1) as u64;
+    s.upload.max_request_bytes = 3 * big.len() as u64;
+    let app = TestApp::spawn(s).await;
+
+    let one_big = Form::new().file("file", "big.jpg", big.clone());
+    let r = app.post_form("/api/upload", &one_big, Some(API_KEY)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.json()["detail"].as_str().unwrap().contains("larger than"));
+    let r = app.post_form_chunked("/api/upload", &one_big).await;
+    assert_eq!(
+        r.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "per-file limit, chunked"
+    );
+
+    let mut too_much = Form::new();
+    for i in 0..4 {
+        too_much = too_much.file("file", &format!("p{i}.jpg"), big.clone());
+    }
+    let r = app.post_form("/api/upload", &too_much, Some(API_KEY)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Content-Length over the request limit"
+    );
+    let r = app.post_form_chunked("/api/upload", &too_much).await;
+    assert!(
+        r.status == StatusCode::PAYLOAD_TOO_LARGE || r.status == StatusCode::BAD_REQUEST,
+        "{}",
+        r.status
+    );
+    let r = app.post_form_chunked("/api/upload-batch", &too_much).await;
+    assert_eq!(
+        r.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request limit, chunked"
+    );
+    assert!(r.json()["detail"].as_str().unwrap().contains("larger than"));
+
+    assert!(files_in(media.path()).is_empty());
+    assert!(rows(&db).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_name_is_409_and_the_first_photo_is_untouched() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = app(&db, media.path()).await;
+    let first = jpeg(10, 10, None);
+    assert_eq!(
+        app.upload("Sea.jpg", first.clone()).await.status,
+        StatusCode::CREATED
+    );
+    for name in ["sea.jpg", "SEA.JPG", "dir/Sea.jpg"] {
+        let r = app.upload(name, jpeg(20, 20, None)).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{name}");
+        assert_eq!(r.json()["detail"], "Duplicate filename: sea.jpg");
+    }
+    assert_eq!(std::fs::read(media.path().join("sea.jpg")).unwrap(), first);
+    assert_eq!(rows(&db), ["sea.jpg"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_concurrent_uploads_of_one_name_give_one_201_and_nineteen_409() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = Arc::new(app(&db, media.path()).await);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move { app.upload("same.jpg", jpeg(10 + i, 10, None)).await })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut conflicts = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            StatusCode::CREATED => created.push(r.json()),
+            StatusCode::CONFLICT => conflicts += 1,
+            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    assert_eq!((created.len(), conflicts), (1, 19));
+    assert_eq!(files_in(media.path()), ["same.jpg"]);
+    assert_eq!(rows(&db), ["same.jpg"]);
+    // The stored object is the winner's.
+    let winner_width = created[0]["width"].as_u64().unwrap() as u32;
+    let stored = std::fs::read(media.path().join("same.jpg")).unwrap();
+    assert_eq!(stored, jpeg(winner_width, 10, None));
+}
+
+/// A real local store with failures injected around it.
+struct Faulty {
+    inner: LocalStore,
+    fail_put: bool,
+    after_put: Option<Box<dyn Fn() + Send + Sync>>,
+    puts: AtomicUsize,
+}
+
+impl ObjectStore for Faulty {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        if self.fail_put {
+            return Err(StorageError::Unavailable(
+                "connection refused (injected)".into(),
+            ));
+        }
+        let put = self.inner.put_new(key, bytes);
+        if let Some(hook) = &self.after_put {
+            hook();
+        }
+        put
+    }
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key)
+    }
+    fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        self.inner.exists(key)
+    }
+    fn public_url(&self, key: &str) -> String {
+        self.inner.public_url(key)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_storage_fails_no_row_is_kept_and_the_name_stays_free() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let store = Arc::new(Faulty {
+        inner: LocalStore::new(media.path(), "http://m"),
+        fail_put: true,
+        after_put: None,
+        puts: AtomicUsize::new(0),
+    });
+    let app =
+        TestApp::spawn_with_store(upload_settings(Some(&db.url), media.path()), store.clone())
+            .await;
+    let r = app.upload("x.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused")
+    );
+    assert_eq!(store.puts.load(Ordering::SeqCst), 1);
+    assert!(rows(&db).is_empty());
+    assert!(
+        db.rows("SELECT * FROM photograph_names").is_empty(),
+        "the name claim was rolled back"
+    );
+    assert!(files_in(media.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_database_fails_after_the_object_is_stored_the_object_is_removed() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let proxy = Arc::new(ToggleProxy::start(&db.url).await);
+    let cut = proxy.clone();
+    let store = Arc::new(Faulty {
+        inner: LocalStore::new(media.path(), "http://m"),
+        fail_put: false,
+        after_put: Some(Box::new(move || cut.cut_and_wait())),
+        puts: AtomicUsize::new(0),
+    });
+    let s = upload_settings(Some(&proxy.url_for(&db.url)), media.path());
+    let app = TestApp::spawn_with_store(s, store).await;
+
+    let r = app.upload("lost.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    proxy.restore();
+    // Once the database answers again, the object of the uncommitted row goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !files_in(media.path()).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(files_in(media.path()).is_empty(), "no orphaned object");
+    assert!(rows(&db).is_empty(), "no row either");
+    assert_eq!(app.state.uploader.unresolved_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_already_in_storage_that_this_request_did_not_create_is_409_and_kept() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    std::fs::write(media.path().join("foreign.jpg"), b"someone else's photo").unwrap();
+    let app = app(&db, media.path()).await;
+    let r = app.upload("foreign.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json()["detail"], "Duplicate filename: foreign.jpg");
+    assert_eq!(
+        std::fs::read(media.path().join("foreign.jpg")).unwrap(),
+        b"someone else's photo"
+    );
+    assert!(rows(&db).is_empty());
+    assert!(db.rows("SELECT * FROM photograph_names").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_database_down_uploads_are_503_and_store_nothing() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let proxy = ToggleProxy::start(&db.url).await;
+    let app = TestApp::spawn(upload_settings(Some(&proxy.url_for(&db.url)), media.path())).await;
+    proxy.cut();
+    let _ = app.get("/api/health").await; // notices the outage
+    let r = app.upload("a.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(files_in(media.path()).is_empty());
+    let no_db = TestApp::spawn(upload_settings(None, media.path())).await;
+    let r = no_db.upload("a.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("DATABASE_URL")
+    );
+    assert!(files_in(media.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_file_field_is_422() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = app(&db, media.path()).await;
+    let r = app
+        .post_form(
+            "/api/upload",
+            &Form::new().text("category", "x"),
+            Some(API_KEY),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app
+        .post_form(
+            "/api/upload-batch",
+            &Form::new().text("category", "x"),
+            Some(API_KEY),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app
+        .client
+        .post("/api/upload")
+        .header("x-api-key", API_KEY)
+        .content_type("application/json")
+        .body("{}")
+        .send()
+        .await
+        .0;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_accounts_for_every_file_and_one_bad_file_never_aborts_it() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let mut s = upload_settings(Some(&db.url), media.path());
+    s.upload.max_file_bytes = 20_000;
+    let app = TestApp::spawn(s).await;
+    assert_eq!(
+        app.upload("existing.jpg", jpeg(8, 8, None)).await.status,
+        StatusCode::CREATED
+    );
+    let too_big = jpeg(600, 600, None);
+    assert!(too_big.len() > 20_000);
+    let form = Form::new()
+        .text("category", "Travel")
+        .file("files", "a.jpg", jpeg(10, 10, None))
+        .file("files", "b.JPEG", jpeg(12, 10, Some(6)))
+        .file("files", "A.jpg", jpeg(14, 10, None)) // duplicate within the batch
+        .file("files", "existing.jpg", jpeg(8, 8, None)) // duplicate of an earlier upload
+        .file("files", "fake.jpg", png(8, 8))
+        .file("files", "big.jpg", too_big)
+        .file("files", "notes.txt", b"hello".to_vec())
+        .file("files", "half.jpg", jpeg(30, 30, None)[..300].to_vec())
+        .file("files", "c.jpg", jpeg(16, 10, None));
+    let r = app
+        .post_form("/api/upload-batch", &form, Some(API_KEY))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let report = r.json();
+    let names = |list: &str, field: &str| -> Vec<String> {
+        report[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[field].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("uploaded", "filename"), ["a.jpg", "b.jpeg", "c.jpg"]);
+    assert_eq!(names("skipped", "filename"), ["A.jpg", "existing.jpg"]);
+    assert_eq!(
+        names("skipped", "reason"),
+        [
+            "Duplicate filename: a.jpg",
+            "Duplicate filename: existing.jpg"
+        ]
+    );
+    assert_eq!(
+        names("failed", "filename"),
+        ["fake.jpg", "big.jpg", "notes.txt", "half.jpg"]
+    );
+    assert!(names("failed", "error")[1].contains("larger than"));
+    let b = &report["uploaded"][1];
+    assert_eq!(
+        (b["width"].as_i64(), b["height"].as_i64()),
+        (Some(10), Some(12))
+    );
+    assert!(
+        report["uploaded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["category"] == "travel")
+    );
+
+    assert_eq!(
+        files_in(media.path()),
+        ["a.jpg", "b.jpeg", "c.jpg", "existing.jpg"]
+    );
+    assert_eq!(rows(&db), ["existing.jpg", "a.jpg", "b.jpeg", "c.jpg"]);
+    assert_eq!(
+        app.get("/api/images").await.ids().len(),
+        4,
+        "listing updated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_category_sent_after_the_files_still_applies_to_them() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = app(&db, media.path()).await;
+    let form = Form::new()
+        .file("files", "one.jpg", jpeg(8, 8, None))
+        .file("files", "two.jpg", jpeg(8, 8, None))
+        .text("category", "city");
+    let r = app.post_form_chunked("/api/upload-batch", &form).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let uploaded = r.json()["uploaded"].as_array().unwrap().clone();
+    assert_eq!(uploaded.len(), 2);
+    assert!(uploaded.iter().all(|p| p["category"] == "city"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_beyond_the_batch_limit_are_reported_failed() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let mut s = upload_settings(Some(&db.url), media.path());
+    s.upload.max_batch_files = 2;
+    let app = TestApp::spawn(s).await;
+    let mut form = Form::new();
+    for i in 0..4 {
+        form = form.file("files", &format!("{i}.jpg"), jpeg(8, 8, None));
+    }
+    let report = app
+        .post_form("/api/upload-batch", &form, Some(API_KEY))
+        .await
+        .json();
+    assert_eq!(report["uploaded"].as_array().unwrap().len(), 2);
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2);
+    assert!(failed[0]["error"].as_str().unwrap().contains("at most 2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
+    use std::io::Write;
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = portfolio_server::app::App::build(upload_settings(Some(&db.url), media.path()))
+        .await
+        .unwrap();
+    let addr = app.local_addr();
+    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let body = Form::new()
+        .file("file", "partial.jpg", jpeg(300, 300, None))
+        .body();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST /api/upload HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\n\
+             Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
+            Form::content_type(),
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body[..body.len() / 2]).unwrap();
+        s.flush().unwrap();
+        drop(s); // gone mid-body
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(files_in(media.path()).is_empty());
+    assert!(rows(&db).is_empty());
+    // The server is still fine.
+    let ok = tokio::task::spawn_blocking(move || {
+        ureq::get(&format!("http://{addr}/api/health"))
+            .call()
+            .map(|r| r.status().as_u16())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(ok, 200);
+    server.abort();
+}
