@@ -43,6 +43,10 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn exists(&self, key: &str) -> Result<bool, StorageError>;
     /// The public URL recorded for `key`.
     fn public_url(&self, key: &str) -> String;
+    /// After a write failed in transit, how long it may still land on the other side.
+    fn settle_time(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Builds the configured backend.
@@ -161,6 +165,7 @@ pub struct SupabaseStore {
     key: Secret,
     bucket: String,
     agent: ureq::Agent,
+    timeout: Duration,
 }
 
 impl SupabaseStore {
@@ -176,6 +181,7 @@ impl SupabaseStore {
             key,
             bucket: bucket.to_string(),
             agent,
+            timeout,
         }
     }
 
@@ -288,6 +294,10 @@ impl ObjectStore for SupabaseStore {
             (400, _) if body.is_empty() => Ok(false), // HEAD errors carry no body
             (status, message) => Err(StorageError::Rejected { status, message }),
         }
+    }
+
+    fn settle_time(&self) -> Duration {
+        self.timeout
     }
 
     fn public_url(&self, key: &str) -> String {

@@ -274,11 +274,20 @@ fn write(
         }
         Err(e) => return Err(DbError::from(e).into()),
     };
-    match store.put_new(name, bytes)? {
-        Put::Created => {}
-        // Someone else's object (an earlier upload whose row was deleted, another tool):
-        // leave it alone.
-        Put::AlreadyExists => return Err(UploadError::Duplicate(name.to_string()).into()),
+    // Someone else's object (an upload whose row was deleted, another tool): leave it alone.
+    // Asking first also tells us, should the put fail in transit, that whatever then appears
+    // under this key is ours.
+    if store.exists(name)? {
+        return Err(UploadError::Duplicate(name.to_string()).into());
+    }
+    match store.put_new(name, bytes) {
+        Ok(Put::Created) => {}
+        Ok(Put::AlreadyExists) => return Err(UploadError::Duplicate(name.to_string()).into()),
+        Err(e @ StorageError::Unavailable(_)) => {
+            remove_in_flight_object(store, name);
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
     }
     if let Err(error) = tx.commit() {
         return Err(WriteFailure::CommitUncertain { id, error });
@@ -291,6 +300,21 @@ fn write(
         width,
         height,
     })
+}
+
+/// A put that failed in transit (a timeout, a dropped connection) may still land. The name's
+/// claim is still held, so no other request can write this key: whatever appears under it is
+/// ours. Delete it now and again once the store's settle time has passed, before the claim is
+/// released by the rollback.
+fn remove_in_flight_object(store: &dyn ObjectStore, name: &str) {
+    for attempt in 0..2 {
+        if attempt == 1 {
+            std::thread::sleep(store.settle_time());
+        }
+        if let Err(e) = store.delete(name) {
+            tracing::warn!(%name, error = %e, "could not remove an object whose upload failed in transit");
+        }
+    }
 }
 
 fn fetch_photo(c: &mut crate::db::PgConn, id: i32) -> Result<Option<Photo>, DbError> {

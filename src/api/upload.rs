@@ -507,7 +507,7 @@ impl UploadApi {
                             let cat = cat.clone();
                             self.process(&mut report, name, &cat, bytes).await;
                         }
-                        (Some(bytes), None) => match spool(&bytes) {
+                        (Some(bytes), None) => match spool(bytes).await {
                             Ok(file) => waiting.push((name, file)),
                             Err(e) => report.failed.push(Failed {
                                 filename: name,
@@ -632,9 +632,14 @@ fn too_large_file(name: &str, max: u64) -> UploadError {
     UploadError::TooLarge(format!("{name} is larger than the {max}-byte limit"))
 }
 
-fn spool(bytes: &[u8]) -> io::Result<tempfile::NamedTempFile> {
-    use std::io::Write;
-    let mut f = tempfile::NamedTempFile::new()?;
-    f.write_all(bytes)?;
-    Ok(f)
+/// Parks a file on disk (off the async workers) until the batch's category is known.
+async fn spool(bytes: Vec<u8>) -> io::Result<tempfile::NamedTempFile> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new()?;
+        f.write_all(&bytes)?;
+        Ok(f)
+    })
+    .await
+    .map_err(io::Error::other)?
 }

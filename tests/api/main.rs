@@ -7,4 +7,5 @@ mod http;
 mod images;
 mod migrations;
 mod outage;
+mod supabase;
 mod uploads;
