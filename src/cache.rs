@@ -31,18 +31,24 @@ pub struct Page {
     pub body: Bytes,
     /// Strong validator: a hash of `body`, quoted.
     pub etag: String,
-    /// Total number of photographs when the page was built.
+    /// Total number of photographs (of the category, if filtered) when the page was built.
     pub total: i64,
+    /// Photographs on this page.
+    pub len: usize,
+    /// Id of the last photograph on this page (where the next keyset page starts).
+    pub last_id: Option<i64>,
 }
 
 impl Page {
-    pub fn new(body: Vec<u8>, total: i64) -> Page {
+    pub fn new(body: Vec<u8>, total: i64, len: usize, last_id: Option<i64>) -> Page {
         let digest = Sha256::digest(&body);
         let etag = format!("\"{}\"", crate::db::hex(&digest[..16]));
         Page {
             body: Bytes::from(body),
             etag,
             total,
+            len,
+            last_id,
         }
     }
 
@@ -55,17 +61,33 @@ impl Page {
     }
 }
 
-/// What identifies a page. (Keyset and category parameters join this key when they exist.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What identifies a page.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PageKey {
     pub limit: i64,
     pub offset: i64,
+    /// Keyset pagination: only rows with a larger id.
+    pub after_id: Option<i64>,
+    /// Only this category (lower-cased).
+    pub category: Option<Arc<str>>,
+}
+
+impl PageKey {
+    pub fn offset(limit: i64, offset: i64) -> PageKey {
+        PageKey {
+            limit,
+            offset,
+            after_id: None,
+            category: None,
+        }
+    }
 }
 
 pub struct PageCache {
     /// None when `cache.max_bytes` is 0: every request goes to the database.
     pages: Option<Cache<(u64, PageKey), Arc<Page>>>,
-    totals: Cache<u64, i64>,
+    /// Keyed by generation and category.
+    totals: Cache<(u64, Option<Arc<str>>), i64>,
     stale: Cache<PageKey, Arc<Page>>,
     generation: AtomicU64,
 }
@@ -87,7 +109,10 @@ impl PageCache {
         });
         PageCache {
             pages,
-            totals: Cache::builder().max_capacity(4).time_to_live(ttl).build(),
+            totals: Cache::builder()
+                .max_capacity(1024)
+                .time_to_live(ttl)
+                .build(),
             stale: Cache::builder()
                 .max_capacity(s.stale_max_bytes.max(1))
                 .weigher(|_k, v: &Arc<Page>| weigh(v.body.len()))
@@ -101,8 +126,9 @@ impl PageCache {
     }
 
     /// A live cached page, if there is one.
-    pub async fn get(&self, key: PageKey) -> Option<Arc<Page>> {
-        self.pages.as_ref()?.get(&(self.generation(), key)).await
+    pub async fn get(&self, key: &PageKey) -> Option<Arc<Page>> {
+        let key = (self.generation(), key.clone());
+        self.pages.as_ref()?.get(&key).await
     }
 
     /// The cached page, or the result of `load`, shared by every concurrent caller for the same
@@ -115,9 +141,10 @@ impl PageCache {
     where
         F: Future<Output = Result<Arc<Page>, crate::db::DbError>>,
     {
+        let stale_key = key.clone();
         let load = async {
             let page = load.await?;
-            self.stale.insert(key, page.clone()).await;
+            self.stale.insert(stale_key, page.clone()).await;
             Ok(page)
         };
         match &self.pages {
@@ -126,17 +153,23 @@ impl PageCache {
         }
     }
 
-    /// The row count, cached under the current generation.
-    pub async fn total<F>(&self, load: F) -> Result<i64, Arc<crate::db::DbError>>
+    /// The row count (of one category, or all), cached under the current generation.
+    pub async fn total<F>(
+        &self,
+        category: Option<Arc<str>>,
+        load: F,
+    ) -> Result<i64, Arc<crate::db::DbError>>
     where
         F: Future<Output = Result<i64, crate::db::DbError>>,
     {
-        self.totals.try_get_with(self.generation(), load).await
+        self.totals
+            .try_get_with((self.generation(), category), load)
+            .await
     }
 
     /// The last page successfully loaded for `key`, however old.
-    pub async fn stale(&self, key: PageKey) -> Option<Arc<Page>> {
-        self.stale.get(&key).await
+    pub async fn stale(&self, key: &PageKey) -> Option<Arc<Page>> {
+        self.stale.get(key).await
     }
 
     /// Forgets every live page and count: the next request for each reloads it.
@@ -166,6 +199,8 @@ mod tests {
     const KEY: PageKey = PageKey {
         limit: 10,
         offset: 0,
+        after_id: None,
+        category: None,
     };
 
     #[tokio::test(flavor = "multi_thread")]
@@ -177,10 +212,10 @@ mod tests {
                 let (cache, loads) = (cache.clone(), loads.clone());
                 tokio::spawn(async move {
                     cache
-                        .get_or_load(KEY, async {
+                        .get_or_load(KEY.clone(), async {
                             loads.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            Ok(Arc::new(Page::new(b"[]".to_vec(), 0)))
+                            Ok(Arc::new(Page::new(b"[]".to_vec(), 0, 0, None)))
                         })
                         .await
                         .unwrap()
@@ -198,8 +233,8 @@ mod tests {
         let budget = 64 * 1024;
         let cache = PageCache::new(&settings(budget));
         for offset in 0..200 {
-            let key = PageKey { limit: 10, offset };
-            let page = Arc::new(Page::new(vec![b' '; 2000], 0));
+            let key = PageKey::offset(10, offset);
+            let page = Arc::new(Page::new(vec![b' '; 2000], 0, 0, None));
             cache.get_or_load(key, async { Ok(page) }).await.unwrap();
         }
         let pages = cache.pages.as_ref().unwrap();
@@ -211,23 +246,26 @@ mod tests {
     #[tokio::test]
     async fn invalidation_hides_pages_loaded_before_it() {
         let cache = PageCache::new(&settings(1 << 20));
-        let old = Arc::new(Page::new(b"[1]".to_vec(), 1));
-        cache.get_or_load(KEY, async { Ok(old) }).await.unwrap();
-        assert!(cache.get(KEY).await.is_some());
+        let old = Arc::new(Page::new(b"[1]".to_vec(), 1, 1, Some(1)));
+        cache
+            .get_or_load(KEY.clone(), async { Ok(old) })
+            .await
+            .unwrap();
+        assert!(cache.get(&KEY).await.is_some());
         cache.invalidate();
-        assert!(cache.get(KEY).await.is_none());
+        assert!(cache.get(&KEY).await.is_none());
         // The stale copy survives for outages.
-        assert_eq!(cache.stale(KEY).await.unwrap().body.as_ref(), b"[1]");
+        assert_eq!(cache.stale(&KEY).await.unwrap().body.as_ref(), b"[1]");
     }
 
     #[test]
     fn etag_matching_follows_if_none_match_rules() {
-        let p = Page::new(b"[]".to_vec(), 0);
+        let p = Page::new(b"[]".to_vec(), 0, 0, None);
         assert!(p.matches(&p.etag));
         assert!(p.matches(&format!("W/{}", p.etag)));
         assert!(p.matches(&format!("\"other\", {}", p.etag)));
         assert!(p.matches("*"));
         assert!(!p.matches("\"other\""));
-        assert_ne!(p.etag, Page::new(b"[1]".to_vec(), 0).etag);
+        assert_ne!(p.etag, Page::new(b"[1]".to_vec(), 0, 0, None).etag);
     }
 }

@@ -23,7 +23,7 @@ use rust_embed::Embed;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::DatabaseSettings;
+use crate::{cache::PageKey, config::DatabaseSettings};
 
 pub type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub type PgConn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
@@ -363,13 +363,30 @@ pub fn hex(bytes: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // Queries
 
-/// One page of photographs in id order.
-pub fn fetch_page(c: &mut PgConn, limit: i64, offset: i64) -> Result<Vec<Photo>, DbError> {
-    let rows = c.query(include_str!("../sql/queries/page.sql"), &[&limit, &offset])?;
+/// One page of photographs in id order (see `sql/queries/page.sql`). Sent as an unnamed
+/// statement with typed parameters: one round trip, and planned with the actual values, so the
+/// optional filters still use the indexes.
+pub fn fetch_page(c: &mut PgConn, key: &PageKey) -> Result<Vec<Photo>, DbError> {
+    use postgres::types::Type;
+    let category = key.category.as_deref();
+    let rows = c.query_typed(
+        include_str!("../sql/queries/page.sql"),
+        &[
+            (&key.limit, Type::INT8),
+            (&key.offset, Type::INT8),
+            (&key.after_id, Type::INT8),
+            (&category, Type::TEXT),
+        ],
+    )?;
     Ok(rows.iter().map(Photo::from_row).collect())
 }
 
-/// Number of photographs (the `X-Total-Count` header).
-pub fn count(c: &mut PgConn) -> Result<i64, DbError> {
-    Ok(c.query_one("SELECT count(*) FROM photographs", &[])?.get(0))
+/// Number of photographs, optionally of one lower-cased category (`X-Total-Count`).
+pub fn count(c: &mut PgConn, category: Option<&str>) -> Result<i64, DbError> {
+    use postgres::types::Type;
+    let rows = c.query_typed(
+        include_str!("../sql/queries/count.sql"),
+        &[(&category, Type::TEXT)],
+    )?;
+    Ok(rows.first().map_or(0, |r| r.get(0)))
 }

@@ -57,15 +57,29 @@ impl Fallback {
         self.items.is_empty()
     }
 
-    pub fn page(&self, key: PageKey) -> Arc<Page> {
-        let start = usize::try_from(key.offset)
-            .unwrap_or(usize::MAX)
-            .min(self.items.len());
-        let end = start
-            .saturating_add(usize::try_from(key.limit).unwrap_or(0))
-            .min(self.items.len());
-        let body = serde_json::to_vec(&self.items[start..end]).expect("JSON values serialise");
-        Arc::new(Page::new(body, self.items.len() as i64))
+    pub fn page(&self, key: &PageKey) -> Arc<Page> {
+        let matching: Vec<&serde_json::Value> = self
+            .items
+            .iter()
+            .filter(|p| {
+                key.category.as_deref().is_none_or(|c| {
+                    p["category"]
+                        .as_str()
+                        .is_some_and(|pc| pc.eq_ignore_ascii_case(c))
+                })
+            })
+            .collect();
+        let total = matching.len() as i64;
+        let body: Vec<&serde_json::Value> = matching
+            .into_iter()
+            .filter(|p| key.after_id.is_none_or(|a| p["id"].as_i64() > Some(a)))
+            .skip(usize::try_from(key.offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(key.limit).unwrap_or(0))
+            .collect();
+        let last_id = body.last().and_then(|p| p["id"].as_i64());
+        let len = body.len();
+        let body = serde_json::to_vec(&body).expect("JSON values serialise");
+        Arc::new(Page::new(body, total, len, last_id))
     }
 }
 
@@ -93,7 +107,7 @@ impl Listing {
         self.cache.invalidate();
     }
 
-    pub async fn page(&self, key: PageKey) -> (Arc<Page>, Source) {
+    pub async fn page(&self, key: &PageKey) -> (Arc<Page>, Source) {
         let Some(db) = &self.db else {
             return (self.fallback.page(key), Source::Fallback);
         };
@@ -103,7 +117,11 @@ impl Listing {
         // While the database is known to be down, don't make every request wait out a
         // checkout timeout: the background probe will notice when it is back.
         if db.is_available() {
-            match self.cache.get_or_load(key, self.load(db, key)).await {
+            match self
+                .cache
+                .get_or_load(key.clone(), self.load(db, key))
+                .await
+            {
                 Ok(page) => return (page, Source::Database),
                 Err(e) => tracing::warn!(error = %e, "listing from the database failed"),
             }
@@ -114,15 +132,22 @@ impl Listing {
         }
     }
 
-    async fn load(&self, db: &Db, key: PageKey) -> Result<Arc<Page>, db::DbError> {
-        let total = self
-            .cache
-            .total(db.run(db::count))
-            .await
-            .map_err(db::DbError::Shared)?;
-        let PageKey { limit, offset } = key;
-        let photos = db.run(move |c| db::fetch_page(c, limit, offset)).await?;
+    async fn load(&self, db: &Db, key: &PageKey) -> Result<Arc<Page>, db::DbError> {
+        let category = key.category.clone();
+        let total = {
+            let category = category.clone();
+            self.cache
+                .total(
+                    category.clone(),
+                    db.run(move |c| db::count(c, category.as_deref())),
+                )
+                .await
+                .map_err(db::DbError::Shared)?
+        };
+        let key = key.clone();
+        let photos = db.run(move |c| db::fetch_page(c, &key)).await?;
         let body = serde_json::to_vec(&photos).expect("photos serialise");
-        Ok(Arc::new(Page::new(body, total)))
+        let last_id = photos.last().map(|p| i64::from(p.id));
+        Ok(Arc::new(Page::new(body, total, photos.len(), last_id)))
     }
 }

@@ -1,2 +1,4 @@
--- Listing by category in id order (`?category=`): one index range scan, at any depth.
-CREATE INDEX IF NOT EXISTS photographs_category_id_idx ON photographs (category, id);
+-- Listing by category in id order (`?category=`, matched case-insensitively because rows the
+-- original wrote may say "Landscape"): one index range scan, at any depth, with or without a
+-- keyset start.
+CREATE INDEX IF NOT EXISTS photographs_category_id_idx ON photographs (lower(category), id);

@@ -140,3 +140,115 @@ async fn with_the_cache_disabled_every_request_reads_the_database() {
     db.seed(1);
     assert_eq!(app.get("/api/images").await.ids(), vec![1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyset_pages_follow_the_link_header_to_the_end() {
+    let db = TestDb::new();
+    let app = TestApp::with_db(&db).await;
+    db.seed(25);
+    db.execute("DELETE FROM photographs WHERE id IN (3, 4, 17)");
+
+    let mut uri = "/api/images?after_id=0&limit=10".to_string();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = app.get(&uri).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}");
+        seen.extend(r.ids());
+        pages += 1;
+        match r.header("link") {
+            Some(link) => {
+                let next = link
+                    .strip_prefix('<')
+                    .and_then(|l| l.split_once(">; rel=\"next\""))
+                    .map(|(u, _)| u.to_string())
+                    .unwrap_or_else(|| panic!("bad Link: {link}"));
+                assert!(next.contains("after_id="), "{next}");
+                uri = next;
+            }
+            None => break,
+        }
+    }
+    let all: Vec<i64> = (1..=25).filter(|i| ![3, 4, 17].contains(i)).collect();
+    assert_eq!(seen, all);
+    assert_eq!(pages, 3);
+
+    let r = app.get("/api/images?after_id=16&limit=3").await;
+    assert_eq!(r.ids(), vec![18, 19, 20]);
+    assert_eq!(r.header("x-total-count"), Some("22"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offset_pages_link_to_the_next_offset() {
+    let db = TestDb::new();
+    let app = TestApp::with_db(&db).await;
+    db.seed(12);
+    let r = app.get("/api/images?limit=5&offset=5").await;
+    assert_eq!(
+        r.header("link"),
+        Some("</api/images?limit=5&offset=10>; rel=\"next\"")
+    );
+    let last = app.get("/api/images?limit=5&offset=10").await;
+    assert_eq!(last.ids(), vec![11, 12]);
+    assert_eq!(last.header("link"), None, "a short page is the last");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn category_filters_both_forms_and_the_total() {
+    let db = TestDb::new();
+    let app = TestApp::with_db(&db).await;
+    db.seed(10); // even ids are 'nature', odd 'city'
+    db.execute("UPDATE photographs SET category = 'Nature' WHERE id = 2"); // as the original wrote
+
+    let r = app.get("/api/images?category=nature&limit=3").await;
+    assert_eq!(r.ids(), vec![2, 4, 6]);
+    assert_eq!(r.header("x-total-count"), Some("5"));
+    assert_eq!(
+        r.header("link"),
+        Some("</api/images?limit=3&offset=3&category=nature>; rel=\"next\"")
+    );
+    let r = app
+        .get("/api/images?category=NATURE&after_id=4&limit=2")
+        .await;
+    assert_eq!(r.ids(), vec![6, 8]);
+    assert_eq!(
+        r.header("link"),
+        Some("</api/images?after_id=8&limit=2&category=nature>; rel=\"next\"")
+    );
+    let none = app.get("/api/images?category=food").await;
+    assert_eq!(none.body, b"[]");
+    assert_eq!(none.header("x-total-count"), Some("0"));
+    // The unfiltered total is not confused with a category's.
+    assert_eq!(
+        app.get("/api/images").await.header("x-total-count"),
+        Some("10")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyset_and_category_parameters_are_validated() {
+    let db = TestDb::new();
+    let app = TestApp::with_db(&db).await;
+    for (query, needle) in [
+        ("after_id=-1", "after_id"),
+        ("after_id=x", "after_id"),
+        ("after_id=5&offset=0", "after_id"),
+        ("category=", "category"),
+        (&format!("category={}", "x".repeat(51)), "category"),
+    ] {
+        let r = app.get(&format!("/api/images?{query}")).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        let detail = r.json()["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains(needle), "{query}: {detail}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_fallback_honours_keyset_and_category_too() {
+    let app = TestApp::spawn(crate::helpers::settings(None)).await;
+    let r = app.get("/api/images?category=landscape&limit=100").await;
+    assert_eq!(r.ids(), vec![1, 3, 6, 8, 11]);
+    assert_eq!(r.header("x-total-count"), Some("5"));
+    let r = app.get("/api/images?after_id=10&limit=100").await;
+    assert_eq!(r.ids(), vec![11, 12, 13]);
+}
