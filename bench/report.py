@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Turns the raw output of bench/run.sh into bench/results.md (stdout).
+
+    report.py RAW_DIR            the markdown report
+    report.py --check RAW_DIR    exit 1 unless every scenario ran and answered correctly
+                                 (the CI smoke test; targets are not judged on 1 s runs)
+"""
+import re
+import sys
+from pathlib import Path
+
+
+def kv(path):
+    """`key=value` lines. A line with one `=` holds one value (spaces allowed); others hold
+    several space-separated pairs."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if line.count("=") == 1:
+            key, value = line.split("=", 1)
+            out[key] = value
+        else:
+            out.update(re.findall(r"(\w+)=(\S+)", line))
+    return out
+
+
+def ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def wrk(path):
+    text = Path(path).read_text()
+    r = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", text)
+    r["requests"] = int(m.group(1))
+    r["seconds"] = float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", text, re.M)
+        r[f"p{pct}"] = ms(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    r["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"checked: ok=(\d+) bad=(\d+) fallback=(\d+)", text)
+    r["ok"], r["bad"], r["fallback"] = (int(x) for x in m.groups())
+    r["rps"] = r["ok"] / r["seconds"]  # only correct 2xx answers count
+    return r
+
+
+def main():
+    check = sys.argv[1] == "--check"
+    raw = Path(sys.argv[-1])
+    env = kv(raw / "env.txt")
+    runs = {p.stem: wrk(p) for p in raw.glob("*.txt") if p.stem not in ("env", "rss", "upload", "pgbench")}
+    pg = Path(raw / "pgbench.txt").read_text()
+    pg_tps = float(re.search(r"tps = ([\d.]+)", pg).group(1))
+    m = re.search(r"latency average = ([\d.]+) ms", pg)
+    pg_lat = float(m.group(1)) if m else float("nan")
+    rss = kv(raw / "rss.txt")
+    up = kv(raw / "upload.txt")
+
+    db_up = ["root", "cached", "uncached", "big_first", "big_offset", "big_keyset"]
+    if check:
+        problems = []
+        for name in db_up + ["nginx", "outage"]:
+            r = runs.get(name)
+            if r is None:
+                problems.append(f"{name}: did not run")
+            elif r["ok"] == 0 or r["bad"] or r["non2xx"]:
+                problems.append(f"{name}: ok={r['ok']} bad={r['bad']} non2xx={r['non2xx']}")
+        for name in db_up:
+            if name in runs and runs[name]["fallback"]:
+                problems.append(f"{name}: {runs[name]['fallback']} fallback answers with the database up")
+        if pg_tps <= 0:
+            problems.append("pgbench: no transactions")
+        if int(up["uploaded"]) != int(up["files"]):
+            problems.append(f"upload: {up}")
+        print("\n".join(problems) or "bench smoke: every scenario ran and answered correctly")
+        sys.exit(1 if problems else 0)
+
+    def row(label, name, note=""):
+        r = runs[name]
+        return (f"| {label} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                f"{r['bad'] + r['non2xx'] + r['socket_errors']} | {r['fallback']} | {note} |")
+
+    c, n = runs["cached"], runs["nginx"]
+    ratios = {
+        "cached": c["rps"] / n["rps"],
+        "uncached": runs["uncached"]["rps"] / pg_tps,
+        "keyset": runs["big_keyset"]["rps"] / runs["big_first"]["rps"],
+        "offset": runs["big_offset"]["rps"] / runs["big_first"]["rps"],
+    }
+    errors_up = sum(runs[k]["bad"] + runs[k]["non2xx"] + runs[k]["socket_errors"] for k in db_up)
+    fallback_up = sum(runs[k]["fallback"] for k in db_up)
+    loaded_mib = int(rss["loaded_rss_kib"]) / 1024
+    peak_mib = int(rss["peak_rss_kib"]) / 1024
+    growth_mib = int(up["growth_kib"]) / 1024
+    mb = int(up["bytes_each"]) / 1e6
+
+    def verdict(ok):
+        return "met" if ok else "**missed**"
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run by `bench/run.sh` on {env['date']}: {env['cpu']}, {env['cores']} cores, Linux {env['kernel']}.",
+        f"{env['server']} ({env['rustc']}), {env['postgres']}, {env['nginx']}, {env['wrk']}.",
+        f"Every load is `wrk -t2 -c{env['connections']} -d{env['duration']} --latency` with `bench/check.lua`, "
+        "which counts a response only if it is a 200 with the right body (`req/s` is correct answers per "
+        "second) and counts answers served from fallback. wrk, the server, nginx and PostgreSQL share the "
+        "same cores. Raw output: `bench/raw/`.",
+        "",
+        "| scenario | req/s | p50 ms | p99 ms | errors | fallback | notes |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        row("`GET /`", "root"),
+        row("`GET /api/images?limit=10&offset=0`, cached", "cached", f"{ratios['cached']:.2f}× nginx"),
+        row("nginx serving the same bytes from a file", "nginx", "the machine's ceiling"),
+        row(f"uncached pages, offsets rotating over {int(env['rows_small']):,} rows", "uncached",
+            f"{ratios['uncached']:.2f}× pgbench"),
+        f"| pgbench, same SQL, {env['connections']} clients | {pg_tps:,.0f} | | | | | "
+        f"latency avg {pg_lat:.2f} ms; the database's ceiling |",
+        row(f"page 1 of {int(env['rows_big']):,} rows, uncached", "big_first"),
+        row(f"offset {int(env['deep']):,}, uncached", "big_offset", f"{ratios['offset']:.3f}× page 1"),
+        row(f"`after_id={int(env['deep']):,}` (keyset), uncached", "big_keyset", f"{ratios['keyset']:.2f}× page 1"),
+        row("database stopped: rotating pages (stale or embedded)", "outage"),
+        "",
+        f"Memory: the cached server used {int(rss['idle_rss_kib']) / 1024:.1f} MiB RSS idle, "
+        f"{loaded_mib:.1f} MiB at the end of scenario 1 (peak {peak_mib:.1f} MiB).",
+        f"Batch upload: {up['files']} JPEGs of {mb:.1f} MB ({int(up['files']) * mb:.0f} MB) in one "
+        f"`/api/upload-batch` request to the local backend took {float(up['wall_s']):.1f} s "
+        f"({up['uploaded']} uploaded, {up['skipped']} skipped, {up['failed']} failed); "
+        f"peak RSS grew by {growth_mib:.1f} MiB.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        f"| cached page ≥ 0.8× nginx | {ratios['cached']:.2f}× | {verdict(ratios['cached'] >= 0.8)} |",
+        f"| cached page p99 ≤ 2 ms | {c['p99']:.2f} ms | {verdict(c['p99'] <= 2)} |",
+        f"| uncached ≥ 0.5× pgbench | {ratios['uncached']:.2f}× | {verdict(ratios['uncached'] >= 0.5)} |",
+        f"| keyset at depth within 2× of page 1 | {ratios['keyset']:.2f}× | {verdict(ratios['keyset'] >= 0.5)} |",
+        f"| 0 errors, 0 fallback with the database up | {errors_up} errors, {fallback_up} fallback | "
+        f"{verdict(errors_up == 0 and fallback_up == 0)} |",
+        f"| fallback p99 ≤ 5 ms, no errors | {runs['outage']['p99']:.2f} ms, "
+        f"{runs['outage']['bad'] + runs['outage']['non2xx']} errors | "
+        f"{verdict(runs['outage']['p99'] <= 5 and runs['outage']['bad'] + runs['outage']['non2xx'] == 0)} |",
+        f"| RSS under load ≤ 32 MiB | {peak_mib:.1f} MiB peak | {verdict(peak_mib <= 32)} |",
+        f"| batch upload RSS growth ≤ 64 MiB | {growth_mib:.1f} MiB | {verdict(growth_mib <= 64)} |",
+        "",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Benchmarks portfolio-server beside the ceilings of the same machine, in one run:
+# nginx serving the identical bytes, and pgbench running the same SQL. Writes bench/results.md
+# and keeps the raw wrk/pgbench output in bench/raw/.
+#
+#   bench/run.sh            the full run (about 5 minutes after the release build)
+#   QUICK=1 bench/run.sh    a smoke test of every part: 1 s runs, small tables (CI)
+#
+# Needs root (apt-get for wrk/nginx/PostgreSQL when missing; PostgreSQL runs as `postgres`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+  DUR=1s; ROWS_SMALL=2000; ROWS_BIG=20000; BATCH=5
+else
+  DUR=10s; ROWS_SMALL=10000; ROWS_BIG=1000000; BATCH=100
+fi
+DEEP=$((ROWS_BIG * 9 / 10))
+CONNS=100
+RAW=$ROOT/bench/raw
+if [ "$QUICK" = 1 ]; then RAW=$(mktemp -d /tmp/portfolio-bench-raw.XXXXXX); fi
+mkdir -p "$RAW"
+rm -f "$RAW"/*.txt
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+# --- tools a fresh machine lacks ------------------------------------------------------------
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql-15)
+command -v pgbench >/dev/null || missing+=(postgresql-contrib)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+python3 -c 'import PIL' 2>/dev/null || pip install -q pillow
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+
+log "building the release binary"
+cargo build --release --locked 2>&1 | tail -1
+BIN=$ROOT/target/release/portfolio-server
+
+# --- a throwaway PostgreSQL ---------------------------------------------------------------
+WORK=$(mktemp -d /tmp/portfolio-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx/nginx.pid" ] && kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" stop -m immediate >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PGPORT=$(free_port)
+mkdir -p "$WORK/pg" && chown postgres "$WORK/pg"
+log "starting PostgreSQL on port $PGPORT"
+runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust -E UTF8 >/dev/null
+pg_ctl() { runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" "$@" >/dev/null; }
+PGOPTS="-p $PGPORT -k $WORK/pg -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off"
+pg_ctl -o "$PGOPTS" -w start
+PSQL=(psql -h 127.0.0.1 -p "$PGPORT" -U postgres -q -v ON_ERROR_STOP=1)
+URL_SMALL=postgres://postgres@127.0.0.1:$PGPORT/small
+URL_BIG=postgres://postgres@127.0.0.1:$PGPORT/big
+
+seed() { # db rows
+  "${PSQL[@]}" -c "CREATE DATABASE $1"
+  DATABASE_URL=postgres://postgres@127.0.0.1:$PGPORT/$1 "$BIN" migrate 2>/dev/null
+  "${PSQL[@]}" -d "$1" -c "INSERT INTO photographs (filename, url, category, width, height)
+    SELECT 'photo-' || i || '.jpg', 'https://cdn.example/photos/photo-' || i || '.jpg',
+           (ARRAY['nature','city','travel','street'])[1 + i % 4], 4000, 3000
+    FROM generate_series(1, $2) AS i" -c "VACUUM ANALYZE photographs"
+}
+log "seeding $ROWS_SMALL and $ROWS_BIG rows"
+seed small "$ROWS_SMALL"
+seed big "$ROWS_BIG"
+
+# --- the servers ----------------------------------------------------------------------------
+start_server() { # name port url [VAR=value ...]
+  local name=$1 port=$2 url=$3; shift 3
+  # exec: $! is the server's own pid.
+  (cd "$WORK" && exec env -i PATH="$PATH" HOME="$WORK" PORT="$port" APP_SERVER__HOST=127.0.0.1 \
+     DATABASE_URL="$url" "$@" "$BIN" >"$WORK/$name.log" 2>&1) &
+  PIDS+=($!)
+  eval "PID_$name=$!"
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$port/api/health" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "server $name did not start:" >&2; cat "$WORK/$name.log" >&2; exit 1
+}
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+P_CACHED=$(free_port); P_UNCACHED=$(free_port); P_BIG=$(free_port); P_UPLOAD=$(free_port)
+start_server cached "$P_CACHED" "$URL_SMALL"
+start_server uncached "$P_UNCACHED" "$URL_SMALL" APP_CACHE__MAX_BYTES=0
+start_server big "$P_BIG" "$URL_BIG" APP_CACHE__MAX_BYTES=0
+start_server upload "$P_UPLOAD" "$URL_SMALL" ADMIN_API_KEY=bench-key \
+  APP_STORAGE__LOCAL_DIR="$WORK/media" APP_CACHE__MAX_BYTES=0
+PID_CACHED=$PID_cached
+
+# --- wrk ------------------------------------------------------------------------------------
+run_wrk() { # name url [VAR=value ...]: wrk with the checking script, output kept in raw/
+  local name=$1 url=$2; shift 2
+  env "$@" wrk -t2 -c"$CONNS" -d"$DUR" --latency -s "$ROOT/bench/check.lua" "$url" >"$RAW/$name.txt" 2>&1
+  grep -E 'Requests/sec|checked:' "$RAW/$name.txt" | tr '\n' ' ' >&2; echo >&2
+}
+
+echo "idle_rss_kib=$(rss_kib "$PID_CACHED")" >"$RAW/rss.txt"
+
+log "1. cached: GET / and GET /api/images?limit=10&offset=0"
+PAGE="/api/images?limit=10&offset=0"
+curl -sf "http://127.0.0.1:$P_CACHED/" >"$WORK/root.json"
+curl -sf "http://127.0.0.1:$P_CACHED$PAGE" >"$WORK/page.json"
+run_wrk root "http://127.0.0.1:$P_CACHED/" EXPECT_FILE="$WORK/root.json"
+run_wrk cached "http://127.0.0.1:$P_CACHED$PAGE" EXPECT_FILE="$WORK/page.json"
+echo "loaded_rss_kib=$(rss_kib "$PID_CACHED")" >>"$RAW/rss.txt"
+echo "peak_rss_kib=$(hwm_kib "$PID_CACHED")" >>"$RAW/rss.txt"
+
+log "2. nginx serving the same bytes"
+mkdir -p "$WORK/www/api" "$WORK/nginx"
+cp "$WORK/page.json" "$WORK/www/api/images"
+P_NGINX=$(free_port)
+cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  server {
+    listen 127.0.0.1:$P_NGINX;
+    root $WORK/www;
+    location / { default_type "application/json; charset=utf-8"; }
+  }
+}
+CONF
+"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx"
+sleep 0.5
+run_wrk nginx "http://127.0.0.1:$P_NGINX$PAGE" EXPECT_FILE="$WORK/page.json"
+
+log "3. uncached pages, rotating offsets over $ROWS_SMALL rows; pgbench on the same SQL"
+run_wrk uncached "http://127.0.0.1:$P_UNCACHED/" ROTATE=$((ROWS_SMALL - 10))
+sed "s/random(0, 9989)/random(0, $((ROWS_SMALL - 11)))/" "$ROOT/bench/page.sql" >"$WORK/page.sql"
+pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -M extended -c "$CONNS" -j 2 -T "${DUR%s}" \
+  -f "$WORK/page.sql" small >"$RAW/pgbench.txt" 2>&1
+grep -E '^tps' "$RAW/pgbench.txt" >&2
+
+log "4. depth $DEEP of $ROWS_BIG rows: offset and keyset (cache off)"
+run_wrk big_first "http://127.0.0.1:$P_BIG/api/images?limit=10&offset=0"
+run_wrk big_offset "http://127.0.0.1:$P_BIG/api/images?limit=10&offset=$DEEP"
+run_wrk big_keyset "http://127.0.0.1:$P_BIG/api/images?after_id=$DEEP&limit=10"
+
+log "6. batch upload of $BATCH generated JPEGs (local storage)"
+python3 - "$WORK/jpegs" "$BATCH" <<'PY'
+import os, sys
+from PIL import Image
+out, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(out, exist_ok=True)
+# Colour noise barely compresses: about 3 MB at this size and quality.
+img = Image.merge("RGB", [Image.effect_noise((1560, 1560), 100) for _ in range(3)])
+img.save(os.path.join(out, "p0.jpg"), quality=95)
+data = open(os.path.join(out, "p0.jpg"), "rb").read()
+for i in range(1, n):
+    open(os.path.join(out, f"p{i}.jpg"), "wb").write(data)
+print(f"jpeg_bytes={len(data)}")
+PY
+PID_UPLOAD=$PID_upload
+BASE_RSS=$(rss_kib "$PID_UPLOAD")
+echo 5 >"/proc/$PID_UPLOAD/clear_refs" # reset the peak-RSS mark
+args=()
+for f in "$WORK"/jpegs/*.jpg; do args+=(-F "files=@$f"); done
+T0=$(date +%s.%N)
+curl -sf -X POST "http://127.0.0.1:$P_UPLOAD/api/upload-batch" -H "X-API-Key: bench-key" \
+  -F category=bench "${args[@]}" >"$WORK/batch.json"
+T1=$(date +%s.%N)
+python3 - "$WORK/batch.json" "$T0" "$T1" "$BASE_RSS" "$(hwm_kib "$PID_UPLOAD")" "$(du -b "$WORK/jpegs/p0.jpg" | cut -f1)" "$BATCH" >"$RAW/upload.txt" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+t0, t1, base, peak, size, n = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+print(f"files={n} bytes_each={size} uploaded={len(report['uploaded'])} skipped={len(report['skipped'])} failed={len(report['failed'])}")
+print(f"wall_s={t1 - t0:.2f} base_rss_kib={base} peak_rss_kib={peak} growth_kib={peak - base}")
+PY
+cat "$RAW/upload.txt" >&2
+
+log "5. the database stopped: fallback latency"
+pg_ctl stop -m fast
+curl -s "http://127.0.0.1:$P_UNCACHED/api/images?limit=10&offset=1" >/dev/null || true # notices
+run_wrk outage "http://127.0.0.1:$P_UNCACHED/" ROTATE=$((ROWS_SMALL - 10)) OUTAGE=1
+
+log "7. versions and the report"
+{
+  echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+  echo "cores=$(nproc)"
+  echo "kernel=$(uname -r)"
+  echo "rustc=$(rustc --version)"
+  echo "server=$("$BIN" --version)"
+  echo "postgres=$("$PGBIN/postgres" --version)"
+  echo "nginx=$("$NGINX" -v 2>&1)"
+  echo "wrk=$(wrk -v 2>&1 | head -1)"
+  echo "duration=$DUR connections=$CONNS rows_small=$ROWS_SMALL rows_big=$ROWS_BIG deep=$DEEP quick=$QUICK"
+} >"$RAW/env.txt"
+python3 "$ROOT/bench/report.py" "$RAW" >"$RAW/results.md"
+if [ "$QUICK" = 1 ]; then
+  cat "$RAW/results.md"
+  python3 "$ROOT/bench/report.py" --check "$RAW"
+else
+  cp "$RAW/results.md" "$ROOT/bench/results.md"
+  cat "$ROOT/bench/results.md"
+fi
