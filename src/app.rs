@@ -4,17 +4,18 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use poem::{
-    Endpoint, EndpointExt, IntoResponse, Response, Route, Server,
+    Endpoint, EndpointExt, Response, Route, Server,
     endpoint::StaticFilesEndpoint,
-    http::{Method, StatusCode, header},
+    http::header,
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-    middleware::{CatchPanic, Compression, Cors, NormalizePath, SetHeader, Tracing, TrailingSlash},
+    middleware::{Compression, SetHeader},
 };
 
 use crate::{
     cache::PageCache,
     config::{Settings, StorageBackend},
     db::{Db, DbError},
+    front::Front,
     listing::Listing,
     storage::{self, ObjectStore},
     upload::Uploader,
@@ -96,14 +97,16 @@ impl AppState {
     }
 }
 
-/// Every route with its middleware.
+/// Every route, behind [`Front`] (CORS, errors, logging, the listing fast path). Compression
+/// applies where it pays: the large docs page and spec. Listing pages carry their own gzip copy,
+/// made once per cached page.
 pub fn routes(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let api = crate::api::service(state.clone());
     let (docs, spec) = (api.swagger_ui(), api.spec_endpoint());
     let mut route = Route::new()
         .nest("/", api)
-        .nest("/docs", docs)
-        .at("/openapi.json", spec);
+        .nest("/docs", docs.with(Compression::new()))
+        .at("/openapi.json", spec.with(Compression::new()));
     let storage = &state.settings.storage;
     if storage.backend == StorageBackend::Local {
         // Object keys never change content (no overwrite), so copies may be kept for a year.
@@ -115,55 +118,7 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             ),
         );
     }
-    route
-        .with(NormalizePath::new(TrailingSlash::Trim))
-        .with(cors(&state.settings.server.cors_origins))
-        .with(Compression::new())
-        .with(Tracing)
-        .catch_all_error(json_error)
-        .with(CatchPanic::new().with_handler(|_| {
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
-        }))
-        .data(state)
-}
-
-/// An explicit allow-list. poem's `Cors` allows *every* origin when its list is empty, so an
-/// empty list here refuses every cross-origin request instead.
-fn cors(origins: &[String]) -> Cors {
-    let cors = Cors::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers(["content-type", "x-api-key", "if-none-match"])
-        .expose_headers(["etag", "x-total-count", "x-data-source", "link"])
-        .max_age(600);
-    if origins.is_empty() {
-        cors.allow_origins_fn(|_| false)
-    } else {
-        cors.allow_origins(origins.iter().map(String::as_str))
-    }
-}
-
-/// Errors raised outside our handlers (unknown route, wrong method, CORS refusal, ...) get the
-/// same JSON shape as ours.
-async fn json_error(e: poem::Error) -> Response {
-    let status = e.status();
-    let detail = match status {
-        StatusCode::NOT_FOUND => "Not Found".to_string(),
-        StatusCode::METHOD_NOT_ALLOWED => "Method Not Allowed".to_string(),
-        StatusCode::FORBIDDEN => "Origin not allowed".to_string(),
-        // A 500's message may hold internals; other statuses carry a message meant for the client.
-        StatusCode::INTERNAL_SERVER_ERROR => {
-            tracing::error!(error = %e, "request failed");
-            "internal server error".to_string()
-        }
-        _ => e.to_string(),
-    };
-    error_response(status, &detail)
-}
-
-fn error_response(status: StatusCode, detail: &str) -> Response {
-    poem::web::Json(serde_json::json!({ "detail": detail }))
-        .with_status(status)
-        .into_response()
+    Front::new(route, state)
 }
 
 /// A bound server, ready to run.

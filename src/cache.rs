@@ -12,7 +12,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -37,7 +37,12 @@ pub struct Page {
     pub len: usize,
     /// Id of the last photograph on this page (where the next keyset page starts).
     pub last_id: Option<i64>,
+    /// The body gzipped, made the first time a client accepts gzip.
+    gzip: OnceLock<Bytes>,
 }
+
+/// Bodies shorter than this are sent as they are: gzip would not make them smaller.
+const GZIP_MIN: usize = 256;
 
 impl Page {
     pub fn new(body: Vec<u8>, total: i64, len: usize, last_id: Option<i64>) -> Page {
@@ -49,15 +54,38 @@ impl Page {
             total,
             len,
             last_id,
+            gzip: OnceLock::new(),
         }
+    }
+
+    /// The gzip copy of the body, or None when the body is too short to be worth it.
+    pub fn gzipped(&self) -> Option<&Bytes> {
+        if self.body.len() < GZIP_MIN {
+            return None;
+        }
+        Some(self.gzip.get_or_init(|| {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(self.body.len() / 3),
+                flate2::Compression::default(),
+            );
+            enc.write_all(&self.body).expect("writing to a Vec");
+            Bytes::from(enc.finish().expect("writing to a Vec"))
+        }))
+    }
+
+    /// The ETag of the gzip copy: a different representation, so a different strong tag.
+    pub fn gzip_etag(&self) -> String {
+        format!("{}-gz\"", &self.etag[..self.etag.len() - 1])
     }
 
     /// Whether an `If-None-Match` header value matches this page (RFC 9110 weak comparison).
     pub fn matches(&self, if_none_match: &str) -> bool {
-        if_none_match
-            .split(',')
-            .map(str::trim)
-            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag)
+        let base = &self.etag[..self.etag.len() - 1]; // without the closing quote
+        if_none_match.split(',').map(str::trim).any(|tag| {
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            tag == "*" || tag == self.etag || tag.strip_suffix("-gz\"").is_some_and(|t| t == base)
+        })
     }
 }
 
@@ -203,6 +231,22 @@ mod tests {
         category: None,
     };
 
+    #[test]
+    fn a_gzip_copy_is_made_once_for_bodies_worth_compressing() {
+        use std::io::Read;
+        assert!(Page::new(b"[]".to_vec(), 0, 0, None).gzipped().is_none());
+        let body = br#"{"id":1,"filename":"a.jpg"},"#.repeat(40);
+        let p = Page::new(body.clone(), 40, 40, Some(40));
+        let gz = p.gzipped().unwrap().clone();
+        assert!(gz.len() < body.len() / 4);
+        assert_eq!(p.gzipped().unwrap().as_ptr(), gz.as_ptr(), "made once");
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, body);
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn concurrent_misses_for_one_page_load_it_once() {
         let cache = Arc::new(PageCache::new(&settings(1 << 20)));
@@ -266,6 +310,7 @@ mod tests {
         assert!(p.matches(&format!("\"other\", {}", p.etag)));
         assert!(p.matches("*"));
         assert!(!p.matches("\"other\""));
+        assert!(p.matches(&p.gzip_etag()), "either representation's tag");
         assert_ne!(p.etag, Page::new(b"[1]".to_vec(), 0, 0, None).etag);
     }
 }

@@ -303,6 +303,8 @@ pub fn migrate(c: &mut PgConn) -> Result<Vec<String>, DbError> {
     let mut tx = c.transaction()?;
     // Transaction-scoped: released on commit or rollback, never left held by a pooled connection.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    // "relation already exists, skipping" NOTICEs are expected here, on every start.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              name TEXT PRIMARY KEY,

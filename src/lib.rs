@@ -11,6 +11,8 @@ pub mod cache;
 pub mod config;
 /// PostgreSQL: pool, blocking bridge, outage tracking, migrations, queries.
 pub mod db;
+/// The layer in front of every route: CORS, JSON errors, request log, listing fast path.
+pub mod front;
 /// Pure checks on uploaded photos: JPEG content, displayed size, safe names.
 pub mod imaging;
 /// The read path of the listing: cache, database, stale copy, embedded data.

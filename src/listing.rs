@@ -1,7 +1,10 @@
 //! The read path of `GET /api/images`: cache, then database, then the stale copy, then the
 //! photographs embedded in the binary. The body is always a JSON array of the same shape.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use rust_embed::Embed;
 
@@ -39,14 +42,21 @@ pub struct Assets;
 /// the six contract fields).
 pub struct Fallback {
     items: Vec<serde_json::Value>,
+    /// Pages already built (the data never changes). Bounded: cleared when full.
+    pages: Mutex<HashMap<PageKey, Arc<Page>>>,
 }
+
+const FALLBACK_PAGES_MAX: usize = 1024;
 
 impl Fallback {
     pub fn load() -> Fallback {
         let file = Assets::get("photographs.json").expect("assets/photographs.json is embedded");
         let items: Vec<serde_json::Value> =
             serde_json::from_slice(&file.data).expect("assets/photographs.json is a JSON array");
-        Fallback { items }
+        Fallback {
+            items,
+            pages: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -58,6 +68,19 @@ impl Fallback {
     }
 
     pub fn page(&self, key: &PageKey) -> Arc<Page> {
+        if let Some(page) = self.pages.lock().expect("not poisoned").get(key) {
+            return page.clone();
+        }
+        let page = self.build(key);
+        let mut pages = self.pages.lock().expect("not poisoned");
+        if pages.len() >= FALLBACK_PAGES_MAX {
+            pages.clear();
+        }
+        pages.insert(key.clone(), page.clone());
+        page
+    }
+
+    fn build(&self, key: &PageKey) -> Arc<Page> {
         let matching: Vec<&serde_json::Value> = self
             .items
             .iter()

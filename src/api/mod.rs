@@ -5,6 +5,8 @@ mod images;
 mod meta;
 mod upload;
 
+pub use images::fast_listing;
+
 use std::{marker::PhantomData, sync::Arc};
 
 use bytes::Bytes;

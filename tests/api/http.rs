@@ -129,3 +129,44 @@ async fn openapi_document_and_swagger_ui() {
         "works offline: no CDN assets"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_pages_are_sent_gzipped_to_clients_that_accept_it() {
+    use std::io::Read;
+    let app = TestApp::spawn(settings(None)).await;
+    let plain = app.get("/api/images?limit=100").await;
+    assert!(plain.header("content-encoding").is_none());
+    let gz = app
+        .request(
+            "/api/images?limit=100",
+            &[("accept-encoding", "gzip, deflate, br")],
+        )
+        .await;
+    assert_eq!(gz.status, StatusCode::OK);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert!(
+        gz.header("vary")
+            .unwrap()
+            .to_lowercase()
+            .contains("accept-encoding")
+    );
+    assert!(gz.body.len() < plain.body.len());
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&gz.body[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, plain.body);
+    let (etag, gz_etag) = (plain.header("etag").unwrap(), gz.header("etag").unwrap());
+    assert_ne!(etag, gz_etag, "each representation has its own tag");
+    let not_modified = app
+        .request(
+            "/api/images?limit=100",
+            &[("accept-encoding", "gzip"), ("if-none-match", gz_etag)],
+        )
+        .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    let refused = app
+        .request("/api/images?limit=100", &[("accept-encoding", "gzip;q=0")])
+        .await;
+    assert!(refused.header("content-encoding").is_none());
+}
