@@ -22,6 +22,7 @@ use r2d2_postgres::{PostgresConnectionManager, r2d2};
 use rust_embed::Embed;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::{cache::PageKey, config::DatabaseSettings};
 
@@ -106,6 +107,10 @@ struct Inner {
     migrated: AtomicBool,
     migrate_on_start: bool,
     reprobe_interval: Duration,
+    /// One permit per pooled connection. Callers queue here, asynchronously, rather than in
+    /// `pool.get()`, so a checkout timeout means "cannot connect", never "all connections busy".
+    /// (Under a load of slow queries the busy case used to mark a healthy database down.)
+    permits: Arc<Semaphore>,
 }
 
 impl Drop for Inner {
@@ -146,6 +151,7 @@ impl Db {
                 migrated: AtomicBool::new(!s.migrate_on_start),
                 migrate_on_start: s.migrate_on_start,
                 reprobe_interval: Duration::from_millis(s.reprobe_interval_ms),
+                permits: Arc::new(Semaphore::new(s.pool_max_size as usize)),
             }),
         })
     }
@@ -173,7 +179,16 @@ impl Db {
     {
         let pool = self.pool();
         let span = tracing::Span::current();
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let result = tokio::task::spawn_blocking(move || {
+            // Held until the work ends, even if the caller has gone away meanwhile.
+            let _permit = permit;
             let _entered = span.enter();
             let mut conn = pool.get()?;
             f(&mut conn)

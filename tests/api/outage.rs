@@ -171,3 +171,31 @@ async fn with_no_database_configured_health_is_503_and_the_listing_is_embedded()
     assert_eq!(r.ids(), vec![4, 5, 6]);
     assert_eq!(r.header("x-data-source"), Some("fallback"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_pool_is_not_an_outage() {
+    let db = TestDb::new();
+    let mut s = settings(Some(&db.url));
+    s.database.pool_max_size = 1;
+    s.database.checkout_timeout_ms = 200;
+    s.cache.max_bytes = 0;
+    let app = TestApp::spawn(s).await;
+    db.seed(3);
+    // Occupy the only connection for much longer than the checkout timeout.
+    let pg = app.state.db.clone().unwrap();
+    let slow = tokio::spawn(async move {
+        pg.run(|c| Ok(c.simple_query("SELECT pg_sleep(1)")?.len()))
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = app.get("/api/images").await;
+    assert_eq!(
+        r.header("x-data-source"),
+        Some("database"),
+        "waited for the connection"
+    );
+    assert_eq!(r.ids(), vec![1, 2, 3]);
+    slow.await.unwrap();
+    assert!(app.state.db.as_ref().unwrap().is_available());
+}
