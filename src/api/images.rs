@@ -11,8 +11,8 @@ use poem_openapi::{
 use super::{ApiTags, ErrorBody, RawJson};
 use bytes::Bytes;
 use poem::{
-    Request, Response,
-    http::{Method, StatusCode, header},
+    IntoResponse, Request, Response,
+    http::{HeaderValue, Method, StatusCode, header},
 };
 use poem_openapi::payload::Payload;
 
@@ -21,7 +21,7 @@ use crate::{
     cache::{Page, PageKey},
     db::Photo,
     imaging,
-    listing::Source,
+    listing::{Busy, Source},
     storage::encode_key,
 };
 
@@ -64,7 +64,13 @@ pub enum ListResponse {
     /// A parameter is not an integer in range, or `offset` and `after_id` are both given.
     #[oai(status = 422)]
     Invalid(Json<ErrorBody>),
+    /// The database is up but every connection stayed busy for `database.queue_timeout_ms`, and
+    /// this page was never served before. Retry shortly.
+    #[oai(status = 503)]
+    Busy(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
 }
+
+const BUSY: &str = "The database is busy; try again shortly";
 
 /// Parameter errors are 422 with a message naming the parameter, as FastAPI answered.
 fn invalid_parameter(e: poem::Error) -> ListResponse {
@@ -125,13 +131,16 @@ impl ImagesApi {
             after_id: after_id.0,
             category,
         };
-        let a = answer(
+        let Ok(a) = answer(
             &self.state,
             &key,
             if_none_match.0.as_deref(),
             accept_encoding.0.as_deref(),
         )
-        .await;
+        .await
+        else {
+            return ListResponse::Busy(Json(ErrorBody::new(BUSY)), 1);
+        };
         let cache_control = self.state.cache_control.clone();
         if a.not_modified {
             return ListResponse::NotModified(a.etag, cache_control);
@@ -167,8 +176,8 @@ async fn answer(
     key: &PageKey,
     if_none_match: Option<&str>,
     accept_encoding: Option<&str>,
-) -> Answer {
-    let (page, source) = state.listing.page(key).await;
+) -> Result<Answer, Busy> {
+    let (page, source) = state.listing.page(key).await?;
     let gzipped = accept_encoding
         .filter(|v| accepts_gzip(v))
         .and_then(|_| page.gzipped().cloned());
@@ -176,7 +185,7 @@ async fn answer(
         Some(gz) => (gz, page.gzip_etag(), true),
         None => (page.body.clone(), page.etag.clone(), false),
     };
-    Answer {
+    Ok(Answer {
         not_modified: if_none_match.is_some_and(|v| page.matches(v)),
         link: next_link(key, &page),
         page,
@@ -184,7 +193,7 @@ async fn answer(
         body,
         gzip,
         etag,
-    }
+    })
 }
 
 /// The hot path: `GET /api/images` with plain, valid parameters is answered here, in front of the
@@ -198,13 +207,21 @@ pub async fn fast_listing(state: &AppState, req: &Request) -> Option<Response> {
     }
     let key = parse_plain_query(req.uri().query().unwrap_or(""))?;
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let a = answer(
+    let Ok(a) = answer(
         state,
         &key,
         header(header::IF_NONE_MATCH),
         header(header::ACCEPT_ENCODING),
     )
-    .await;
+    .await
+    else {
+        let mut busy = Json(ErrorBody::new(BUSY))
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            .into_response();
+        busy.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Some(busy);
+    };
     let builder = Response::builder()
         .header(header::ETAG, a.etag)
         .header(header::CACHE_CONTROL, state.cache_control.as_str());

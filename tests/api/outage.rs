@@ -199,3 +199,43 @@ async fn a_busy_pool_is_not_an_outage() {
     slow.await.unwrap();
     assert!(app.state.db.as_ref().unwrap().is_available());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saturated_database_gives_the_stale_copy_or_503_never_embedded_data() {
+    let db = TestDb::new();
+    let mut s = settings(Some(&db.url));
+    s.database.pool_max_size = 1;
+    s.database.queue_timeout_ms = 300;
+    s.cache.max_bytes = 0;
+    let app = TestApp::spawn(s).await;
+    db.seed(5);
+    let seen = app.get("/api/images?limit=2").await;
+    assert_eq!(seen.header("x-data-source"), Some("database"));
+
+    let pg = app.state.db.clone().unwrap();
+    let slow = tokio::spawn(async move {
+        pg.run(|c| Ok(c.simple_query("SELECT pg_sleep(1.5)")?.len()))
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let stale = app.get("/api/images?limit=2").await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.header("x-data-source"), Some("stale"));
+    assert_eq!(stale.ids(), vec![1, 2]);
+
+    for uri in ["/api/images?limit=3", "/api/images?limit=3&unknown=x"] {
+        // The second goes through the documented route (an unknown parameter): same answer.
+        let busy = app.get(uri).await;
+        assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+        assert_eq!(busy.header("retry-after"), Some("1"));
+        assert!(busy.json()["detail"].as_str().unwrap().contains("busy"));
+    }
+    assert!(
+        app.state.db.as_ref().unwrap().is_available(),
+        "not marked down"
+    );
+    slow.await.unwrap();
+    assert_eq!(app.get("/api/images?limit=3").await.ids(), vec![1, 2, 3]);
+}
