@@ -116,7 +116,8 @@ def main():
         f"{env['server']} ({env['rustc']}), {env['postgres']}, {env['nginx']}, {env['wrk']}.",
         f"Every load is `wrk -t2 -c{env['connections']} -d{env['duration']} --latency` with `bench/check.lua`, "
         "which counts a response only if it is a 200 with the right body (`req/s` is correct answers per "
-        "second) and counts answers served from fallback. wrk, the server, nginx and PostgreSQL share the "
+        "second) and counts answers not from the database (`X-Data-Source` `stale` or `fallback`) in the "
+        "fallback column. wrk, the server, nginx and PostgreSQL share the "
         "same cores. Raw output: `bench/raw/`.",
         "",
         "| scenario | req/s | p50 ms | p99 ms | errors | fallback | notes |",
@@ -130,7 +131,9 @@ def main():
         f"latency avg {pg_lat:.2f} ms; the database's ceiling |",
         row(f"page 1 of {int(env['rows_big']):,} rows, uncached", "big_first"),
         row(f"offset {int(env['deep']):,}, uncached", "big_offset",
-            f"{ratios['offset']:.3f}× page 1; errors are 503 \"database busy\" (queue timeout)"),
+            f"{ratios['offset']:.3f}× page 1. The database is saturated: requests that queue past "
+            "`database.queue_timeout_ms` get the page's last good copy (`stale`, counted in fallback) "
+            "or a 503 (errors)"),
         f"| pgbench, offset {int(env['deep']):,}, {env['connections']} clients | {deep_tps:,.1f} | | | | | "
         f"latency avg {deep_lat:,.0f} ms; the database's ceiling for that query |",
         row(f"`after_id={int(env['deep']):,}` (keyset), uncached", "big_keyset", f"{ratios['keyset']:.2f}× page 1"),
@@ -152,7 +155,8 @@ def main():
         f"| uncached ≥ 0.5× pgbench | {ratios['uncached']:.2f}× | {verdict(ratios['uncached'] >= 0.5)} |",
         f"| keyset at depth within 2× of page 1 | {ratios['keyset']:.2f}× | {verdict(ratios['keyset'] >= 0.5)} |",
         f"| 0 errors, 0 fallback with the database up (deep offset: see its row) | "
-        f"{errors_up} errors, {fallback_up} fallback, {runs['big_offset']['fallback']} fallback at the deep offset | "
+        f"{errors_up} errors, {fallback_up} fallback; at the deep offset {runs['big_offset']['bad'] + runs['big_offset']['non2xx']} "
+        f"errors and {runs['big_offset']['fallback']} stale copies while the database was saturated | "
         f"{verdict(errors_up == 0 and fallback_up == 0 and runs['big_offset']['fallback'] == 0)} |",
         f"| fallback p99 ≤ 5 ms, no errors | {runs['outage']['p99']:.2f} ms, "
         f"{runs['outage']['bad'] + runs['outage']['non2xx']} errors | "
