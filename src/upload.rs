@@ -53,6 +53,8 @@ impl From<DbError> for UploadError {
     fn from(e: DbError) -> Self {
         if e.is_connectivity() {
             UploadError::DatabaseUnavailable(format!("Database unavailable, try again later: {e}"))
+        } else if e.is_busy() {
+            UploadError::DatabaseUnavailable("Database busy, try again shortly".into())
         } else {
             UploadError::Database(e)
         }

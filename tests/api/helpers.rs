@@ -465,15 +465,7 @@ impl TestApp {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = req.send().await.0;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().into_vec().await.unwrap();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Self::reply(req.send().await.0).await
     }
 
     /// Polls `uri` until `done` holds for its reply, for at most `secs` seconds.

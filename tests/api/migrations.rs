@@ -106,13 +106,16 @@ async fn replicas_starting_together_migrate_once() {
 fn the_migrate_subcommand_applies_migrations_and_exits() {
     let db = TestDb::new();
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
-        .arg("migrate")
-        .current_dir(dir.path())
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .unwrap();
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
+            .arg("migrate")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap()
+    };
+    let out = migrate();
     assert!(
         out.status.success(),
         "{}",
@@ -122,14 +125,7 @@ fn the_migrate_subcommand_applies_migrations_and_exits() {
         db.rows("SELECT count(*) FROM schema_migrations")[0][0].as_deref(),
         Some("3")
     );
-    // Idempotent.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
-        .arg("migrate")
-        .current_dir(dir.path())
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .unwrap();
+    let again = migrate(); // idempotent
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("up to date"));
 }

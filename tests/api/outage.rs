@@ -236,6 +236,30 @@ async fn a_saturated_database_gives_the_stale_copy_or_503_never_embedded_data() 
         app.state.db.as_ref().unwrap().is_available(),
         "not marked down"
     );
+    // An upload that cannot get a connection in time is told to retry, not "internal error".
+    let media = tempfile::tempdir().unwrap();
+    let mut s = crate::helpers::upload_settings(Some(&db.url), media.path());
+    (s.database.pool_max_size, s.database.queue_timeout_ms) = (1, 300);
+    let uploads = TestApp::spawn(s).await;
+    let pg = uploads.state.db.clone().unwrap();
+    let hold = tokio::spawn(async move {
+        pg.run(|c| Ok(c.simple_query("SELECT pg_sleep(1)")?.len()))
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = uploads
+        .upload("busy.jpg", crate::helpers::jpeg(8, 8, None))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.json()["detail"].as_str().unwrap().contains("busy"));
+    assert!(crate::helpers::files_in(media.path()).is_empty());
+    hold.await.unwrap();
     slow.await.unwrap();
     assert_eq!(app.get("/api/images?limit=3").await.ids(), vec![1, 2, 3]);
 }
