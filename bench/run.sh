@@ -55,6 +55,7 @@ cleanup() {
   [ -f "$WORK/nginx/nginx.pid" ] && kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true
   runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" stop -m immediate >/dev/null 2>&1 || true
   rm -rf "$WORK"
+  if [ "$QUICK" = 1 ]; then rm -rf "$RAW"; fi
 }
 trap cleanup EXIT
 
