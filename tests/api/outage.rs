@@ -172,6 +172,19 @@ async fn with_no_database_configured_health_is_503_and_the_listing_is_embedded()
     assert_eq!(r.header("x-data-source"), Some("fallback"));
 }
 
+/// Runs `pg_sleep(secs)` on one of the app's pooled connections, and returns once it has started.
+async fn occupy_connection(app: &TestApp, secs: &'static str) -> tokio::task::JoinHandle<()> {
+    let pg = app.state.db.clone().unwrap();
+    let held = tokio::spawn(async move {
+        pg.run(move |c| Ok(c.simple_query(&format!("SELECT pg_sleep({secs})"))?.len()))
+            .await
+            .map(drop)
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    held
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_pool_is_not_an_outage() {
     let db = TestDb::new();
@@ -182,13 +195,7 @@ async fn a_busy_pool_is_not_an_outage() {
     let app = TestApp::spawn(s).await;
     db.seed(3);
     // Occupy the only connection for much longer than the checkout timeout.
-    let pg = app.state.db.clone().unwrap();
-    let slow = tokio::spawn(async move {
-        pg.run(|c| Ok(c.simple_query("SELECT pg_sleep(1)")?.len()))
-            .await
-            .unwrap()
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let slow = occupy_connection(&app, "1").await;
     let r = app.get("/api/images").await;
     assert_eq!(
         r.header("x-data-source"),
@@ -212,13 +219,7 @@ async fn a_saturated_database_gives_the_stale_copy_or_503_never_embedded_data() 
     let seen = app.get("/api/images?limit=2").await;
     assert_eq!(seen.header("x-data-source"), Some("database"));
 
-    let pg = app.state.db.clone().unwrap();
-    let slow = tokio::spawn(async move {
-        pg.run(|c| Ok(c.simple_query("SELECT pg_sleep(1.5)")?.len()))
-            .await
-            .unwrap()
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let slow = occupy_connection(&app, "1.5").await;
 
     let stale = app.get("/api/images?limit=2").await;
     assert_eq!(stale.status, StatusCode::OK);
@@ -241,13 +242,7 @@ async fn a_saturated_database_gives_the_stale_copy_or_503_never_embedded_data() 
     let mut s = crate::helpers::upload_settings(Some(&db.url), media.path());
     (s.database.pool_max_size, s.database.queue_timeout_ms) = (1, 300);
     let uploads = TestApp::spawn(s).await;
-    let pg = uploads.state.db.clone().unwrap();
-    let hold = tokio::spawn(async move {
-        pg.run(|c| Ok(c.simple_query("SELECT pg_sleep(1)")?.len()))
-            .await
-            .unwrap()
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hold = occupy_connection(&uploads, "1").await;
     let r = uploads
         .upload("busy.jpg", crate::helpers::jpeg(8, 8, None))
         .await;
