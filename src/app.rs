@@ -159,10 +159,6 @@ impl App {
         self.addr
     }
 
-    pub fn state(&self) -> Arc<AppState> {
-        self.state.clone()
-    }
-
     /// Serves until `shutdown` completes, then lets in-flight requests finish (up to
     /// `server.shutdown_grace_secs`).
     pub async fn run_until_stopped(

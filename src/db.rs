@@ -117,7 +117,6 @@ struct Inner {
     up: AtomicBool,
     /// Migrations have been applied by this process (or `migrate_on_start` is off).
     migrated: AtomicBool,
-    migrate_on_start: bool,
     reprobe_interval: Duration,
     /// One permit per pooled connection. Callers queue here, asynchronously, rather than in
     /// `pool.get()`, so a checkout timeout means "cannot connect", never "all connections busy".
@@ -165,7 +164,6 @@ impl Db {
                 target,
                 up: AtomicBool::new(false),
                 migrated: AtomicBool::new(!s.migrate_on_start),
-                migrate_on_start: s.migrate_on_start,
                 reprobe_interval: Duration::from_millis(s.reprobe_interval_ms),
                 permits: Arc::new(Semaphore::new(s.pool_max_size as usize)),
                 queue_timeout: Duration::from_millis(s.queue_timeout_ms),
@@ -297,10 +295,6 @@ impl Db {
         let applied = self.run(migrate).await?;
         self.inner.migrated.store(true, Ordering::Release);
         Ok(applied)
-    }
-
-    pub fn migrate_on_start(&self) -> bool {
-        self.inner.migrate_on_start
     }
 }
 

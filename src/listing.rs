@@ -125,10 +125,6 @@ impl Listing {
         }
     }
 
-    pub fn fallback(&self) -> &Fallback {
-        &self.fallback
-    }
-
     /// Forgets cached pages after a write.
     pub fn invalidate(&self) {
         self.cache.invalidate();

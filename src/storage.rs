@@ -97,10 +97,6 @@ impl LocalStore {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
         if key.is_empty() || key.contains(['/', '\\']) || key.starts_with('.') {
             return Err(StorageError::Rejected {
@@ -185,9 +181,10 @@ impl SupabaseStore {
         }
     }
 
-    fn object_url(&self, key: &str) -> String {
+    /// `{base}/storage/v1/object/{area}{bucket}/{key}`; `area` is "" or "public/".
+    fn object_url(&self, area: &str, key: &str) -> String {
         format!(
-            "{}/storage/v1/object/{}/{}",
+            "{}/storage/v1/object/{area}{}/{}",
             self.base,
             encode_key(&self.bucket),
             encode_key(key)
@@ -232,7 +229,7 @@ impl ObjectStore for SupabaseStore {
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
         let mut resp = self
             .agent
-            .post(&self.object_url(key))
+            .post(&self.object_url("", key))
             .header("Authorization", &self.bearer())
             .header("apikey", self.key.expose())
             .header("x-upsert", "false")
@@ -279,7 +276,7 @@ impl ObjectStore for SupabaseStore {
     fn exists(&self, key: &str) -> Result<bool, StorageError> {
         let mut resp = self
             .agent
-            .head(&self.object_url(key))
+            .head(&self.object_url("", key))
             .header("Authorization", &self.bearer())
             .header("apikey", self.key.expose())
             .call()
@@ -301,12 +298,7 @@ impl ObjectStore for SupabaseStore {
     }
 
     fn public_url(&self, key: &str) -> String {
-        format!(
-            "{}/storage/v1/object/public/{}/{}",
-            self.base,
-            encode_key(&self.bucket),
-            encode_key(key)
-        )
+        self.object_url("public/", key)
     }
 }
 

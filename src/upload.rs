@@ -90,10 +90,6 @@ impl Uploader {
         uploader
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
-    }
-
     /// Validates and stores one photo. `raw_name` is the client's file name.
     pub async fn upload(
         &self,
