@@ -15,9 +15,10 @@ use crate::{
     cache::PageCache,
     config::{Settings, StorageBackend},
     db::{Db, DbError},
+    front::CorsPolicy,
     front::Front,
     listing::Listing,
-    storage::{self, ObjectStore},
+    storage::{self, Monitored, ObjectStore, StorageState},
     upload::Uploader,
 };
 
@@ -28,6 +29,8 @@ pub struct AppState {
     pub db: Option<Db>,
     pub listing: Listing,
     pub uploader: Arc<Uploader>,
+    /// The object store every upload goes through, recording its last known state for health.
+    pub store: Arc<Monitored>,
     /// `Cache-Control` value for listing responses, built once.
     pub cache_control: String,
 }
@@ -81,19 +84,61 @@ impl AppState {
                 Some(db)
             }
         };
+        let store = Arc::new(Monitored::new(store));
+        check_storage(&settings, &store).await;
         if settings.auth.admin_api_key.is_none() {
             tracing::warn!("ADMIN_API_KEY is not set: uploads will be refused");
+        } else {
+            tracing::info!("uploads enabled for requests presenting ADMIN_API_KEY as X-API-Key");
         }
+        tracing::info!(
+            policy = %CorsPolicy::from_settings(&settings.server).describe(),
+            "CORS"
+        );
+        let c = &settings.cache;
+        tracing::info!(
+            page_cache_bytes = c.max_bytes,
+            stale_copy_bytes = c.stale_max_bytes,
+            ttl_secs = c.ttl_secs,
+            "page cache"
+        );
         let listing = Listing::new(db.clone(), PageCache::new(&settings.cache));
-        let uploader = Uploader::new(db.clone(), store, settings.upload.clone());
+        let uploader = Uploader::new(db.clone(), store.clone(), settings.upload.clone());
         let cache_control = format!("public, max-age={}", settings.cache.http_max_age_secs);
         Ok(Arc::new(AppState {
             settings,
             db,
             listing,
             uploader,
+            store,
             cache_control,
         }))
+    }
+}
+
+/// Logs where photos go, then checks the store with one cheap request and says plainly if it
+/// refuses us: a wrong Supabase key should show at start-up, not as a 502 at the first upload.
+async fn check_storage(settings: &Settings, store: &Arc<Monitored>) {
+    tracing::info!(
+        backend = %settings.storage.backend(),
+        store = %store.describe(),
+        url_prefix = %store.public_url(""),
+        "storage"
+    );
+    let s = store.clone();
+    let _ = tokio::task::spawn_blocking(move || s.check()).await;
+    match store.state().0 {
+        StorageState::Ok => tracing::info!("storage check passed"),
+        StorageState::Refused(why) => tracing::error!(
+            reason = %why,
+            "storage REFUSED our credentials or bucket: uploads will fail until the storage \
+             settings (SUPABASE_KEY, SUPABASE_BUCKET) are fixed"
+        ),
+        StorageState::Unreachable(why) | StorageState::Failing(why) => tracing::warn!(
+            reason = %why,
+            "storage check failed: uploads will fail while this lasts"
+        ),
+        StorageState::Unchecked => {}
     }
 }
 
@@ -108,7 +153,7 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .nest("/docs", docs.with(Compression::new()))
         .at("/openapi.json", spec.with(Compression::new()));
     let storage = &state.settings.storage;
-    if storage.backend == StorageBackend::Local {
+    if storage.backend() == StorageBackend::Local {
         // Object keys never change content (no overwrite), so copies may be kept for a year.
         route = route.nest(
             "/media",

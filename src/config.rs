@@ -7,19 +7,23 @@
 //!   working unchanged;
 //! - `APP_SECTION__KEY` for every key, e.g. `APP_CACHE__TTL_SECS=30` sets `cache.ttl_secs`.
 //!
+//! Every value from `.env` and the environment arrives as the exact string given (`ADMIN_API_KEY=007`
+//! is the key `007`, never the number 7): [`Verbatim`] hands figment strings, and
+//! `extract_lossy` turns a string into a number or a boolean only where the key's type is one.
+//!
 //! `Config.toml` at the repository root lists every key with its default and env override; keep it
 //! in step with the structs below (a unit test checks that it parses to the defaults).
 
 use std::{
-    collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
 };
 
 use figment::{
     Figment, Metadata, Profile, Provider,
-    providers::{Format, Serialized, Toml},
-    value::{Dict, Map, Value},
+    providers::{Env, Format, Serialized, Toml},
+    util::nest,
+    value::{Dict, Map, Uncased, UncasedStr, Value},
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -32,6 +36,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub storage: StorageSettings,
     pub upload: UploadSettings,
+    pub log: LogSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -40,7 +45,9 @@ pub struct ServerSettings {
     pub host: String,
     /// Port to listen on; 0 picks a free one (tests).
     pub port: u16,
-    /// Origins allowed by CORS. Empty: no cross-origin browser access at all.
+    /// Origins whose pages may call the admin routes (uploads, edits) from a browser. Public
+    /// reads answer every origin with `Access-Control-Allow-Origin: *` whatever this says.
+    /// `["*"]`: every route, every origin (never with credentials).
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub cors_origins: Vec<String>,
     /// How long in-flight requests may run on after SIGINT/SIGTERM.
@@ -86,8 +93,9 @@ pub struct AuthSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StorageSettings {
-    /// Where uploaded photos go: `local` (a folder) or `supabase`.
-    pub backend: StorageBackend,
+    /// Where uploaded photos go: `local` (a folder) or `supabase`. Unset: `supabase` when
+    /// `supabase_url` and `supabase_key` are both set, else `local` (see [`Self::backend`]).
+    pub backend: Option<StorageBackend>,
     /// Folder for the `local` backend.
     pub local_dir: PathBuf,
     /// Public base URL under which the `local` backend's objects are reachable.
@@ -119,11 +127,55 @@ pub struct UploadSettings {
     pub max_concurrent: usize,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogSettings {
+    /// `text` (one line per event; colours only on a terminal) or `json` (one object per line).
+    pub format: LogFormat,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
     Local,
     Supabase,
+}
+
+impl fmt::Display for StorageBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageBackend::Local => "local",
+            StorageBackend::Supabase => "supabase",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl StorageSettings {
+    /// The backend in effect: the explicit `backend` if set; otherwise `supabase` when the
+    /// original's `SUPABASE_URL` and `SUPABASE_KEY` are both set (as the original stored every
+    /// photo in Supabase), else `local`. [`Settings::validate`] refuses exactly one of the two.
+    pub fn backend(&self) -> StorageBackend {
+        match self.backend {
+            Some(b) => b,
+            None if self.supabase_url.is_some() && self.supabase_key.is_some() => {
+                StorageBackend::Supabase
+            }
+            None => StorageBackend::Local,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// `CORS_ORIGINS=*`: every origin may call every route.
+    pub fn cors_any_origin(&self) -> bool {
+        self.cors_origins.iter().any(|o| o == "*")
+    }
 }
 
 impl Default for Settings {
@@ -154,7 +206,7 @@ impl Default for Settings {
                 admin_api_key: None,
             },
             storage: StorageSettings {
-                backend: StorageBackend::Local,
+                backend: None,
                 local_dir: PathBuf::from("data/media"),
                 public_base_url: "http://localhost:8000/media".into(),
                 supabase_url: None,
@@ -169,6 +221,9 @@ impl Default for Settings {
                 max_side_px: 16_384,
                 allowed_categories: Vec::new(),
                 max_concurrent: 2,
+            },
+            log: LogSettings {
+                format: LogFormat::Text,
             },
         }
     }
@@ -186,7 +241,7 @@ pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     DotEnv {
         path: PathBuf,
-        source: std::io::Error,
+        source: dotenvy::Error,
     },
 }
 
@@ -205,31 +260,24 @@ impl Settings {
 
     /// The layered sources, in increasing precedence, with files looked up in `dir`.
     pub fn figment(dir: &Path) -> Result<Figment, ConfigError> {
-        let dotenv_path = dir.join(".env");
-        let dotenv = match std::fs::read_to_string(&dotenv_path) {
-            Ok(text) => parse_dotenv(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(ConfigError::DotEnv {
-                    path: dotenv_path,
-                    source,
-                });
-            }
-        };
         let mut figment = Figment::new().merge(Serialized::defaults(Settings::default()));
         // Exactly this file, never one found in a parent directory; and none is fine.
         let toml = dir.join("Config.toml");
         if toml.exists() {
             figment = figment.merge(Toml::file_exact(toml));
         }
-        Ok(figment
-            .merge(Vars::new(format!("{}", dotenv_path.display()), dotenv))
-            .merge(Vars::new("environment variable".into(), std::env::vars())))
+        let dotenv_path = dir.join(".env");
+        if dotenv_path.exists() {
+            figment = figment.merge(Verbatim::dotenv(&dotenv_path)?);
+        }
+        Ok(figment.merge(Verbatim::environment()))
     }
 
     /// Extracts and checks settings from a figment.
     pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
-        let mut s: Settings = figment.extract()?;
+        // Lossy: a string becomes a number or a boolean where (and only where) the key's type
+        // is one. Every string setting keeps exactly the characters it was given.
+        let mut s: Settings = figment.extract_lossy()?;
         s.normalise();
         s.validate()?;
         Ok(s)
@@ -294,10 +342,24 @@ impl Settings {
                 &format!("is not a PostgreSQL URL: {e}"),
             );
         }
-        if self.server.cors_origins.iter().any(|o| o == "*") {
+        if self.server.cors_any_origin() && self.server.cors_origins.len() > 1 {
             return invalid(
                 "server.cors_origins (CORS_ORIGINS)",
-                "must list origins explicitly; `*` is not allowed",
+                "is either `*` (every origin) or a list of origins, not both",
+            );
+        }
+        if let Some(bad) = self
+            .server
+            .cors_origins
+            .iter()
+            .find(|o| *o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            return invalid(
+                "server.cors_origins (CORS_ORIGINS)",
+                &format!(
+                    "holds `{bad}`, which is not an origin (an origin looks like \
+                     `https://photos.example` or `http://localhost:5173`)"
+                ),
             );
         }
         if self.upload.max_file_bytes == 0 || self.upload.max_request_bytes == 0 {
@@ -306,12 +368,38 @@ impl Settings {
                 "and upload.max_request_bytes must be above 0",
             );
         }
-        if self.storage.backend == StorageBackend::Supabase
-            && (self.storage.supabase_url.is_none() || self.storage.supabase_key.is_none())
+        let (url, key) = (&self.storage.supabase_url, &self.storage.supabase_key);
+        match (self.storage.backend, url.is_some(), key.is_some()) {
+            (Some(StorageBackend::Supabase), true, true) | (Some(StorageBackend::Local), ..) => {}
+            (Some(StorageBackend::Supabase), ..) => {
+                return invalid(
+                    "storage.backend",
+                    "is `supabase` but SUPABASE_URL and SUPABASE_KEY are not both set",
+                );
+            }
+            // Chosen from the original's variables: both or neither.
+            (None, true, true) | (None, false, false) => {}
+            (None, true, false) => {
+                return invalid(
+                    "storage.supabase_key (SUPABASE_KEY)",
+                    "is missing: SUPABASE_URL is set, so photos would go to Supabase, which needs \
+                     its service-role key too (or set APP_STORAGE__BACKEND=local)",
+                );
+            }
+            (None, false, true) => {
+                return invalid(
+                    "storage.supabase_url (SUPABASE_URL)",
+                    "is missing: SUPABASE_KEY is set, so photos would go to Supabase, which needs \
+                     the project URL too (or set APP_STORAGE__BACKEND=local)",
+                );
+            }
+        }
+        if let Some(u) = url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
         {
             return invalid(
-                "storage.backend",
-                "is `supabase` but SUPABASE_URL and SUPABASE_KEY are not both set",
+                "storage.supabase_url (SUPABASE_URL)",
+                "must start with https:// (e.g. https://xyzcompany.supabase.co)",
             );
         }
         Ok(())
@@ -339,8 +427,8 @@ impl fmt::Debug for Secret {
 }
 
 impl<'de> Deserialize<'de> for Secret {
-    /// Env values are type-guessed, so `ADMIN_API_KEY=12345` arrives as a number: take any
-    /// scalar as its text.
+    /// Environment and `.env` values always arrive as strings (see [`Verbatim`]). A TOML value
+    /// written without quotes (`admin_api_key = 12345`) is taken as its text.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -376,52 +464,99 @@ fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String
 }
 
 /// Maps an environment variable name to a settings key path, or None if it is not ours.
-fn key_for_var(name: &str) -> Option<String> {
-    let legacy = match name {
-        "DATABASE_URL" => Some("database.url"),
-        "ADMIN_API_KEY" => Some("auth.admin_api_key"),
-        "SUPABASE_URL" => Some("storage.supabase_url"),
-        "SUPABASE_KEY" => Some("storage.supabase_key"),
-        "SUPABASE_BUCKET" => Some("storage.supabase_bucket"),
-        "CORS_ORIGINS" => Some("server.cors_origins"),
-        "PORT" => Some("server.port"),
-        _ => None,
-    };
-    if let Some(k) = legacy {
-        return Some(k.to_string());
+fn key_for_var(name: &UncasedStr) -> Option<Uncased<'static>> {
+    if let Some((_, key)) = LEGACY.iter().find(|(n, _)| *n == name.as_str()) {
+        return Some((*key).into());
     }
-    let rest = name.strip_prefix("APP_")?;
-    (!rest.is_empty()).then(|| rest.to_ascii_lowercase().replace("__", "."))
+    // Case-sensitive: `app_x` is not ours, as figment's `Env::prefixed` would also refuse.
+    let rest = name.as_str().strip_prefix("APP_")?;
+    Some(rest.replace("__", ".").into())
 }
 
-/// A figment provider over a list of `NAME=value` pairs (the process environment or a `.env`
-/// file), mapped by [`key_for_var`]. Values are type-guessed exactly as figment's `Env` does.
-struct Vars {
-    name: String,
+/// The variable an error names for a key path: `cache.ttl_secs` was set as
+/// `APP_CACHE__TTL_SECS`, `database.url` as `DATABASE_URL` (or `APP_DATABASE__URL`).
+fn name_variable(_: &Profile, keys: &[&str]) -> String {
+    let path = keys.join(".");
+    let legacy = LEGACY
+        .iter()
+        .find(|(_, k)| *k == path)
+        .map(|(name, _)| format!("{name} (or "))
+        .unwrap_or_default();
+    let close = if legacy.is_empty() { "" } else { ")" };
+    format!(
+        "{legacy}APP_{}{close}",
+        keys.join("__").to_ascii_uppercase()
+    )
+}
+
+/// The original server's variable names and the keys they set.
+const LEGACY: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("ADMIN_API_KEY", "auth.admin_api_key"),
+    ("SUPABASE_URL", "storage.supabase_url"),
+    ("SUPABASE_KEY", "storage.supabase_key"),
+    ("SUPABASE_BUCKET", "storage.supabase_bucket"),
+    ("CORS_ORIGINS", "server.cors_origins"),
+    ("PORT", "server.port"),
+];
+
+/// A figment provider of `key.path = "exact string"` pairs. figment's own `Env` provider picks
+/// and renames the variables (through [`key_for_var`]); this provider differs from it in one
+/// thing only: it does not guess types, so `007`, `1e5`, `true` or `[1,2]` stay those exact
+/// characters. `Figment::extract_lossy` parses the strings of number and boolean keys.
+struct Verbatim {
+    metadata: Metadata,
     pairs: Vec<(String, String)>,
 }
 
-impl Vars {
-    fn new(name: String, pairs: impl IntoIterator<Item = (String, String)>) -> Self {
-        let pairs = pairs
-            .into_iter()
-            .filter(|(k, _)| key_for_var(k).is_some())
-            .collect();
-        Vars { name, pairs }
+impl Verbatim {
+    /// The process environment.
+    fn environment() -> Verbatim {
+        let env = Env::raw().filter_map(|name| key_for_var(name));
+        Verbatim {
+            metadata: Metadata::named("environment variable").interpolater(name_variable),
+            pairs: env
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v))
+                .collect(),
+        }
+    }
+
+    /// A `.env` file, read as python-dotenv reads the original's (quotes, `export`, comments);
+    /// the `dotenvy` crate does the parsing.
+    fn dotenv(path: &Path) -> Result<Verbatim, ConfigError> {
+        let err = |source: dotenvy::Error| ConfigError::DotEnv {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut pairs = Vec::new();
+        for item in dotenvy::from_path_iter(path).map_err(err)? {
+            let (name, value) = item.map_err(err)?;
+            if let Some(key) = key_for_var(UncasedStr::new(name.trim())) {
+                pairs.push((key.as_str().to_string(), value));
+            }
+        }
+        Ok(Verbatim {
+            metadata: Metadata::named(format!("{}", path.display())).interpolater(name_variable),
+            pairs,
+        })
     }
 }
 
-impl Provider for Vars {
+impl Provider for Verbatim {
     fn metadata(&self) -> Metadata {
-        Metadata::named(self.name.clone())
+        self.metadata.clone()
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut dict = Dict::new();
-        for (k, v) in &self.pairs {
-            let Some(path) = key_for_var(k) else { continue };
-            let value: Value = v.parse().expect("parsing a Value is infallible");
-            if let Value::Dict(_, nested) = figment::util::nest(&path, value) {
+        for (path, value) in &self.pairs {
+            // Keys like `server..port` or a trailing `.` are not ours; figment's Env skips them.
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                continue;
+            }
+            let path = path.to_ascii_lowercase();
+            if let Value::Dict(_, nested) = nest(&path, Value::from(value.clone())) {
                 merge_into(&mut dict, nested);
             }
         }
@@ -438,35 +573,6 @@ fn merge_into(into: &mut Dict, from: Dict) {
             }
         }
     }
-}
-
-/// Parses a `.env` file: `NAME=value` lines, `#` comments, optional `export `, optional single or
-/// double quotes around the value. Enough for the original's `.env.example`.
-fn parse_dotenv(text: &str) -> Vec<(String, String)> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let v = v.trim();
-        let v = if v.len() >= 2
-            && ((v.starts_with('"') && v.ends_with('"'))
-                || (v.starts_with('\'') && v.ends_with('\'')))
-        {
-            // Quoted: keep the text exactly, and keep it a string (no type guessing).
-            format!("\"{}\"", v[1..v.len() - 1].replace('"', "\\\""))
-        } else {
-            // Unquoted: drop a trailing ` # comment`.
-            v.split(" #").next().unwrap_or("").trim().to_string()
-        };
-        out.insert(k.trim().to_string(), v);
-    }
-    out.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -553,7 +659,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("APP_CACHE__TTL_SECS", "soon");
             let err = load_in(jail).unwrap_err().to_string();
-            assert!(err.contains("ttl_secs"), "{err}");
+            assert!(err.contains("APP_CACHE__TTL_SECS"), "{err}");
             assert!(err.contains("environment variable"), "{err}");
             Ok(())
         });
@@ -571,9 +677,143 @@ mod tests {
             Ok(())
         });
         Jail::expect_with(|jail| {
-            jail.set_env("CORS_ORIGINS", "*");
+            jail.set_env("CORS_ORIGINS", "*, https://a.example");
             let err = load_in(jail).unwrap_err().to_string();
             assert!(err.contains("CORS_ORIGINS"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("CORS_ORIGINS", "photos.example");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(
+                err.contains("CORS_ORIGINS") && err.contains("photos.example"),
+                "{err}"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("APP_DATABASE__MIGRATE_ON_START", "maybe");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("APP_DATABASE__MIGRATE_ON_START"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cors_star_means_any_origin() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CORS_ORIGINS", "*");
+            let s = load_in(jail).expect("loads");
+            assert!(s.server.cors_any_origin());
+            Ok(())
+        });
+    }
+
+    /// Values that figment's `Env` would have read as numbers, booleans or arrays.
+    const TRICKY: &[&str] = &[
+        "007",
+        "1e5",
+        "true",
+        "0x1F",
+        "[1,2]",
+        "-0",
+        "1.50",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ];
+
+    #[test]
+    fn string_settings_keep_their_exact_characters_from_the_environment() {
+        for &v in TRICKY {
+            Jail::expect_with(|jail| {
+                jail.set_env("ADMIN_API_KEY", v);
+                jail.set_env("SUPABASE_BUCKET", v);
+                jail.set_env("APP_STORAGE__PUBLIC_BASE_URL", v);
+                let s = load_in(jail).expect("loads");
+                assert_eq!(s.auth.admin_api_key.unwrap().expose(), v);
+                assert_eq!(s.storage.supabase_bucket, v);
+                assert_eq!(s.storage.public_base_url, v);
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn string_settings_keep_their_exact_characters_from_dotenv() {
+        for &v in TRICKY {
+            Jail::expect_with(|jail| {
+                jail.create_file(".env", &format!("ADMIN_API_KEY={v}\nSUPABASE_BUCKET={v}\n"))?;
+                let s = load_in(jail).expect("loads");
+                assert_eq!(s.auth.admin_api_key.unwrap().expose(), v);
+                assert_eq!(s.storage.supabase_bucket, v);
+                Ok(())
+            });
+        }
+        // Quoted as python-dotenv reads it: `=` and `#` inside quotes are part of the value.
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                ".env",
+                "ADMIN_API_KEY=\"k=v#not-a-comment\"\nSUPABASE_BUCKET='a#b=c'\n\
+                 export DATABASE_URL=postgres://u@h/db # a comment\n",
+            )?;
+            let s = load_in(jail).expect("loads");
+            assert_eq!(s.auth.admin_api_key.unwrap().expose(), "k=v#not-a-comment");
+            assert_eq!(s.storage.supabase_bucket, "a#b=c");
+            assert_eq!(s.database.url.unwrap().expose(), "postgres://u@h/db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn numbers_and_booleans_are_parsed_only_for_their_keys() {
+        Jail::expect_with(|jail| {
+            jail.create_file(".env", "APP_DATABASE__MIGRATE_ON_START=false\n")?;
+            jail.set_env("PORT", "0");
+            jail.set_env("APP_CACHE__TTL_SECS", "007");
+            let s = load_in(jail).expect("loads");
+            assert_eq!(s.server.port, 0);
+            assert_eq!(s.cache.ttl_secs, 7);
+            assert!(!s.database.migrate_on_start);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_storage_backend_follows_the_originals_variables() {
+        Jail::expect_with(|jail| {
+            let s = load_in(jail).expect("loads");
+            assert_eq!(s.storage.backend(), StorageBackend::Local, "neither set");
+            jail.set_env("SUPABASE_URL", "https://x.supabase.co");
+            jail.set_env("SUPABASE_KEY", "service");
+            let s = load_in(jail).expect("loads");
+            assert_eq!(s.storage.backend(), StorageBackend::Supabase, "both set");
+            jail.set_env("APP_STORAGE__BACKEND", "local");
+            let s = load_in(jail).expect("loads");
+            assert_eq!(s.storage.backend(), StorageBackend::Local, "explicit wins");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file(".env", "SUPABASE_URL=https://x.supabase.co\n")?;
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(
+                err.contains("SUPABASE_KEY") && err.contains("missing"),
+                "{err}"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("SUPABASE_KEY", "service");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(
+                err.contains("SUPABASE_URL") && err.contains("missing"),
+                "{err}"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("APP_STORAGE__BACKEND", "supabase");
+            jail.set_env("SUPABASE_URL", "https://x.supabase.co");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("SUPABASE_KEY"), "{err}");
             Ok(())
         });
     }
@@ -589,15 +829,5 @@ mod tests {
             assert!(!format!("{s:?}").contains("s3cr3t"));
             Ok(())
         });
-    }
-
-    #[test]
-    fn dotenv_parsing() {
-        let pairs = parse_dotenv("# c\nexport PORT=81\nX='a b'\nY=v # note\nbroken\n");
-        let map: BTreeMap<_, _> = pairs.into_iter().collect();
-        assert_eq!(map["PORT"], "81");
-        assert_eq!(map["X"], "\"a b\"");
-        assert_eq!(map["Y"], "v");
-        assert!(!map.contains_key("broken"));
     }
 }

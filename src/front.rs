@@ -20,31 +20,93 @@ use poem::{
 use crate::app::AppState;
 
 /// Headers a browser may read on a cross-origin response.
-const EXPOSE: &str = "etag, x-total-count, x-data-source, link";
-const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
+const EXPOSE: &str = "etag, x-total-count, x-data-source, link, retry-after, x-request-id";
+const PUBLIC_METHODS: &str = "GET, HEAD, OPTIONS";
+const ADMIN_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 const ALLOW_HEADERS: &str = "content-type, x-api-key, if-none-match";
+
+/// Who may call what from a browser (the contract's defect 8). Public reads are public data,
+/// answered to every origin with `Access-Control-Allow-Origin: *` and never with credentials, as
+/// object stores and CDNs answer. Admin requests (any write, or anything carrying `X-API-Key`)
+/// are answered only to the origins in `CORS_ORIGINS`, or to all with `CORS_ORIGINS=*`. A
+/// request without `Origin` (curl, scripts, servers) is never refused for CORS reasons.
+#[derive(Debug, Clone)]
+pub enum CorsPolicy {
+    /// `CORS_ORIGINS=*`: every route, every origin.
+    AnyOrigin,
+    /// Admin routes only from these origins, exactly as browsers send them (no trailing slash).
+    Listed(Vec<HeaderValue>),
+}
+
+impl CorsPolicy {
+    pub fn from_settings(s: &crate::config::ServerSettings) -> CorsPolicy {
+        if s.cors_any_origin() {
+            return CorsPolicy::AnyOrigin;
+        }
+        CorsPolicy::Listed(
+            s.cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect(),
+        )
+    }
+
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        match self {
+            CorsPolicy::AnyOrigin => "every route answers every origin (CORS_ORIGINS=*)".into(),
+            CorsPolicy::Listed(list) if list.is_empty() => {
+                "public reads answer every origin; admin routes refuse browser requests from \
+                 every origin (set CORS_ORIGINS to allow an admin page)"
+                    .into()
+            }
+            CorsPolicy::Listed(list) => format!(
+                "public reads answer every origin; admin routes answer only {}",
+                list.iter()
+                    .filter_map(|o| o.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// The `Access-Control-Allow-Origin` an admin request from `origin` gets, or None (refused).
+    fn admin_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
+        match self {
+            CorsPolicy::AnyOrigin => Some(HeaderValue::from_static("*")),
+            CorsPolicy::Listed(list) => list.contains(origin).then(|| origin.clone()),
+        }
+    }
+}
+
+/// Whether a request is an admin one: a write, or anything presenting the API key. A preflight
+/// is judged by the request it announces.
+fn is_admin(req: &Request) -> bool {
+    let h = req.headers();
+    if req.method() == Method::OPTIONS
+        && let Some(m) = h.get(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let announced_key = h
+            .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|name| name.trim().eq_ignore_ascii_case("x-api-key"));
+        return announced_key || !(m == "GET" || m == "HEAD");
+    }
+    !(req.method() == Method::GET || req.method() == Method::HEAD) || h.contains_key("x-api-key")
+}
 
 pub struct Front<E> {
     inner: E,
     state: Arc<AppState>,
-    /// Allowed origins, exactly as browsers send them (no trailing slash).
-    origins: Vec<HeaderValue>,
+    cors: CorsPolicy,
 }
 
 impl<E> Front<E> {
     pub fn new(inner: E, state: Arc<AppState>) -> Front<E> {
-        let origins = state
-            .settings
-            .server
-            .cors_origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
-        Front {
-            inner,
-            state,
-            origins,
-        }
+        let cors = CorsPolicy::from_settings(&state.settings.server);
+        Front { inner, state, cors }
     }
 }
 
@@ -57,25 +119,60 @@ impl<E: Endpoint> Endpoint for Front<E> {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let mut response = match &origin {
-            // An explicit allow-list: an origin not on it is refused, even for a plain GET.
-            Some(o) if !self.origins.contains(o) => {
-                error_response(StatusCode::FORBIDDEN, "Origin not allowed")
+        let preflight = method == Method::OPTIONS
+            && origin.is_some()
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let response = if !is_admin(&req) {
+            // Public data: the same answer for every origin, so no `Vary: Origin` is needed and
+            // a shared cache may keep one copy.
+            let mut r = if preflight {
+                preflight_response(PUBLIC_METHODS)
+            } else {
+                self.respond(req).await
+            };
+            allow(&mut r, HeaderValue::from_static("*"));
+            r
+        } else {
+            match &origin {
+                None => self.respond(req).await,
+                Some(o) => {
+                    let mut r = match self.cors.admin_origin(o) {
+                        Some(allowed) => {
+                            let mut r = if preflight {
+                                preflight_response(ADMIN_METHODS)
+                            } else {
+                                self.respond(req).await
+                            };
+                            allow(&mut r, allowed);
+                            r
+                        }
+                        None => {
+                            tracing::warn!(
+                                target: "portfolio_server::http",
+                                origin = %String::from_utf8_lossy(o.as_bytes()),
+                                %method, %uri,
+                                "refused a cross-origin admin request: this origin is not in \
+                                 CORS_ORIGINS (server.cors_origins); add it there to let that page \
+                                 upload or edit"
+                            );
+                            error_response(
+                                StatusCode::FORBIDDEN,
+                                "Origin not allowed: admin routes accept browser requests only \
+                                 from the origins in CORS_ORIGINS",
+                            )
+                        }
+                    };
+                    // The answer differs by Origin: say so to caches, keeping any Vary the
+                    // handler set.
+                    if matches!(self.cors, CorsPolicy::Listed(_)) {
+                        add_vary_origin(&mut r);
+                    }
+                    r
+                }
             }
-            Some(o) if method == Method::OPTIONS => preflight(o),
-            _ => self.respond(req).await,
         };
-        if let Some(o) = origin.filter(|o| self.origins.contains(o)) {
-            let h = response.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-            h.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static(EXPOSE),
-            );
-        }
-        // Responses differ by Origin (allowed, refused): say so to caches, keeping any Vary the
-        // handler set (Accept-Encoding on listings).
-        add_vary_origin(&mut response);
         log_request(&method, &uri, response.status(), started.elapsed());
         Ok(response)
     }
@@ -101,14 +198,24 @@ impl<E: Endpoint> Front<E> {
     }
 }
 
-fn preflight(origin: &HeaderValue) -> Response {
+fn preflight_response(methods: &'static str) -> Response {
     Response::builder()
-        .status(StatusCode::OK)
-        .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())
-        .header(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS)
+        .status(StatusCode::NO_CONTENT)
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, methods)
         .header(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS)
         .header(header::ACCESS_CONTROL_MAX_AGE, "600")
         .finish()
+}
+
+/// Lets a browser read `response` from a page of `origin` (`*` or one origin). Never with
+/// credentials: the API key travels in a header, not a cookie.
+fn allow(response: &mut Response, origin: HeaderValue) {
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSE),
+    );
 }
 
 fn add_vary_origin(response: &mut Response) {

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use portfolio_server::{
     app::{App, shutdown_signal},
-    config::Settings,
+    config::{LogFormat, Settings},
     db::Db,
     telemetry,
 };
@@ -26,14 +26,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
+            telemetry::init(LogFormat::Text);
             tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
+    telemetry::init(settings.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Bounded: blocking threads only ever wait on the pool, which has `pool_max_size`

@@ -8,8 +8,11 @@ use std::{
     fs,
     io::{self, Write},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use crate::config::{Secret, StorageBackend, StorageSettings};
@@ -47,11 +50,141 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn settle_time(&self) -> Duration {
         Duration::ZERO
     }
+    /// One cheap request proving the store is reachable and accepts our credentials.
+    fn check(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    /// What and where the store is, for the start-up log (never a secret).
+    fn describe(&self) -> String {
+        "custom store".into()
+    }
+}
+
+/// The storage state `/api/health` reports: the outcome of the start-up check, updated by
+/// every later storage call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageState {
+    /// Not checked yet.
+    Unchecked,
+    /// The last call succeeded.
+    Ok,
+    /// Storage answered, but refused our credentials or bucket (fix the settings).
+    Refused(String),
+    /// Storage did not answer, or answered with a server error.
+    Unreachable(String),
+    /// A local I/O error (permissions, disk full, ...).
+    Failing(String),
+}
+
+impl StorageState {
+    /// The word `/api/health` shows, and the reason beside it.
+    pub fn word_and_reason(&self) -> (&'static str, Option<&str>) {
+        match self {
+            StorageState::Unchecked => ("unchecked", None),
+            StorageState::Ok => ("ok", None),
+            StorageState::Refused(r) => ("refused", Some(r)),
+            StorageState::Unreachable(r) => ("unreachable", Some(r)),
+            StorageState::Failing(r) => ("failing", Some(r)),
+        }
+    }
+
+    /// The state a call's outcome shows, or None when the outcome says nothing about the store
+    /// as a whole (a duplicate, one object too large, ...).
+    fn after<T>(result: &Result<T, StorageError>) -> Option<StorageState> {
+        match result {
+            Ok(_) => Some(StorageState::Ok),
+            Err(StorageError::Unavailable(m)) => Some(StorageState::Unreachable(m.clone())),
+            Err(StorageError::Rejected { status, message }) => match status {
+                401 | 403 => Some(StorageState::Refused(message.clone())),
+                500.. => Some(StorageState::Unreachable(format!(
+                    "HTTP {status}: {message}"
+                ))),
+                _ => None,
+            },
+            Err(StorageError::Io(e)) => Some(StorageState::Failing(e.to_string())),
+        }
+    }
+}
+
+/// Wraps a store and records the outcome of every call in a [`StorageState`].
+pub struct Monitored {
+    inner: Arc<dyn ObjectStore>,
+    state: Mutex<(StorageState, Instant)>,
+    /// A background re-check is running: one at a time, however many ask.
+    checking: AtomicBool,
+}
+
+impl Monitored {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Monitored {
+        Monitored {
+            inner,
+            state: Mutex::new((StorageState::Unchecked, Instant::now())),
+            checking: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs [`ObjectStore::check`] on a blocking thread unless one is already running.
+    pub fn recheck_in_background(self: &Arc<Self>) {
+        if self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = this.check();
+            this.checking.store(false, Ordering::Release);
+        });
+    }
+
+    /// The last known state, and how long ago it was learnt.
+    pub fn state(&self) -> (StorageState, Duration) {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (g.0.clone(), g.1.elapsed())
+    }
+
+    fn record<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if let Some(state) = StorageState::after(&result) {
+            *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (state, Instant::now());
+        }
+        result
+    }
+}
+
+impl ObjectStore for Monitored {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+        self.record(self.inner.put_new(key, bytes))
+    }
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.record(self.inner.delete(key))
+    }
+    fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        self.record(self.inner.exists(key))
+    }
+    fn public_url(&self, key: &str) -> String {
+        self.inner.public_url(key)
+    }
+    fn settle_time(&self) -> Duration {
+        self.inner.settle_time()
+    }
+    /// The check's outcome always replaces the state, a refused bucket included.
+    fn check(&self) -> Result<(), StorageError> {
+        let result = self.inner.check();
+        let state = match &result {
+            Err(StorageError::Rejected { status, message }) if *status < 500 => {
+                StorageState::Refused(message.clone())
+            }
+            other => StorageState::after(other).unwrap_or(StorageState::Ok),
+        };
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (state, Instant::now());
+        result
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
 }
 
 /// Builds the configured backend.
 pub fn from_settings(s: &StorageSettings) -> Box<dyn ObjectStore> {
-    match s.backend {
+    match s.backend() {
         StorageBackend::Local => Box::new(LocalStore::new(&s.local_dir, &s.public_base_url)),
         StorageBackend::Supabase => Box::new(SupabaseStore::new(
             s.supabase_url
@@ -66,17 +199,16 @@ pub fn from_settings(s: &StorageSettings) -> Box<dyn ObjectStore> {
     }
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
+/// Everything but RFC 3986's unreserved characters is percent-encoded in a path segment.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a key (or bucket name) as one URL path segment.
 pub fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(key, SEGMENT).to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,6 +278,23 @@ impl ObjectStore for LocalStore {
 
     fn public_url(&self, key: &str) -> String {
         format!("{}/{}", self.public_base_url, encode_key(key))
+    }
+
+    /// The folder exists (or can be made) and a file can be written in it.
+    fn check(&self) -> Result<(), StorageError> {
+        fs::create_dir_all(&self.dir)?;
+        let probe = self.dir.join(format!(
+            ".probe-{}-{}.tmp",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = fs::File::create(&probe).and_then(|f| f.sync_all());
+        let _ = fs::remove_file(&probe);
+        Ok(result?)
+    }
+
+    fn describe(&self) -> String {
+        format!("folder {}", self.dir.display())
     }
 }
 
@@ -299,6 +448,42 @@ impl ObjectStore for SupabaseStore {
 
     fn public_url(&self, key: &str) -> String {
         self.object_url("public/", key)
+    }
+
+    /// `GET /storage/v1/bucket/{bucket}`: answers only with a valid service key, and only if the
+    /// bucket exists. At most 5 s, so a dead endpoint cannot hold up start-up.
+    fn check(&self) -> Result<(), StorageError> {
+        let url = format!(
+            "{}/storage/v1/bucket/{}",
+            self.base,
+            encode_key(&self.bucket)
+        );
+        let mut resp = self
+            .agent
+            .get(&url)
+            .config()
+            .timeout_global(Some(self.timeout.min(Duration::from_secs(5))))
+            .build()
+            .header("Authorization", &self.bearer())
+            .header("apikey", self.key.expose())
+            .call()
+            .map_err(transport)?;
+        let http = resp.status().as_u16();
+        if (200..300).contains(&http) {
+            return Ok(());
+        }
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        match reported(http, &body) {
+            (404, _) => Err(StorageError::Rejected {
+                status: 404,
+                message: format!("bucket `{}` not found", self.bucket),
+            }),
+            (status, message) => Err(StorageError::Rejected { status, message }),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("Supabase bucket `{}` at {}", self.bucket, self.base)
     }
 }
 

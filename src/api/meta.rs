@@ -6,7 +6,7 @@ use bytes::Bytes;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, RawJson};
-use crate::{app::AppState, listing::Assets};
+use crate::{app::AppState, listing::Assets, storage::StorageState};
 
 pub struct MetaApi {
     pub state: Arc<AppState>,
@@ -27,7 +27,17 @@ pub struct Health {
     /// Why the database is not connected, when it is not.
     #[oai(skip_serializing_if_is_none)]
     pub reason: Option<String>,
+    /// Object storage: `ok`, `refused` (credentials or bucket), `unreachable`, `failing` (local
+    /// I/O) or `unchecked`. Informational: it never changes the status code.
+    pub storage: String,
+    /// Why storage is not `ok`, when it is not.
+    #[oai(skip_serializing_if_is_none)]
+    pub storage_reason: Option<String>,
 }
+
+/// A storage state this old that is not `ok` is checked again (in the background) when health
+/// is asked, so a fixed bucket or a store that came back shows without a restart.
+const STORAGE_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(ApiResponse)]
 pub enum HealthResponse {
@@ -52,11 +62,18 @@ impl MetaApi {
     /// Service and database status
     #[oai(path = "/api/health", method = "get")]
     async fn health(&self) -> HealthResponse {
+        let (state, age) = self.state.store.state();
+        if state != StorageState::Ok && age > STORAGE_RECHECK {
+            self.state.store.recheck_in_background();
+        }
+        let (word, why) = state.word_and_reason();
         let health = |database: &str, reason: Option<String>| {
             Json(Health {
                 message: "server active".into(),
                 database: database.into(),
                 reason,
+                storage: word.into(),
+                storage_reason: why.map(str::to_string),
             })
         };
         match &self.state.db {

@@ -14,7 +14,6 @@ fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, u
         .env_clear()
         .env("PORT", "0")
         .env("APP_SERVER__HOST", "127.0.0.1")
-        .env("NO_COLOR", "1")
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
@@ -26,6 +25,11 @@ fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, u
         assert!(
             reader.read_line(&mut line).unwrap() > 0,
             "exited early: {lines:#?}"
+        );
+        // stderr is a pipe here: a colour code would end up in every log file.
+        assert!(
+            !line.contains('\u{1b}'),
+            "escape code in a piped log line: {line:?}"
         );
         let plain = strip_ansi(&line);
         lines.push(plain.clone());
@@ -115,11 +119,14 @@ fn a_bad_setting_stops_start_up_with_a_message_naming_it() {
     let out = Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
         .current_dir(dir.path())
         .env_clear()
-        .env("NO_COLOR", "1")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let err = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !err.contains('\u{1b}'),
+        "no colour codes in a pipe: {err:?}"
+    );
     assert!(
         err.contains("ttl_secs") && err.contains("Config.toml"),
         "{err}"
@@ -146,4 +153,242 @@ fn secrets_never_reach_the_logs() {
     );
     assert!(!all.contains("hunter2secret"), "{all}");
     assert!(!all.contains("topsecretkey"), "{all}");
+}
+
+/// POSTs one JPEG to `/api/upload` of the server on `port` with `key` (if any).
+fn upload(port: u16, key: Option<&str>, name: &str) -> (u16, serde_json::Value) {
+    let form = crate::helpers::Form::new().file("file", name, crate::helpers::jpeg(8, 8, None));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut req = agent
+        .post(&format!("http://127.0.0.1:{port}/api/upload"))
+        .header("content-type", &crate::helpers::Form::content_type());
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    let mut r = req.send(&form.body()[..]).unwrap();
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn the_originals_dotenv_sends_uploads_to_supabase_and_says_so_at_start_up() {
+    use crate::fake_supabase::{BUCKET, FakeStorage, SERVICE_KEY, start_on_own_runtime};
+    let db = crate::helpers::TestDb::new();
+    let fake = std::sync::Arc::new(FakeStorage::default());
+    let base = start_on_own_runtime(fake.clone());
+    let dir = tempfile::tempdir().unwrap();
+    // Exactly the original's variables, as its README told users to write them.
+    crate::helpers::write_file(
+        dir.path(),
+        ".env",
+        &format!(
+            "DATABASE_URL={}\nADMIN_API_KEY=original-admin-key\nSUPABASE_URL={base}\n\
+             SUPABASE_KEY={SERVICE_KEY}\nSUPABASE_BUCKET={BUCKET}\n",
+            db.url
+        ),
+    );
+    let (mut child, port, lines) = start(dir.path(), &[]);
+    let (status, record) = upload(port, Some("original-admin-key"), "Sunset.jpg");
+    terminate(&mut child);
+    assert_eq!(status, 201, "{record}");
+    assert_eq!(
+        record["url"],
+        format!("{base}/storage/v1/object/public/{BUCKET}/sunset.jpg")
+    );
+    assert!(
+        fake.objects
+            .lock()
+            .unwrap()
+            .contains_key("images/sunset.jpg")
+    );
+    assert!(
+        files_in_tree(dir.path())
+            .iter()
+            .all(|f| !f.ends_with(".jpg")),
+        "nothing local"
+    );
+    assert_eq!(
+        db.rows("SELECT url FROM photographs")[0][0].as_deref(),
+        record["url"].as_str()
+    );
+
+    // One line each: address, database, storage (and its check), uploads, CORS, cache.
+    let all = lines.join("\n");
+    let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+    assert!(has("listening address=127.0.0.1:"), "{all}");
+    let target = db.url.rsplit('@').next().unwrap();
+    assert!(has(&format!("database={target}")), "{all}");
+    assert!(has("backend=supabase"), "{all}");
+    assert!(
+        has(&format!(
+            "url_prefix={base}/storage/v1/object/public/{BUCKET}/"
+        )),
+        "{all}"
+    );
+    assert!(has("storage check passed"), "{all}");
+    assert_eq!(
+        fake.bucket_checks.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert!(has("uploads enabled"), "{all}");
+    assert!(
+        has("CORS") && has("public reads answer every origin"),
+        "{all}"
+    );
+    assert!(
+        has("page cache") && has("page_cache_bytes=33554432"),
+        "{all}"
+    );
+    assert!(
+        !all.contains(SERVICE_KEY) && !all.contains("original-admin-key"),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_refused_storage_key_is_said_plainly_at_start_up_and_in_health() {
+    use crate::fake_supabase::{FakeStorage, start_on_own_runtime};
+    let fake = std::sync::Arc::new(FakeStorage::default());
+    let base = start_on_own_runtime(fake);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port, lines) = start(
+        dir.path(),
+        &[
+            ("SUPABASE_URL", &base),
+            ("SUPABASE_KEY", "not-the-service-key"),
+        ],
+    );
+    let (_, health) = get(port, "/api/health");
+    terminate(&mut child);
+    let all = lines.join("\n");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("storage REFUSED") && l.contains("signature verification failed")),
+        "{all}"
+    );
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["storage"], "refused", "{health}");
+    assert!(
+        health["storage_reason"]
+            .as_str()
+            .unwrap()
+            .contains("signature")
+    );
+    assert!(!all.contains("not-the-service-key"), "{all}");
+}
+
+/// Admin keys that a type-guessing reader would turn into something else, each with the
+/// values it would wrongly have become.
+const KEYS: &[(&str, &[&str])] = &[
+    ("007", &["7", "07"]),
+    ("1e5", &["100000", "100000.0", "1E5"]),
+    ("true", &["True", "1", "yes"]),
+    ("0x1F", &["31", "0x1f"]),
+    ("[1,2]", &["[1, 2]", "1,2", "[\"1\",\"2\"]"]),
+    (
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        &["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a0"],
+    ),
+    ("k=v#not-a-comment", &["k", "k=v", "\"k=v#not-a-comment\""]),
+];
+
+/// With the key from `.env` (quoted where python-dotenv needs quotes) or from the environment,
+/// each key opens uploads and no look-alike does.
+#[test]
+fn admin_keys_are_taken_verbatim_from_dotenv_and_from_the_environment() {
+    for &(key, lookalikes) in KEYS {
+        for from_dotenv in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let media = dir.path().join("media");
+            let media = media.to_str().unwrap();
+            let mut env = vec![("APP_STORAGE__LOCAL_DIR", media)];
+            if from_dotenv {
+                let line = if key.contains('#') {
+                    format!("ADMIN_API_KEY=\"{key}\"\n")
+                } else {
+                    format!("ADMIN_API_KEY={key}\n")
+                };
+                crate::helpers::write_file(dir.path(), ".env", &line);
+            } else {
+                env.push(("ADMIN_API_KEY", key));
+            }
+            let (mut child, port, _) = start(dir.path(), &env);
+            let source = if from_dotenv { ".env" } else { "environment" };
+            // No database: an authorised upload is 503 (nothing can be recorded), a refused one 401.
+            let (status, body) = upload(port, Some(key), "k.jpg");
+            assert_ne!(
+                status, 401,
+                "{key:?} from {source} must authorise itself: {body}"
+            );
+            assert_eq!(status, 503, "{body}");
+            for &other in lookalikes {
+                let (status, _) = upload(port, Some(other), "k.jpg");
+                assert_eq!(
+                    status, 401,
+                    "{other:?} opened uploads keyed {key:?} ({source})"
+                );
+            }
+            assert_eq!(upload(port, None, "k.jpg").0, 401);
+            terminate(&mut child);
+        }
+    }
+}
+
+fn files_in_tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_in_tree(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PORT", "0")
+        .env("APP_SERVER__HOST", "127.0.0.1")
+        .env("APP_LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "exited early: {seen:#?}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line:?}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{v}");
+        let listening = v["message"] == "listening";
+        seen.push(v);
+        if listening {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        seen.iter()
+            .any(|v| v["message"] == "storage" && v["backend"] == "local")
+    );
 }

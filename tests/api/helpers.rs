@@ -397,6 +397,8 @@ pub fn settings(db_url: Option<&str>) -> Settings {
     s.database.connect_timeout_ms = 500;
     s.database.reprobe_interval_ms = 100;
     s.server.cors_origins = vec!["https://portfolio.example".into()];
+    // Never the working directory's data/media: the start-up storage check writes a probe file.
+    s.storage.local_dir = std::env::temp_dir().join("portfolio-test-media");
     s
 }
 
@@ -610,6 +612,25 @@ impl TestApp {
             req = req.header("x-api-key", k);
         }
         Self::reply(req.body(body).send().await.0).await
+    }
+
+    /// POSTs `form` with a Content-Length and exactly the given extra headers.
+    pub async fn post_form_with(&self, path: &str, form: &Form, headers: &[(&str, &str)]) -> Reply {
+        let body = form.body();
+        let mut req = self
+            .client
+            .post(path)
+            .header("content-type", Form::content_type())
+            .header("content-length", body.len().to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::reply(req.body(body).send().await.0).await
+    }
+
+    /// The [`Reply`] of a raw response.
+    pub async fn reply_of(resp: poem::Response) -> Reply {
+        Self::reply(resp).await
     }
 
     /// POSTs `form` as a stream with no Content-Length (chunked).

@@ -2,7 +2,9 @@
 
 use poem::http::StatusCode;
 
-use crate::helpers::{TestApp, settings};
+use crate::helpers::{
+    API_KEY, Form, Reply, TestApp, TestDb, files_in, jpeg, settings, upload_settings,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn root_and_portfolio() {
@@ -37,62 +39,187 @@ async fn unknown_routes_and_methods_get_json_errors() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cors_allows_listed_origins_and_refuses_others() {
-    let app = TestApp::spawn(settings(None)).await; // allows https://portfolio.example
-    let ok = app
-        .request("/api/images", &[("origin", "https://portfolio.example")])
-        .await;
-    assert_eq!(ok.status, StatusCode::OK);
-    assert_eq!(
-        ok.header("access-control-allow-origin"),
-        Some("https://portfolio.example")
-    );
-    let exposed = ok
-        .header("access-control-expose-headers")
-        .unwrap()
-        .to_lowercase();
-    assert!(
-        exposed.contains("x-total-count") && exposed.contains("etag"),
-        "{exposed}"
-    );
-    assert_ne!(ok.header("access-control-allow-origin"), Some("*"));
+/// The front end's origin, never configured anywhere: the original allowed every origin.
+const ANY_PAGE: &str = "http://anything.example";
+const ADMIN_PAGE: &str = "https://admin.example";
 
-    let refused = app
-        .request("/api/images", &[("origin", "https://evil.example")])
-        .await;
-    assert_eq!(refused.status, StatusCode::FORBIDDEN);
-    assert!(refused.header("access-control-allow-origin").is_none());
-    assert!(refused.json()["detail"].is_string());
-
-    let preflight = app
+async fn preflight(app: &TestApp, path: &str, origin: &str, method: &str) -> Reply {
+    let r = app
         .client
-        .options("/api/upload")
-        .header("origin", "https://portfolio.example")
-        .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "x-api-key")
+        .options(path)
+        .header("origin", origin)
+        .header("access-control-request-method", method)
+        .header("access-control-request-headers", "content-type, x-api-key")
         .send()
         .await
         .0;
-    assert_eq!(preflight.status(), StatusCode::OK);
-    assert_eq!(
-        preflight.headers()["access-control-allow-origin"],
-        "https://portfolio.example"
-    );
+    TestApp::reply_of(r).await
+}
 
-    // Requests without an Origin (curl, server to server) are unaffected.
-    assert_eq!(app.get("/api/images").await.status, StatusCode::OK);
+struct CorsApp {
+    app: TestApp,
+    media: tempfile::TempDir,
+    _db: TestDb,
+}
+
+/// An app with a database and media folder of its own, one photo uploaded (by a curl-style
+/// request, with no Origin), and `cors_origins`.
+async fn cors_app(cors_origins: &[&str]) -> CorsApp {
+    let db = TestDb::new();
+    let media = tempfile::tempdir().unwrap();
+    let mut s = upload_settings(Some(&db.url), media.path());
+    s.server.cors_origins = cors_origins.iter().map(|o| o.to_string()).collect();
+    let app = TestApp::spawn(s).await;
+    let up = app.upload("cors.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(
+        up.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&up.body)
+    );
+    CorsApp {
+        app,
+        media,
+        _db: db,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_no_origins_configured_every_cross_origin_request_is_refused() {
-    let mut s = settings(None);
-    s.server.cors_origins.clear();
-    let app = TestApp::spawn(s).await;
+async fn public_reads_answer_every_origin_with_a_star_and_no_credentials() {
+    for origins in [&[][..], &[ADMIN_PAGE][..], &["*"][..]] {
+        let CorsApp { app, .. } = &cors_app(origins).await;
+        for path in [
+            "/api/images",
+            "/api/images?limit=1&offset=0",
+            "/api/health",
+            "/",
+            "/api/portfolio",
+            "/media/cors.jpg",
+            "/openapi.json",
+        ] {
+            let r = app.request(path, &[("origin", ANY_PAGE)]).await;
+            assert_eq!(r.status, StatusCode::OK, "{path} with {origins:?}");
+            assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{path}");
+            assert!(
+                r.header("access-control-allow-credentials").is_none(),
+                "{path}"
+            );
+            // The same answer whatever the origin, so one cached copy serves every page.
+            let vary = r.header("vary").unwrap_or("").to_ascii_lowercase();
+            assert!(!vary.contains("origin"), "{path}: vary {vary}");
+        }
+        let listing = app.request("/api/images", &[("origin", ANY_PAGE)]).await;
+        let exposed = listing
+            .header("access-control-expose-headers")
+            .unwrap()
+            .to_lowercase();
+        assert!(
+            exposed.contains("x-total-count") && exposed.contains("etag"),
+            "{exposed}"
+        );
+        // A browser's preflight for a conditional GET (If-None-Match is not a simple header).
+        let r = app
+            .client
+            .options("/api/images")
+            .header("origin", ANY_PAGE)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "if-none-match")
+            .send()
+            .await
+            .0;
+        let r = TestApp::reply_of(r).await;
+        assert!(r.status.is_success(), "{:?}", r.status);
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+        assert!(
+            r.header("access-control-allow-headers")
+                .unwrap()
+                .contains("if-none-match")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_routes_answer_only_listed_origins_or_every_origin_with_a_star() {
+    // No CORS_ORIGINS (the original's settings): an upload page elsewhere is refused.
+    let CorsApp { app, media, .. } = &cors_app(&[]).await;
+    for path in ["/api/upload", "/api/upload-batch"] {
+        let r = preflight(app, path, ANY_PAGE, "POST").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(r.header("access-control-allow-origin").is_none());
+        assert!(
+            r.json()["detail"]
+                .as_str()
+                .unwrap()
+                .contains("CORS_ORIGINS")
+        );
+    }
+    // The real request too, had a browser sent it without a preflight.
+    let form = Form::new().file("file", "x.jpg", jpeg(8, 8, None));
     let r = app
-        .request("/api/images", &[("origin", "https://anyone.example")])
+        .post_form_with(
+            "/api/upload",
+            &form,
+            &[("x-api-key", API_KEY), ("origin", ANY_PAGE)],
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        files_in(media.path()).iter().all(|f| f != "x.jpg"),
+        "nothing stored"
+    );
+
+    // Listed: that origin only, and caches told the answer varies by Origin.
+    let CorsApp { app, .. } = &cors_app(&[ADMIN_PAGE]).await;
+    let r = preflight(app, "/api/upload", ADMIN_PAGE, "POST").await;
+    assert!(r.status.is_success(), "{:?}", r.status);
+    assert_eq!(r.header("access-control-allow-origin"), Some(ADMIN_PAGE));
+    assert!(r.header("access-control-allow-credentials").is_none());
+    let methods = r.header("access-control-allow-methods").unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    assert!(
+        r.header("access-control-allow-headers")
+            .unwrap()
+            .contains("x-api-key")
+    );
+    assert!(r.header("vary").unwrap().to_lowercase().contains("origin"));
+    let r = preflight(app, "/api/upload", ANY_PAGE, "POST").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app
+        .post_form_with(
+            "/api/upload",
+            &Form::new().file("file", "listed.jpg", jpeg(8, 8, None)),
+            &[("x-api-key", API_KEY), ("origin", ADMIN_PAGE)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header("access-control-allow-origin"), Some(ADMIN_PAGE));
+
+    // `*`: every origin, still without credentials.
+    let CorsApp { app, .. } = &cors_app(&["*"]).await;
+    for origin in [ANY_PAGE, ADMIN_PAGE] {
+        let r = preflight(app, "/api/upload-batch", origin, "POST").await;
+        assert!(r.status.is_success(), "{:?}", r.status);
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+        assert!(r.header("access-control-allow-credentials").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_without_an_origin_are_never_refused_for_cors() {
+    for (i, origins) in [&[][..], &[ADMIN_PAGE][..], &["*"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        // cors_app's own upload is a curl-style request with no Origin, too.
+        let CorsApp { app, .. } = &cors_app(origins).await;
+        let name = format!("curl-{i}.jpg");
+        let r = app.upload(&name, jpeg(8, 8, None)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{origins:?}");
+        assert_eq!(app.get("/api/images").await.status, StatusCode::OK);
+        let r = app.get(&format!("/media/{name}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.header("access-control-allow-origin").is_some());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

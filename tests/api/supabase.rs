@@ -1,177 +1,18 @@
-//! Uploads with the Supabase backend, against an in-test HTTP server that answers as the real
-//! Supabase Storage does (`../shared/notes/supabase-storage.md`): every error is HTTP 400 with
-//! the true status as a string `statusCode` in the JSON body.
+//! Uploads with the Supabase backend, against the in-test server of `fake_supabase`, which
+//! answers as the real Supabase Storage does.
 
 use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use poem::{
-    EndpointExt, IntoResponse, Request, Response, Route, Server, handler,
-    http::StatusCode,
-    listener::{Acceptor, Listener, TcpListener},
-    web::{Data, Json, Path},
-};
+use poem::http::StatusCode;
 use portfolio_server::config::{Secret, StorageBackend};
-use serde_json::json;
 
-use crate::helpers::{TestApp, TestDb, ToggleProxy, jpeg, upload_settings};
-
-const SERVICE_KEY: &str = "service-role-jwt";
-const BUCKET: &str = "images";
-
-#[derive(Default)]
-struct FakeStorage {
-    /// "bucket/key" -> bytes
-    objects: Mutex<HashMap<String, Vec<u8>>>,
-    /// Answer uploads with a 500.
-    fail: std::sync::atomic::AtomicBool,
-    /// Delay uploads by this many milliseconds before storing.
-    delay_ms: AtomicU64,
-    deletes: AtomicUsize,
-}
-
-fn error(status: &str, error: &str, message: &str, code: &str) -> Response {
-    Json(json!({"statusCode": status, "error": error, "message": message, "code": code}))
-        .with_status(StatusCode::BAD_REQUEST)
-        .into_response()
-}
-
-/// Authorization as the real server checks it: required, optional `Bearer `, a valid JWT.
-fn check_auth(req: &Request) -> Option<Response> {
-    let Some(auth) = req.header("authorization") else {
-        return Some(error(
-            "400",
-            "Error",
-            "headers must have required property 'authorization'",
-            "InvalidRequest",
-        ));
-    };
-    let token = auth.strip_prefix("Bearer ").unwrap_or(auth);
-    (token != SERVICE_KEY).then(|| {
-        error(
-            "403",
-            "Unauthorized",
-            "signature verification failed",
-            "AccessDenied",
-        )
-    })
-}
-
-fn no_bucket() -> Response {
-    error(
-        "404",
-        "Bucket not found",
-        "Bucket not found",
-        "NoSuchBucket",
-    )
-}
-
-#[handler]
-async fn upload(
-    req: &Request,
-    Path((bucket, key)): Path<(String, String)>,
-    body: Vec<u8>,
-    fake: Data<&Arc<FakeStorage>>,
-) -> Response {
-    if let Some(denied) = check_auth(req) {
-        return denied;
-    }
-    if bucket != BUCKET {
-        return no_bucket();
-    }
-    let delay = fake.delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    if fake.fail.load(Ordering::SeqCst) {
-        return Json(
-            json!({"statusCode": "500", "error": "internal", "message": "Internal Server Error"}),
-        )
-        .with_status(StatusCode::INTERNAL_SERVER_ERROR)
-        .into_response();
-    }
-    let upsert = req.header("x-upsert") == Some("true");
-    let mut objects = fake.objects.lock().unwrap();
-    let path = format!("{bucket}/{key}");
-    if objects.contains_key(&path) && !upsert {
-        return error(
-            "409",
-            "Duplicate",
-            "The resource already exists",
-            "KeyAlreadyExists",
-        );
-    }
-    objects.insert(path.clone(), body);
-    Json(json!({"Key": path, "Id": "00000000-0000-0000-0000-000000000000"})).into_response()
-}
-
-#[handler]
-async fn head(
-    req: &Request,
-    Path((bucket, key)): Path<(String, String)>,
-    fake: Data<&Arc<FakeStorage>>,
-) -> Response {
-    if check_auth(req).is_some() || bucket != BUCKET {
-        return StatusCode::BAD_REQUEST.into_response();
-    }
-    let found = fake
-        .objects
-        .lock()
-        .unwrap()
-        .contains_key(&format!("{bucket}/{key}"));
-    if found {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    }
-    .into_response()
-}
-
-#[handler]
-async fn delete(
-    req: &Request,
-    Path(bucket): Path<String>,
-    Json(body): Json<serde_json::Value>,
-    fake: Data<&Arc<FakeStorage>>,
-) -> Response {
-    if let Some(denied) = check_auth(req) {
-        return denied;
-    }
-    fake.deletes.fetch_add(1, Ordering::SeqCst);
-    let mut objects = fake.objects.lock().unwrap();
-    let mut deleted = Vec::new();
-    for prefix in body["prefixes"].as_array().into_iter().flatten() {
-        let path = format!("{bucket}/{}", prefix.as_str().unwrap_or_default());
-        if objects.remove(&path).is_some() {
-            deleted.push(json!({"name": prefix}));
-        }
-    }
-    Json(deleted).into_response()
-}
-
-/// Starts the fake on a free port; returns its base URL.
-async fn start_fake(fake: Arc<FakeStorage>) -> String {
-    let acceptor = TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .unwrap();
-    let port = acceptor.local_addr()[0].as_socket_addr().unwrap().port();
-    let app = Route::new()
-        .at(
-            "/storage/v1/object/:bucket/*key",
-            poem::post(upload).head(head),
-        )
-        .at("/storage/v1/object/:bucket", poem::delete(delete))
-        .data(fake);
-    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
-    format!("http://127.0.0.1:{port}")
-}
+use crate::{
+    fake_supabase::{BUCKET, FakeStorage, SERVICE_KEY, start_fake},
+    helpers::{TestApp, TestDb, ToggleProxy, jpeg, upload_settings},
+};
 
 struct Setup {
     db: TestDb,
@@ -186,7 +27,7 @@ async fn setup(key: &str, bucket: &str, timeout_secs: u64) -> Setup {
     let base = start_fake(fake.clone()).await;
     let media = std::env::temp_dir(); // unused by the supabase backend
     let mut s = upload_settings(Some(&db.url), &media);
-    s.storage.backend = StorageBackend::Supabase;
+    s.storage.backend = Some(StorageBackend::Supabase);
     s.storage.supabase_url = Some(base.clone());
     s.storage.supabase_key = Some(Secret::new(key));
     s.storage.supabase_bucket = bucket.into();
@@ -339,7 +180,7 @@ async fn when_the_database_fails_after_the_object_is_stored_the_object_is_delete
     let proxy = Arc::new(ToggleProxy::start(&db.url).await);
     let media = std::env::temp_dir();
     let mut s = upload_settings(Some(&proxy.url_for(&db.url)), &media);
-    s.storage.backend = StorageBackend::Supabase;
+    s.storage.backend = Some(StorageBackend::Supabase);
     s.storage.supabase_url = Some(base.clone());
     s.storage.supabase_key = Some(Secret::new(SERVICE_KEY));
     let inner = portfolio_server::storage::from_settings(&s.storage);

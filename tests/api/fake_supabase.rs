@@ -1,0 +1,208 @@
+//! An in-test HTTP server that answers as the real Supabase Storage does
+//! (`../shared/notes/supabase-storage.md`): every error is HTTP 400 with the true status as a
+//! string `statusCode` in the JSON body.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use poem::{
+    EndpointExt, IntoResponse, Request, Response, Route, Server, handler,
+    http::StatusCode,
+    listener::{Acceptor, Listener, TcpListener},
+    web::{Data, Json, Path},
+};
+use serde_json::json;
+
+pub const SERVICE_KEY: &str = "service-role-jwt";
+pub const BUCKET: &str = "images";
+
+#[derive(Default)]
+pub struct FakeStorage {
+    /// "bucket/key" -> bytes
+    pub objects: Mutex<HashMap<String, Vec<u8>>>,
+    /// Answer uploads with a 500.
+    pub fail: AtomicBool,
+    /// Delay uploads by this many milliseconds before storing.
+    pub delay_ms: AtomicU64,
+    pub deletes: AtomicUsize,
+    /// Bucket checks (`GET /storage/v1/bucket/{id}`) answered.
+    pub bucket_checks: AtomicUsize,
+}
+
+fn error(status: &str, error: &str, message: &str, code: &str) -> Response {
+    Json(json!({"statusCode": status, "error": error, "message": message, "code": code}))
+        .with_status(StatusCode::BAD_REQUEST)
+        .into_response()
+}
+
+/// Authorization as the real server checks it: required, optional `Bearer `, a valid JWT.
+fn check_auth(req: &Request) -> Option<Response> {
+    let Some(auth) = req.header("authorization") else {
+        return Some(error(
+            "400",
+            "Error",
+            "headers must have required property 'authorization'",
+            "InvalidRequest",
+        ));
+    };
+    let token = auth.strip_prefix("Bearer ").unwrap_or(auth);
+    (token != SERVICE_KEY).then(|| {
+        error(
+            "403",
+            "Unauthorized",
+            "signature verification failed",
+            "AccessDenied",
+        )
+    })
+}
+
+fn no_bucket() -> Response {
+    error(
+        "404",
+        "Bucket not found",
+        "Bucket not found",
+        "NoSuchBucket",
+    )
+}
+
+#[handler]
+async fn upload(
+    req: &Request,
+    Path((bucket, key)): Path<(String, String)>,
+    body: Vec<u8>,
+    fake: Data<&Arc<FakeStorage>>,
+) -> Response {
+    if let Some(denied) = check_auth(req) {
+        return denied;
+    }
+    if bucket != BUCKET {
+        return no_bucket();
+    }
+    let delay = fake.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if fake.fail.load(Ordering::SeqCst) {
+        return Json(
+            json!({"statusCode": "500", "error": "internal", "message": "Internal Server Error"}),
+        )
+        .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+        .into_response();
+    }
+    let upsert = req.header("x-upsert") == Some("true");
+    let mut objects = fake.objects.lock().unwrap();
+    let path = format!("{bucket}/{key}");
+    if objects.contains_key(&path) && !upsert {
+        return error(
+            "409",
+            "Duplicate",
+            "The resource already exists",
+            "KeyAlreadyExists",
+        );
+    }
+    objects.insert(path.clone(), body);
+    Json(json!({"Key": path, "Id": "00000000-0000-0000-0000-000000000000"})).into_response()
+}
+
+#[handler]
+async fn head(
+    req: &Request,
+    Path((bucket, key)): Path<(String, String)>,
+    fake: Data<&Arc<FakeStorage>>,
+) -> Response {
+    if check_auth(req).is_some() || bucket != BUCKET {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let found = fake
+        .objects
+        .lock()
+        .unwrap()
+        .contains_key(&format!("{bucket}/{key}"));
+    if found {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+    .into_response()
+}
+
+#[handler]
+async fn delete(
+    req: &Request,
+    Path(bucket): Path<String>,
+    Json(body): Json<serde_json::Value>,
+    fake: Data<&Arc<FakeStorage>>,
+) -> Response {
+    if let Some(denied) = check_auth(req) {
+        return denied;
+    }
+    fake.deletes.fetch_add(1, Ordering::SeqCst);
+    let mut objects = fake.objects.lock().unwrap();
+    let mut deleted = Vec::new();
+    for prefix in body["prefixes"].as_array().into_iter().flatten() {
+        let path = format!("{bucket}/{}", prefix.as_str().unwrap_or_default());
+        if objects.remove(&path).is_some() {
+            deleted.push(json!({"name": prefix}));
+        }
+    }
+    Json(deleted).into_response()
+}
+
+/// `GET /storage/v1/bucket/{id}`: the bucket's details, for the service key only.
+#[handler]
+async fn bucket_details(
+    req: &Request,
+    Path(bucket): Path<String>,
+    fake: Data<&Arc<FakeStorage>>,
+) -> Response {
+    fake.bucket_checks.fetch_add(1, Ordering::SeqCst);
+    if let Some(denied) = check_auth(req) {
+        return denied;
+    }
+    if bucket != BUCKET {
+        return no_bucket();
+    }
+    Json(json!({"id": bucket, "name": bucket, "public": true})).into_response()
+}
+
+/// Starts the fake on a free port; returns its base URL.
+pub async fn start_fake(fake: Arc<FakeStorage>) -> String {
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .unwrap();
+    let port = acceptor.local_addr()[0].as_socket_addr().unwrap().port();
+    let app = Route::new()
+        .at(
+            "/storage/v1/object/:bucket/*key",
+            poem::post(upload).head(head),
+        )
+        .at("/storage/v1/object/:bucket", poem::delete(delete))
+        .at("/storage/v1/bucket/:bucket", poem::get(bucket_details))
+        .data(fake);
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Starts the fake on a runtime of its own (for tests that are not async, such as the ones that
+/// run the binary); it serves until the test process exits.
+pub fn start_on_own_runtime(fake: Arc<FakeStorage>) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            tx.send(start_fake(fake).await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
