@@ -1,4 +1,4 @@
-//! Start-up: state, routes, middleware, the listener and graceful shutdown. Tests use the same
+//! Start-up: routes, the front layer, the listener and graceful shutdown. Tests use the same
 //! path ([`AppState::new`] + [`routes`], or [`App::build`] on port 0).
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -12,28 +12,11 @@ use poem::{
 };
 
 use crate::{
-    cache::PageCache,
     config::{Settings, StorageBackend},
-    db::{Db, DbError},
-    front::CorsPolicy,
-    front::Front,
-    listing::Listing,
-    storage::{self, Monitored, ObjectStore, StorageState},
-    upload::Uploader,
+    db::DbError,
+    front::{CorsPolicy, Front},
+    state::AppState,
 };
-
-/// What every handler can reach.
-pub struct AppState {
-    pub settings: Settings,
-    /// None when no database is configured.
-    pub db: Option<Db>,
-    pub listing: Listing,
-    pub uploader: Arc<Uploader>,
-    /// The object store every upload goes through, recording its last known state for health.
-    pub store: Arc<Monitored>,
-    /// `Cache-Control` value for listing responses, built once.
-    pub cache_control: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -46,106 +29,20 @@ pub enum StartError {
     },
 }
 
-impl AppState {
-    /// Builds the state. With a database configured this makes one attempt to reach it (and
-    /// migrate it), bounded by the checkout timeout, and starts the background re-probe; the
-    /// server starts whatever the outcome.
-    pub async fn new(settings: Settings) -> Result<Arc<AppState>, StartError> {
-        let store = storage::from_settings(&settings.storage);
-        Self::with_store(settings, Arc::from(store)).await
-    }
-
-    /// As [`AppState::new`], with the object store given (tests wrap the real ones).
-    pub async fn with_store(
-        settings: Settings,
-        store: Arc<dyn ObjectStore>,
-    ) -> Result<Arc<AppState>, StartError> {
-        let db = match &settings.database.url {
-            None => {
-                tracing::warn!(
-                    "no database configured (DATABASE_URL is not set): serving the {} photographs \
-                     built into the binary",
-                    crate::listing::Fallback::load().len()
-                );
-                None
-            }
-            Some(url) => {
-                let db = Db::new(url.expose(), &settings.database)?;
-                tracing::info!(database = %db.target(), "connecting to the database");
-                if !db.probe().await {
-                    tracing::warn!(
-                        database = %db.target(),
-                        "database not reachable at start-up; serving embedded data and retrying \
-                         every {} ms",
-                        settings.database.reprobe_interval_ms
-                    );
-                }
-                db.spawn_monitor();
-                Some(db)
-            }
-        };
-        let store = Arc::new(Monitored::new(store));
-        check_storage(&settings, &store).await;
-        if settings.auth.admin_api_key.is_none() {
-            tracing::warn!("ADMIN_API_KEY is not set: uploads will be refused");
-        } else {
-            tracing::info!("uploads enabled for requests presenting ADMIN_API_KEY as X-API-Key");
-        }
-        tracing::info!(
-            policy = %CorsPolicy::from_settings(&settings.server).describe(),
-            "CORS"
-        );
-        let c = &settings.cache;
-        tracing::info!(
-            page_cache_bytes = c.max_bytes,
-            stale_copy_bytes = c.stale_max_bytes,
-            ttl_secs = c.ttl_secs,
-            "page cache"
-        );
-        let listing = Listing::new(db.clone(), PageCache::new(&settings.cache));
-        let uploader = Uploader::new(db.clone(), store.clone(), settings.upload.clone());
-        let cache_control = format!("public, max-age={}", settings.cache.http_max_age_secs);
-        Ok(Arc::new(AppState {
-            settings,
-            db,
-            listing,
-            uploader,
-            store,
-            cache_control,
-        }))
-    }
-}
-
-/// Logs where photos go, then checks the store with one cheap request and says plainly if it
-/// refuses us: a wrong Supabase key should show at start-up, not as a 502 at the first upload.
-async fn check_storage(settings: &Settings, store: &Arc<Monitored>) {
-    tracing::info!(
-        backend = %settings.storage.backend(),
-        store = %store.describe(),
-        url_prefix = %store.public_url(""),
-        "storage"
-    );
-    let s = store.clone();
-    let _ = tokio::task::spawn_blocking(move || s.check()).await;
-    match store.state().0 {
-        StorageState::Ok => tracing::info!("storage check passed"),
-        StorageState::Refused(why) => tracing::error!(
-            reason = %why,
-            "storage REFUSED our credentials or bucket: uploads will fail until the storage \
-             settings (SUPABASE_KEY, SUPABASE_BUCKET) are fixed"
-        ),
-        StorageState::Unreachable(why) | StorageState::Failing(why) => tracing::warn!(
-            reason = %why,
-            "storage check failed: uploads will fail while this lasts"
-        ),
-        StorageState::Unchecked => {}
-    }
-}
-
 /// Every route, behind [`Front`] (CORS, errors, logging, the listing fast path). Compression
 /// applies where it pays: the large docs page and spec. Listing pages carry their own gzip copy,
 /// made once per cached page.
 pub fn routes(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
+    Front::new(router(&state), state)
+}
+
+/// [`routes`] with every listing request answered by the documented operation: tests compare
+/// the two to prove the fast path answers exactly as the operation does.
+pub fn routes_without_fast_path(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
+    Front::new(router(&state), state).without_fast_path()
+}
+
+fn router(state: &Arc<AppState>) -> Route {
     let api = crate::api::service(state.clone());
     let (docs, spec) = (api.swagger_ui(), api.spec_endpoint());
     let mut route = Route::new()
@@ -163,7 +60,7 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             ),
         );
     }
-    Front::new(route, state)
+    route
 }
 
 /// A bound server, ready to run.
@@ -193,6 +90,10 @@ impl App {
                 source: std::io::Error::other("no local address"),
             })?;
         let state = AppState::new(settings).await?;
+        tracing::info!(
+            policy = %CorsPolicy::from_settings(&state.settings.server).describe(),
+            "CORS"
+        );
         Ok(App {
             acceptor,
             state,
@@ -202,6 +103,10 @@ impl App {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish (up to

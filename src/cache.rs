@@ -20,9 +20,12 @@ use std::{
 
 use bytes::Bytes;
 use moka::future::Cache;
-use sha2::{Digest, Sha256};
 
-use crate::config::CacheSettings;
+use crate::{
+    config::CacheSettings,
+    db::DbError,
+    model::{Category, PageKey, etag_of},
+};
 
 /// One page of the listing, serialised once.
 #[derive(Debug)]
@@ -46,8 +49,7 @@ const GZIP_MIN: usize = 256;
 
 impl Page {
     pub fn new(body: Vec<u8>, total: i64, len: usize, last_id: Option<i64>) -> Page {
-        let digest = Sha256::digest(&body);
-        let etag = format!("\"{}\"", crate::db::hex(&digest[..16]));
+        let etag = etag_of(&body);
         Page {
             body: Bytes::from(body),
             etag,
@@ -89,33 +91,11 @@ impl Page {
     }
 }
 
-/// What identifies a page.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PageKey {
-    pub limit: i64,
-    pub offset: i64,
-    /// Keyset pagination: only rows with a larger id.
-    pub after_id: Option<i64>,
-    /// Only this category (lower-cased).
-    pub category: Option<Arc<str>>,
-}
-
-impl PageKey {
-    pub fn offset(limit: i64, offset: i64) -> PageKey {
-        PageKey {
-            limit,
-            offset,
-            after_id: None,
-            category: None,
-        }
-    }
-}
-
 pub struct PageCache {
     /// None when `cache.max_bytes` is 0: every request goes to the database.
     pages: Option<Cache<(u64, PageKey), Arc<Page>>>,
     /// Keyed by generation and category.
-    totals: Cache<(u64, Option<Arc<str>>), i64>,
+    totals: Cache<(u64, Option<Category>), i64>,
     stale: Cache<PageKey, Arc<Page>>,
     generation: AtomicU64,
 }
@@ -161,13 +141,9 @@ impl PageCache {
 
     /// The cached page, or the result of `load`, shared by every concurrent caller for the same
     /// key. A successful load is also kept as the page's stale copy.
-    pub async fn get_or_load<F>(
-        &self,
-        key: PageKey,
-        load: F,
-    ) -> Result<Arc<Page>, Arc<crate::db::DbError>>
+    pub async fn get_or_load<F>(&self, key: PageKey, load: F) -> Result<Arc<Page>, Arc<DbError>>
     where
-        F: Future<Output = Result<Arc<Page>, crate::db::DbError>>,
+        F: Future<Output = Result<Arc<Page>, DbError>>,
     {
         let stale_key = key.clone();
         let load = async {
@@ -182,13 +158,9 @@ impl PageCache {
     }
 
     /// The row count (of one category, or all), cached under the current generation.
-    pub async fn total<F>(
-        &self,
-        category: Option<Arc<str>>,
-        load: F,
-    ) -> Result<i64, Arc<crate::db::DbError>>
+    pub async fn total<F>(&self, category: Option<Category>, load: F) -> Result<i64, Arc<DbError>>
     where
-        F: Future<Output = Result<i64, crate::db::DbError>>,
+        F: Future<Output = Result<i64, DbError>>,
     {
         self.totals
             .try_get_with((self.generation(), category), load)

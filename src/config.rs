@@ -125,6 +125,9 @@ pub struct UploadSettings {
     pub allowed_categories: Vec<String>,
     /// Uploads written at the same time; each holds a database connection while it stores.
     pub max_concurrent: usize,
+    /// Where files of a batch wait (on disk, not in memory) until the batch's category arrives.
+    /// Emptied of this server's files at start-up; give each process on a machine its own.
+    pub spool_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -221,6 +224,7 @@ impl Default for Settings {
                 max_side_px: 16_384,
                 allowed_categories: Vec::new(),
                 max_concurrent: 2,
+                spool_dir: PathBuf::from("data/spool"),
             },
             log: LogSettings {
                 format: LogFormat::Text,

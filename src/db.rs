@@ -2,7 +2,8 @@
 //! outage tracking, migrations and the queries.
 //!
 //! The pool is synchronous (`postgres` + r2d2), so every database call goes through [`Db::run`],
-//! which moves the closure onto a blocking thread. Handlers never call `spawn_blocking` themselves.
+//! which queues for a connection and then moves the closure onto a blocking thread through
+//! [`crate::blocking::run`].
 //!
 //! Availability is remembered rather than rediscovered: when a call fails for a connectivity
 //! reason the database is marked down, requests stop waiting on it (they are answered from the
@@ -20,37 +21,27 @@ use std::{
 use postgres::{NoTls, error::SqlState};
 use r2d2_postgres::{PostgresConnectionManager, r2d2};
 use rust_embed::Embed;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::{cache::PageKey, config::DatabaseSettings};
+use crate::{
+    blocking::{self, Panicked},
+    config::DatabaseSettings,
+    model::{PageKey, Photo, hex},
+};
 
 pub type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub type PgConn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
-/// One row of `photographs`, in the contract's field order.
-#[derive(Debug, Clone, PartialEq, Serialize, poem_openapi::Object)]
-pub struct Photo {
-    pub id: i32,
-    pub filename: String,
-    pub url: String,
-    pub category: String,
-    pub width: i32,
-    pub height: i32,
-}
-
-impl Photo {
-    /// From a row selected as `id, filename, url, category, width, height`.
-    pub fn from_row(r: &postgres::Row) -> Photo {
-        Photo {
-            id: r.get(0),
-            filename: r.get(1),
-            url: r.get(2),
-            category: r.get(3),
-            width: r.get(4),
-            height: r.get(5),
-        }
+/// A [`Photo`] from a row selected as `id, filename, url, category, width, height`.
+pub fn photo_from_row(r: &postgres::Row) -> Photo {
+    Photo {
+        id: r.get(0),
+        filename: r.get(1),
+        url: r.get(2),
+        category: r.get(3),
+        width: r.get(4),
+        height: r.get(5),
     }
 }
 
@@ -60,8 +51,9 @@ pub enum DbError {
     Pool(#[from] r2d2::Error),
     #[error("database error: {0}")]
     Pg(#[from] postgres::Error),
-    #[error("database task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    /// The closure panicked: a bug, not a database failure.
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
     #[error("migration {name}: {problem}")]
     Migration { name: String, problem: String },
     /// Every connection stayed busy for the whole queue timeout: the database is up but saturated.
@@ -97,7 +89,7 @@ impl DbError {
                 }
             },
             DbError::Shared(e) => e.is_connectivity(),
-            DbError::Busy(_) | DbError::Join(_) | DbError::Migration { .. } => false,
+            DbError::Busy(_) | DbError::Panicked(_) | DbError::Migration { .. } => false,
         }
     }
 }
@@ -193,16 +185,14 @@ impl Db {
         T: Send + 'static,
     {
         let pool = self.pool();
-        let span = tracing::Span::current();
         let queued = self.inner.permits.clone().acquire_owned();
         let permit = match tokio::time::timeout(self.inner.queue_timeout, queued).await {
             Ok(permit) => permit.expect("never closed"),
             Err(_) => return Err(DbError::Busy(self.inner.queue_timeout)),
         };
-        let result = tokio::task::spawn_blocking(move || {
+        let result = blocking::run(move || {
             // Held until the work ends, even if the caller has gone away meanwhile.
             let _permit = permit;
-            let _entered = span.enter();
             let mut conn = pool.get()?;
             f(&mut conn)
         })
@@ -378,14 +368,6 @@ pub fn migrate(c: &mut PgConn) -> Result<Vec<String>, DbError> {
     Ok(applied)
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Queries
 
@@ -394,7 +376,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// optional filters still use the indexes.
 pub fn fetch_page(c: &mut PgConn, key: &PageKey) -> Result<Vec<Photo>, DbError> {
     use postgres::types::Type;
-    let category = key.category.as_deref();
+    let category = key.category.as_ref().map(|c| c.as_str());
     let rows = c.query_typed(
         include_str!("../sql/queries/page.sql"),
         &[
@@ -404,7 +386,7 @@ pub fn fetch_page(c: &mut PgConn, key: &PageKey) -> Result<Vec<Photo>, DbError> 
             (&category, Type::TEXT),
         ],
     )?;
-    Ok(rows.iter().map(Photo::from_row).collect())
+    Ok(rows.iter().map(photo_from_row).collect())
 }
 
 /// Number of photographs, optionally of one lower-cased category (`X-Total-Count`).

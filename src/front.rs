@@ -1,5 +1,5 @@
-//! The one layer in front of every route: request data, trailing slashes, CORS, JSON errors,
-//! panics, the request log, and the fast path for listing pages.
+//! The one layer in front of every route: request data, trailing slashes, the request's span and
+//! id, CORS, JSON errors, panics, the request log, and the fast path for listing pages.
 //!
 //! Why one hand-written layer instead of poem's `NormalizePath`, `Cors`, `Tracing`,
 //! `CatchPanic`, `catch_all_error` and `data`: each poem layer moves the request future once more
@@ -7,17 +7,24 @@
 //! handler (perf: memmove and malloc at the top of the profile; figures in bench/results.md).
 
 use std::{
-    sync::Arc,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use futures_util::FutureExt;
 use poem::{
     Endpoint, IntoResponse, Request, Response,
-    http::{HeaderValue, Method, StatusCode, Uri, header},
+    http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header},
 };
+use tracing::Instrument;
 
-use crate::app::AppState;
+use crate::{api::error::ApiError, state::AppState};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers a browser may read on a cross-origin response.
 const EXPOSE: &str = "etag, x-total-count, x-data-source, link, retry-after, x-request-id";
@@ -101,12 +108,67 @@ pub struct Front<E> {
     inner: E,
     state: Arc<AppState>,
     cors: CorsPolicy,
+    /// Answer plain listing requests before the router (off only in tests that compare the two).
+    fast_path: bool,
 }
 
 impl<E> Front<E> {
     pub fn new(inner: E, state: Arc<AppState>) -> Front<E> {
         let cors = CorsPolicy::from_settings(&state.settings.server);
-        Front { inner, state, cors }
+        Front {
+            inner,
+            state,
+            cors,
+            fast_path: true,
+        }
+    }
+
+    /// Every listing request through the documented operation.
+    pub fn without_fast_path(mut self) -> Front<E> {
+        self.fast_path = false;
+        self
+    }
+}
+
+/// The request's id: the client's (or a proxy's) `X-Request-Id` when it is a sane token,
+/// otherwise a new one. Sent back as `X-Request-Id` and carried by every log line the request
+/// causes.
+fn request_id(req: &Request) -> HeaderValue {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID)
+        && (1..=64).contains(&v.len())
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return v.clone();
+    }
+    static SEED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = SEED.hash_one(NEXT.fetch_add(1, Ordering::Relaxed));
+    HeaderValue::from_str(&format!("{n:016x}")).expect("hex is a valid header value")
+}
+
+struct Finished<'a>(&'a AtomicU64);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The route a path belongs to, for the span: a fixed set, so logs group by it.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/" => "/",
+        "/api/images" => "/api/images",
+        "/api/upload" => "/api/upload",
+        "/api/upload-batch" => "/api/upload-batch",
+        "/api/health" => "/api/health",
+        "/api/portfolio" => "/api/portfolio",
+        "/openapi.json" => "/openapi.json",
+        p if p.starts_with("/media/") => "/media/{filename}",
+        p if p == "/docs" || p.starts_with("/docs/") => "/docs",
+        _ => "unmatched",
     }
 }
 
@@ -116,15 +178,34 @@ impl<E: Endpoint> Endpoint for Front<E> {
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let started = Instant::now();
         trim_trailing_slash(&mut req);
+        let id = request_id(&req);
+        let span = tracing::info_span!(
+            "request",
+            method = %req.method(),
+            route = %route_of(req.uri().path()),
+            id = %id.to_str().unwrap_or_default(),
+        );
         let method = req.method().clone();
         let uri = req.uri().clone();
+        // Counted when the handling ends, also when the client left and the future is dropped.
+        let _finished = Finished(&self.state.requests_finished);
+        let mut response = self.handle(req).instrument(span.clone()).await;
+        response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        span.in_scope(|| log_request(&method, &uri, response.status(), started.elapsed()));
+        Ok(response)
+    }
+}
+
+impl<E: Endpoint> Front<E> {
+    /// CORS, then the route.
+    async fn handle(&self, req: Request) -> Response {
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let preflight = method == Method::OPTIONS
+        let preflight = req.method() == Method::OPTIONS
             && origin.is_some()
             && req
                 .headers()
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        let response = if !is_admin(&req) {
+        if !is_admin(&req) {
             // Public data: the same answer for every origin, so no `Vary: Origin` is needed and
             // a shared cache may keep one copy.
             let mut r = if preflight {
@@ -133,54 +214,35 @@ impl<E: Endpoint> Endpoint for Front<E> {
                 self.respond(req).await
             };
             allow(&mut r, HeaderValue::from_static("*"));
-            r
-        } else {
-            match &origin {
-                None => self.respond(req).await,
-                Some(o) => {
-                    let mut r = match self.cors.admin_origin(o) {
-                        Some(allowed) => {
-                            let mut r = if preflight {
-                                preflight_response(ADMIN_METHODS)
-                            } else {
-                                self.respond(req).await
-                            };
-                            allow(&mut r, allowed);
-                            r
-                        }
-                        None => {
-                            tracing::warn!(
-                                target: "portfolio_server::http",
-                                origin = %String::from_utf8_lossy(o.as_bytes()),
-                                %method, %uri,
-                                "refused a cross-origin admin request: this origin is not in \
-                                 CORS_ORIGINS (server.cors_origins); add it there to let that page \
-                                 upload or edit"
-                            );
-                            error_response(
-                                StatusCode::FORBIDDEN,
-                                "Origin not allowed: admin routes accept browser requests only \
-                                 from the origins in CORS_ORIGINS",
-                            )
-                        }
-                    };
-                    // The answer differs by Origin: say so to caches, keeping any Vary the
-                    // handler set.
-                    if matches!(self.cors, CorsPolicy::Listed(_)) {
-                        add_vary_origin(&mut r);
-                    }
-                    r
-                }
-            }
+            return r;
+        }
+        let Some(origin) = origin else {
+            return self.respond(req).await; // curl, scripts: CORS is for browsers
         };
-        log_request(&method, &uri, response.status(), started.elapsed());
-        Ok(response)
+        let mut r = match self.cors.admin_origin(&origin) {
+            Some(allowed) => {
+                let mut r = if preflight {
+                    preflight_response(ADMIN_METHODS)
+                } else {
+                    self.respond(req).await
+                };
+                allow(&mut r, allowed);
+                r
+            }
+            None => refuse(&req, &origin),
+        };
+        // With a list, the answer differs by Origin: say so to caches, keeping any Vary the
+        // handler set.
+        if matches!(self.cors, CorsPolicy::Listed(_)) {
+            add_vary_origin(&mut r);
+        }
+        r
     }
-}
 
-impl<E: Endpoint> Front<E> {
     async fn respond(&self, mut req: Request) -> Response {
-        if let Some(response) = crate::api::fast_listing(&self.state, &req).await {
+        if self.fast_path
+            && let Some(response) = crate::api::fast_listing(&self.state, &req).await
+        {
             return response;
         }
         req.extensions_mut().insert(self.state.clone());
@@ -189,13 +251,28 @@ impl<E: Endpoint> Front<E> {
             .await
         {
             Ok(Ok(r)) => r.into_response(),
-            Ok(Err(e)) => json_error(e),
-            Err(_) => {
-                tracing::error!("handler panicked");
-                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
-            }
+            Ok(Err(e)) => ApiError::<()>::from(e).into_response(),
+            Err(_) => ApiError::<()>::internal(&"handler panicked").into_response(),
         }
     }
+}
+
+/// A cross-origin admin request from an origin not in `CORS_ORIGINS`.
+fn refuse(req: &Request, origin: &HeaderValue) -> Response {
+    tracing::warn!(
+        target: "portfolio_server::http",
+        origin = %String::from_utf8_lossy(origin.as_bytes()),
+        method = %req.method(),
+        uri = %req.uri(),
+        "refused a cross-origin admin request: this origin is not in CORS_ORIGINS \
+         (server.cors_origins); add it there to let that page upload or edit"
+    );
+    ApiError::<()>::new(
+        StatusCode::FORBIDDEN,
+        "Origin not allowed: admin routes accept browser requests only from the origins in \
+         CORS_ORIGINS",
+    )
+    .into_response()
 }
 
 fn preflight_response(methods: &'static str) -> Response {
@@ -270,27 +347,4 @@ fn trim_trailing_slash(req: &mut Request) {
             *req.uri_mut() = uri;
         }
     }
-}
-
-/// Errors raised outside our handlers (unknown route, wrong method, ...) get the same JSON shape
-/// as ours.
-fn json_error(e: poem::Error) -> Response {
-    let status = e.status();
-    let detail = match status {
-        StatusCode::NOT_FOUND => "Not Found".to_string(),
-        StatusCode::METHOD_NOT_ALLOWED => "Method Not Allowed".to_string(),
-        // A 500's message may hold internals; other statuses carry a message meant for the client.
-        StatusCode::INTERNAL_SERVER_ERROR => {
-            tracing::error!(error = %e, "request failed");
-            "internal server error".to_string()
-        }
-        _ => e.to_string(),
-    };
-    error_response(status, &detail)
-}
-
-pub fn error_response(status: StatusCode, detail: &str) -> Response {
-    poem::web::Json(serde_json::json!({ "detail": detail }))
-        .with_status(status)
-        .into_response()
 }

@@ -1,5 +1,5 @@
-//! Pure, synchronous checks on an uploaded photo: is it a whole JPEG, how big is it as displayed,
-//! and what may it be called. No I/O; callers run it on a blocking thread.
+//! Pure, synchronous checks on an uploaded photo: is it a whole JPEG, and how big is it as
+//! displayed. No I/O; callers run it through [`crate::blocking::run`].
 
 use std::io::Cursor;
 
@@ -14,10 +14,6 @@ pub enum Rejection {
     Unreadable(String),
     #[error("Image is {width}x{height}; the largest accepted side is {max} pixels")]
     TooManyPixels { width: u32, height: u32, max: u32 },
-    #[error("Invalid file name: {0}")]
-    BadName(String),
-    #[error("Invalid category: {0}")]
-    BadCategory(String),
 }
 
 /// The displayed size of a photo.
@@ -128,78 +124,6 @@ fn stored_size(bytes: &[u8]) -> Option<(u32, u32)> {
     None
 }
 
-/// Longest stored file name, in bytes (the column is VARCHAR(255); keep room to spare).
-pub const MAX_NAME_LEN: usize = 200;
-
-/// Reduces an uploaded file name to a safe object key: the base name only (any client path is
-/// dropped), lower-cased, with characters other than `a-z 0-9 . _ -` replaced by `-`. Control
-/// characters, `..` and names that end up empty are refused; the extension must be `.jpg` or
-/// `.jpeg`.
-pub fn safe_file_name(raw: &str) -> Result<String, Rejection> {
-    if raw.chars().any(char::is_control) {
-        return Err(Rejection::BadName("contains control characters".into()));
-    }
-    let base = raw.rsplit(['/', '\\']).next().unwrap_or("").trim();
-    if base.is_empty() || base == "." || base == ".." {
-        return Err(Rejection::BadName("no file name".into()));
-    }
-    let lower = base.to_lowercase();
-    if !(lower.ends_with(".jpg") || lower.ends_with(".jpeg")) {
-        return Err(Rejection::NotJpeg);
-    }
-    let mut name = String::with_capacity(lower.len());
-    for c in lower.chars() {
-        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-            c
-        } else {
-            '-'
-        };
-        // Collapse runs of separators so "a  b" and "a..b" stay readable and `..` cannot appear.
-        if matches!(c, '-' | '.') && name.ends_with(c) {
-            continue;
-        }
-        name.push(c);
-    }
-    let name = name.trim_start_matches(['.', '-']).to_string();
-    let (stem, ext) = name.rsplit_once('.').unwrap_or(("", ""));
-    if stem.trim_matches(['-', '_', '.']).is_empty() || !matches!(ext, "jpg" | "jpeg") {
-        return Err(Rejection::BadName(format!(
-            "`{raw}` has no usable name before the extension"
-        )));
-    }
-    if name.len() > MAX_NAME_LEN {
-        let keep = MAX_NAME_LEN - ext.len() - 1;
-        return Ok(format!("{}.{ext}", &stem[..keep]));
-    }
-    Ok(name)
-}
-
-/// Normalises a category: trimmed, inner whitespace collapsed to single spaces, lower-cased,
-/// 1 to 50 characters, and in `allowed` when an allow-list is configured.
-pub fn normalise_category(raw: &str, allowed: &[String]) -> Result<String, Rejection> {
-    if raw.chars().any(char::is_control) {
-        return Err(Rejection::BadCategory("contains control characters".into()));
-    }
-    let category = raw
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase();
-    let len = category.chars().count();
-    if !(1..=50).contains(&len) {
-        return Err(Rejection::BadCategory(format!(
-            "must be 1 to 50 characters, got {len}"
-        )));
-    }
-    if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(&category)) {
-        return Err(Rejection::BadCategory(format!(
-            "`{category}` is not one of: {}",
-            allowed.join(", ")
-        )));
-    }
-    Ok(category)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,54 +212,5 @@ mod tests {
                 max: 16_384
             })
         );
-    }
-
-    #[test]
-    fn file_names_are_reduced_to_safe_base_names() {
-        let ok =
-            |raw: &str, want: &str| assert_eq!(safe_file_name(raw).as_deref(), Ok(want), "{raw}");
-        ok("Sunset.JPG", "sunset.jpg");
-        ok("../../etc/passwd.jpg", "passwd.jpg");
-        ok("C:\\Users\\me\\IMG 001.jpeg", "img-001.jpeg");
-        ok("...hidden.jpg", "hidden.jpg");
-        ok("a..b.jpg", "a.b.jpg");
-        ok("café  au lait.jpg", "caf-au-lait.jpg");
-        let long = format!("{}.jpg", "x".repeat(300));
-        let cut = safe_file_name(&long).unwrap();
-        assert_eq!(cut.len(), MAX_NAME_LEN);
-        assert!(cut.ends_with(".jpg"));
-
-        assert!(matches!(
-            safe_file_name("bad\u{0}.jpg"),
-            Err(Rejection::BadName(_))
-        ));
-        assert!(matches!(
-            safe_file_name("line\nbreak.jpg"),
-            Err(Rejection::BadName(_))
-        ));
-        assert!(matches!(safe_file_name("../"), Err(Rejection::BadName(_))));
-        assert!(matches!(safe_file_name(".jpg"), Err(Rejection::BadName(_))));
-        assert!(matches!(
-            safe_file_name("---.jpg"),
-            Err(Rejection::BadName(_))
-        ));
-        assert_eq!(safe_file_name("photo.png"), Err(Rejection::NotJpeg));
-        assert_eq!(safe_file_name("photo.jpg.exe"), Err(Rejection::NotJpeg));
-    }
-
-    #[test]
-    fn categories_are_normalised_and_checked() {
-        assert_eq!(
-            normalise_category("  Street   Photo ", &[]).unwrap(),
-            "street photo"
-        );
-        assert!(normalise_category("", &[]).is_err());
-        assert!(normalise_category("   ", &[]).is_err());
-        assert!(normalise_category(&"x".repeat(51), &[]).is_err());
-        assert!(normalise_category(&"x".repeat(50), &[]).is_ok());
-        assert!(normalise_category("a\tb\u{7}", &[]).is_err());
-        let allowed = vec!["nature".to_string(), "city".to_string()];
-        assert_eq!(normalise_category("Nature", &allowed).unwrap(), "nature");
-        assert!(normalise_category("food", &allowed).is_err());
     }
 }

@@ -1,25 +1,37 @@
 //! portfolio-server: the photo-portfolio API, a drop-in replacement for the original FastAPI
-//! backend. Read in this order:
+//! backend.
+//!
+//! Read top-down: `main` builds an [`app::App`] from [`config::Settings`]; [`app`] wires the
+//! [`front`] layer over the [`api`] routes; handlers call the use cases ([`listing`], [`upload`])
+//! on the shared [`state`]; those use [`db`], [`cache`], [`storage`] and [`imaging`]; everything
+//! speaks in the types of [`model`]. No module imports one above it.
 
-/// HTTP handlers and the OpenAPI document.
+/// HTTP handlers, the one API error type, and the OpenAPI document.
 pub mod api;
-/// Start-up: state, routes, middleware, listener, graceful shutdown.
+/// Start-up: routes, the front layer, the listener, graceful shutdown.
 pub mod app;
+/// The one bridge onto blocking threads.
+pub mod blocking;
 /// The byte-bounded cache of pre-serialised listing pages.
 pub mod cache;
 /// Layered configuration (defaults, `Config.toml`, `.env`, environment).
 pub mod config;
-/// PostgreSQL: pool, blocking bridge, outage tracking, migrations, queries.
+/// PostgreSQL: pool, outage tracking, migrations, queries.
 pub mod db;
-/// The layer in front of every route: CORS, JSON errors, request log, listing fast path.
+/// The layer in front of every route: request span and id, CORS, JSON errors, request log,
+/// listing fast path.
 pub mod front;
-/// Pure checks on uploaded photos: JPEG content, displayed size, safe names.
+/// Pure checks on uploaded photos: JPEG content, displayed size.
 pub mod imaging;
 /// The read path of the listing: cache, database, stale copy, embedded data.
 pub mod listing;
+/// Domain values with their rules: photo, file name, category, page key.
+pub mod model;
+/// What every request can reach, built once at start-up.
+pub mod state;
 /// Object storage: a local folder or Supabase Storage, create-only.
 pub mod storage;
 /// Logging set-up.
 pub mod telemetry;
-/// The upload use case and its never-lose, never-orphan write protocol.
+/// The upload use case, its sessions, and its never-lose, never-orphan write protocol.
 pub mod upload;

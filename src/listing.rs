@@ -9,8 +9,9 @@ use std::{
 use rust_embed::Embed;
 
 use crate::{
-    cache::{Page, PageCache, PageKey},
+    cache::{Page, PageCache},
     db::{self, Db},
+    model::PageKey,
 };
 
 /// Where a response's data came from; sent as `X-Data-Source`.
@@ -25,6 +26,7 @@ pub enum Source {
 }
 
 impl Source {
+    /// The `X-Data-Source` value.
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Database => "database",
@@ -85,10 +87,10 @@ impl Fallback {
             .items
             .iter()
             .filter(|p| {
-                key.category.as_deref().is_none_or(|c| {
+                key.category.as_ref().is_none_or(|c| {
                     p["category"]
                         .as_str()
-                        .is_some_and(|pc| pc.eq_ignore_ascii_case(c))
+                        .is_some_and(|pc| pc.eq_ignore_ascii_case(c.as_str()))
                 })
             })
             .collect();
@@ -170,7 +172,7 @@ impl Listing {
             self.cache
                 .total(
                     category.clone(),
-                    db.run(move |c| db::count(c, category.as_deref())),
+                    db.run(move |c| db::count(c, category.as_ref().map(|c| c.as_str()))),
                 )
                 .await
                 .map_err(db::DbError::Shared)?

@@ -1,5 +1,5 @@
 //! Object storage behind one small, synchronous interface: a local folder (the default) or
-//! Supabase Storage's REST API. Callers run these methods on a blocking thread.
+//! Supabase Storage's REST API. Callers run these methods through [`crate::blocking::run`].
 //!
 //! The interface has no "overwrite": [`ObjectStore::put_new`] either creates the object or reports
 //! that the key is taken, so an upload can never replace a photo someone else stored.
@@ -129,10 +129,10 @@ impl Monitored {
             return;
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(crate::blocking::run(move || {
             let _ = this.check();
             this.checking.store(false, Ordering::Release);
-        });
+        }));
     }
 
     /// The last known state, and how long ago it was learnt.
@@ -213,7 +213,7 @@ pub fn encode_key(key: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------
 
-/// Files in a folder. Keys are single path components (see `imaging::safe_file_name`).
+/// Files in a folder. Keys are single path components (see [`crate::model::FileName`]).
 pub struct LocalStore {
     dir: PathBuf,
     public_base_url: String,

@@ -12,58 +12,95 @@
 //!
 //! Any failure before step 3 rolls the transaction back. The object exists only if this request
 //! created it in step 2, so this request deletes only what it created.
+//!
+//! Every successful write invalidates the listing's cached pages itself, so no caller can leave
+//! them stale. A [`BatchSession`] owns a whole `/api/upload-batch`: the limits, the default
+//! category, files parked on disk until the category arrives, and the sorting of outcomes into
+//! uploaded, skipped and failed; [`SingleUpload`] does the same for `/api/upload`. The HTTP
+//! handlers only feed them fields.
 
 use std::{
     collections::HashMap,
+    io,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, Weak},
     time::Duration,
 };
 
 use postgres::error::SqlState;
-use tokio::sync::Semaphore;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    sync::Semaphore,
+};
 
 use crate::{
+    blocking::{self, Panicked},
     config::UploadSettings,
-    db::{Db, DbError, Photo},
+    db::{Db, DbError, PgConn, photo_from_row},
     imaging::{self, Dimensions, Rejection},
+    listing::Listing,
+    model::{Category, FileName, Invalid, Photo},
     storage::{ObjectStore, Put, StorageError},
 };
 
-/// Why an upload did not happen. Each maps to one HTTP status in the API layer.
+/// Why an upload did not happen. Each maps to one HTTP status, in `api::error` only.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    /// Bad input: wrong type, unreadable, bad name or category. Nothing was stored.
+    /// A bad name or category. Nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// Not a whole JPEG, or too many pixels. Nothing was stored.
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// The form itself is wrong (two files for `/api/upload`, ...).
+    #[error("{0}")]
+    BadForm(String),
+    /// A required field is absent.
+    #[error("Field required: {0}")]
+    MissingField(&'static str),
     /// The name is taken, in the database or in storage. Nothing was changed.
     #[error("Duplicate filename: {0}")]
-    Duplicate(String),
+    Duplicate(FileName),
     #[error("{0}")]
     TooLarge(String),
-    /// The database cannot take writes now (down, or none configured).
+    /// The database cannot take writes now (down, busy, or none configured).
     #[error("{0}")]
     DatabaseUnavailable(String),
     #[error("Storage error: {0}")]
     Storage(#[from] StorageError),
-    #[error("Database error: {0}")]
+    /// The database failed in a way that is not an outage (a bug, a broken schema).
+    #[error("database error: {0}")]
     Database(DbError),
+    /// A bug: blocking work panicked, or a local file could not be written.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<DbError> for UploadError {
     fn from(e: DbError) -> Self {
         if e.is_connectivity() {
-            UploadError::DatabaseUnavailable(format!("Database unavailable, try again later: {e}"))
+            UploadError::DatabaseUnavailable("Database unavailable, try again later".into())
         } else if e.is_busy() {
             UploadError::DatabaseUnavailable("Database busy, try again shortly".into())
+        } else if let DbError::Panicked(p) = e {
+            UploadError::Internal(p.to_string())
         } else {
             UploadError::Database(e)
         }
     }
 }
 
+impl From<Panicked> for UploadError {
+    fn from(e: Panicked) -> Self {
+        UploadError::Internal(e.to_string())
+    }
+}
+
 pub struct Uploader {
     db: Option<Db>,
     store: Arc<dyn ObjectStore>,
+    /// Told about every successful write, so cached pages never outlive it.
+    listing: Arc<Listing>,
     pub limits: UploadSettings,
     /// Uploads hold a pooled connection while they store the object: bound them so reads always
     /// find connections.
@@ -74,14 +111,31 @@ pub struct Uploader {
 }
 
 impl Uploader {
+    /// Builds the uploader and empties its spool folder: files parked there by a process that
+    /// died mid-batch were never stored and never will be.
     pub fn new(
         db: Option<Db>,
         store: Arc<dyn ObjectStore>,
+        listing: Arc<Listing>,
         limits: UploadSettings,
     ) -> Arc<Uploader> {
+        match clear_spool(&limits.spool_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                files = n,
+                dir = %limits.spool_dir.display(),
+                "removed files parked by an earlier process"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                dir = %limits.spool_dir.display(),
+                "cannot clear the upload spool folder"
+            ),
+        }
         let uploader = Arc::new(Uploader {
             db,
             store,
+            listing,
             slots: Semaphore::new(limits.max_concurrent.max(1)),
             limits,
             unresolved: Mutex::new(HashMap::new()),
@@ -90,15 +144,20 @@ impl Uploader {
         uploader
     }
 
-    /// Validates and stores one photo. `raw_name` is the client's file name.
+    /// Validates and stores one photo. `raw_name` is the client's file name, `raw_category` the
+    /// form's text (None: the default category).
+    #[tracing::instrument(name = "upload", skip_all, fields(file = %raw_name))]
     pub async fn upload(
         &self,
         raw_name: &str,
-        category: &str,
+        raw_category: Option<&str>,
         bytes: Vec<u8>,
     ) -> Result<Photo, UploadError> {
-        let name = imaging::safe_file_name(raw_name)?;
-        let category = imaging::normalise_category(category, &self.limits.allowed_categories)?;
+        let name = FileName::parse(raw_name)?;
+        let category = Category::parse(
+            raw_category.unwrap_or(Category::DEFAULT),
+            &self.limits.allowed_categories,
+        )?;
         let Some(db) = &self.db else {
             return Err(UploadError::DatabaseUnavailable(
                 "No database configured: uploads need DATABASE_URL".into(),
@@ -106,11 +165,9 @@ impl Uploader {
         };
         let _slot = self.slots.acquire().await.expect("never closed");
         let max_side = self.limits.max_side_px;
-        let (dims, bytes) = tokio::task::spawn_blocking(move || {
-            imaging::inspect_jpeg(&bytes, max_side).map(|d| (d, bytes))
-        })
-        .await
-        .map_err(|e| UploadError::Database(DbError::Join(e)))??;
+        let (dims, bytes) =
+            blocking::run(move || imaging::inspect_jpeg(&bytes, max_side).map(|d| (d, bytes)))
+                .await??;
         if !db.is_available() {
             return Err(UploadError::DatabaseUnavailable(
                 "Database unavailable, try again later".into(),
@@ -118,10 +175,10 @@ impl Uploader {
         }
         // Most duplicates are caught here, without queueing behind another upload's lock.
         let taken = {
-            let name = name.clone();
+            let key = name.as_str().to_string();
             db.run(move |c| {
                 Ok(
-                    c.query_opt("SELECT 1 FROM photograph_names WHERE name = $1", &[&name])?
+                    c.query_opt("SELECT 1 FROM photograph_names WHERE name = $1", &[&key])?
                         .is_some(),
                 )
             })
@@ -131,29 +188,57 @@ impl Uploader {
             return Err(UploadError::Duplicate(name));
         }
         let store = self.store.clone();
-        let url = store.public_url(&name);
+        let url = store.public_url(name.as_str());
         let outcome = {
             let (name, category) = (name.clone(), category.clone());
             db.run(move |c| Ok(write(c, &*store, &name, &url, &category, dims, &bytes)))
                 .await?
         };
-        match outcome {
-            Ok(photo) => Ok(photo),
-            Err(WriteFailure::Upload(e)) => Err(e),
+        let photo = match outcome {
+            Ok(photo) => photo,
+            Err(WriteFailure::Upload(e)) => return Err(e),
             Err(WriteFailure::CommitUncertain { id, error }) => {
-                tracing::warn!(%name, id, error = %error, "commit failed after the object was stored");
-                self.resolve_or_defer(db, &name, id).await
+                tracing::warn!(id, error = %error, "commit failed after the object was stored");
+                self.resolve_or_defer(db, &name, id).await?
             }
+        };
+        self.listing.invalidate();
+        tracing::info!(filename = %photo.filename, id = photo.id, "photo uploaded");
+        Ok(photo)
+    }
+
+    /// A session for one `/api/upload` form.
+    pub fn single(self: &Arc<Self>) -> SingleUpload {
+        SingleUpload {
+            uploader: self.clone(),
+            file: None,
+            category: None,
+        }
+    }
+
+    /// A session for one `/api/upload-batch` form.
+    pub fn batch(self: &Arc<Self>) -> BatchSession {
+        BatchSession {
+            uploader: self.clone(),
+            category: None,
+            waiting: Vec::new(),
+            files_seen: 0,
+            report: BatchReport::default(),
         }
     }
 
     /// After a failed commit: ask the database whether the row exists. Yes: the upload
     /// succeeded. No: delete our object. No answer: remember it for the background resolver.
-    async fn resolve_or_defer(&self, db: &Db, name: &str, id: i32) -> Result<Photo, UploadError> {
+    async fn resolve_or_defer(
+        &self,
+        db: &Db,
+        name: &FileName,
+        id: i32,
+    ) -> Result<Photo, UploadError> {
         match db.run(move |c| fetch_photo(c, id)).await {
             Ok(Some(photo)) => Ok(photo),
             Ok(None) => {
-                self.delete_object(name).await;
+                self.delete_object(name.as_str()).await;
                 Err(UploadError::DatabaseUnavailable(
                     "Database failed while saving the photo; nothing was kept, try again".into(),
                 ))
@@ -175,15 +260,14 @@ impl Uploader {
     async fn delete_object(&self, name: &str) {
         let store = self.store.clone();
         let key = name.to_string();
-        let result = tokio::task::spawn_blocking(move || store.delete(&key)).await;
-        match result {
+        match blocking::run(move || store.delete(&key)).await {
             Ok(Ok(())) => {
                 tracing::info!(%name, "removed the object of an upload that did not commit")
             }
             Ok(Err(e)) => {
                 tracing::error!(%name, error = %e, "could not remove an uncommitted upload's object")
             }
-            Err(e) => tracing::error!(%name, error = %e, "cleanup task failed"),
+            Err(_) => {} // logged by blocking::run
         }
     }
 
@@ -230,6 +314,298 @@ fn spawn_resolver(weak: Weak<Uploader>) {
     });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Sessions: a whole form, field by field
+
+/// A file of a batch that was not stored, because its name is taken.
+#[derive(Debug, poem_openapi::Object)]
+pub struct Skipped {
+    pub filename: String,
+    pub reason: String,
+}
+
+/// A file of a batch that was not stored, for any other reason.
+#[derive(Debug, poem_openapi::Object)]
+pub struct Failed {
+    pub filename: String,
+    pub error: String,
+}
+
+/// Every file of a batch, in exactly one list.
+#[derive(Debug, Default, poem_openapi::Object)]
+pub struct BatchReport {
+    pub uploaded: Vec<Photo>,
+    pub skipped: Vec<Skipped>,
+    pub failed: Vec<Failed>,
+}
+
+/// Why a session stopped reading a field.
+#[derive(Debug)]
+pub enum FieldError {
+    /// The request body failed while the field was read (too large, malformed, cut off).
+    Body(io::Error),
+    /// The session refuses the form (single uploads only; a batch reports per file).
+    Refused(UploadError),
+}
+
+/// Reads `reader` to its end, keeping at most `cap` bytes: Ok(None) when there were more (the
+/// rest is read and dropped, so the next field can be reached).
+pub async fn read_capped<R: AsyncRead + Unpin>(
+    mut reader: R,
+    cap: u64,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut too_big = false;
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        if !too_big && (data.len() + n) as u64 > cap {
+            too_big = true;
+            data = Vec::new();
+        }
+        if !too_big {
+            data.extend_from_slice(&buf[..n]);
+        }
+    }
+    Ok((!too_big).then_some(data))
+}
+
+fn too_large(name: &str, max: u64) -> UploadError {
+    UploadError::TooLarge(format!("{name} is larger than the {max}-byte limit"))
+}
+
+/// One `/api/upload` form: one `file`, an optional `category` before or after it.
+pub struct SingleUpload {
+    uploader: Arc<Uploader>,
+    file: Option<(String, Vec<u8>)>,
+    category: Option<String>,
+}
+
+impl SingleUpload {
+    pub async fn add_file<R: AsyncRead + Unpin>(
+        &mut self,
+        raw_name: String,
+        reader: R,
+    ) -> Result<(), FieldError> {
+        if self.file.is_some() {
+            return Err(FieldError::Refused(UploadError::BadForm(
+                "Send one file to /api/upload; use /api/upload-batch for several".into(),
+            )));
+        }
+        let max = self.uploader.limits.max_file_bytes;
+        match read_capped(reader, max).await.map_err(FieldError::Body)? {
+            Some(bytes) => {
+                self.file = Some((raw_name, bytes));
+                Ok(())
+            }
+            None => Err(FieldError::Refused(too_large(&raw_name, max))),
+        }
+    }
+
+    /// The first `category` counts; later ones are ignored.
+    pub fn set_category(&mut self, text: String) {
+        self.category.get_or_insert(text);
+    }
+
+    /// Stores the file.
+    pub async fn finish(self) -> Result<Photo, UploadError> {
+        let Some((name, bytes)) = self.file else {
+            return Err(UploadError::MissingField("file (a .jpg/.jpeg photo)"));
+        };
+        self.uploader
+            .upload(&name, self.category.as_deref(), bytes)
+            .await
+    }
+}
+
+/// One `/api/upload-batch` form. Files are stored one at a time as they arrive once the
+/// category is known; files that come before it are parked in the spool folder (never in memory)
+/// until it does, or until the form ends and the default category applies.
+pub struct BatchSession {
+    uploader: Arc<Uploader>,
+    category: Option<String>,
+    waiting: Vec<(String, tempfile::NamedTempFile)>,
+    files_seen: usize,
+    report: BatchReport,
+}
+
+impl BatchSession {
+    pub async fn add_file<R: AsyncRead + Unpin>(
+        &mut self,
+        raw_name: String,
+        reader: R,
+    ) -> Result<(), FieldError> {
+        self.files_seen += 1;
+        let limits = &self.uploader.limits;
+        let over_count = self.files_seen > limits.max_batch_files;
+        let cap = if over_count { 0 } else { limits.max_file_bytes };
+        let bytes = read_capped(reader, cap).await.map_err(FieldError::Body)?;
+        match bytes {
+            _ if over_count => self.report.failed.push(Failed {
+                filename: raw_name,
+                error: format!(
+                    "Too many files in one batch (at most {})",
+                    limits.max_batch_files
+                ),
+            }),
+            None => self.report.failed.push(Failed {
+                error: too_large(&raw_name, limits.max_file_bytes).to_string(),
+                filename: raw_name,
+            }),
+            Some(bytes) => match self.category.clone() {
+                Some(category) => self.store(raw_name, Some(&category), bytes).await,
+                None => match spool(self.uploader.limits.spool_dir.clone(), bytes).await {
+                    Ok(file) => self.waiting.push((raw_name, file)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot park a file of a batch");
+                        self.report.failed.push(Failed {
+                            filename: raw_name,
+                            error: "Could not buffer the file on the server; nothing was kept"
+                                .into(),
+                        })
+                    }
+                },
+            },
+        }
+        Ok(())
+    }
+
+    /// The first `category` counts (later ones are ignored); the files waiting for it are stored.
+    pub async fn set_category(&mut self, text: String) {
+        if self.category.is_none() {
+            self.category = Some(text.clone());
+            self.drain_waiting(Some(&text)).await;
+        }
+    }
+
+    /// The form ended: files still waiting get the default category.
+    pub async fn finish(mut self) -> Result<BatchReport, UploadError> {
+        if self.files_seen == 0 {
+            return Err(UploadError::MissingField(
+                "files (one or more .jpg/.jpeg photos)",
+            ));
+        }
+        let category = self.category.clone();
+        self.drain_waiting(category.as_deref()).await;
+        self.log_summary();
+        Ok(self.report)
+    }
+
+    /// The body broke off (`reason`): files still waiting were never stored and are reported
+    /// failed; the files before the break keep their outcomes.
+    pub fn abort(mut self, reason: &str) -> BatchReport {
+        for (name, _) in self.waiting.drain(..) {
+            self.report.failed.push(Failed {
+                filename: name,
+                error: format!("Not stored: {reason}"),
+            });
+        }
+        self.log_summary();
+        std::mem::take(&mut self.report)
+    }
+
+    fn log_summary(&self) {
+        tracing::info!(
+            uploaded = self.report.uploaded.len(),
+            skipped = self.report.skipped.len(),
+            failed = self.report.failed.len(),
+            "batch upload finished"
+        );
+    }
+
+    async fn drain_waiting(&mut self, category: Option<&str>) {
+        for (name, file) in std::mem::take(&mut self.waiting) {
+            let path = file.path().to_path_buf();
+            match blocking::run(move || std::fs::read(path)).await {
+                Ok(Ok(bytes)) => self.store(name, category, bytes).await,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read a parked file of a batch");
+                    self.report.failed.push(Failed {
+                        filename: name,
+                        error: "Could not read the buffered file on the server; nothing was kept"
+                            .into(),
+                    });
+                }
+                Err(_) => self.report.failed.push(Failed {
+                    filename: name,
+                    error: "Internal error; nothing was kept".into(),
+                }),
+            }
+        }
+    }
+
+    /// Stores one file and files its outcome.
+    async fn store(&mut self, name: String, category: Option<&str>, bytes: Vec<u8>) {
+        match self.uploader.upload(&name, category, bytes).await {
+            Ok(photo) => self.report.uploaded.push(photo),
+            Err(e @ UploadError::Duplicate(_)) => self.report.skipped.push(Skipped {
+                filename: name,
+                reason: e.to_string(),
+            }),
+            Err(e) => {
+                let error = match &e {
+                    // Internals are logged, never sent.
+                    UploadError::Database(_) | UploadError::Internal(_) => {
+                        tracing::error!(error = %e, "upload failed");
+                        "Internal error while saving the photo; nothing was kept".to_string()
+                    }
+                    _ => e.to_string(),
+                };
+                self.report.failed.push(Failed {
+                    filename: name,
+                    error,
+                })
+            }
+        }
+    }
+}
+
+const SPOOL_PREFIX: &str = ".spool-";
+
+/// Parks a file in the spool folder; it is deleted when the handle drops.
+async fn spool(dir: PathBuf, bytes: Vec<u8>) -> io::Result<tempfile::NamedTempFile> {
+    blocking::run(move || {
+        use std::io::Write;
+        std::fs::create_dir_all(&dir)?;
+        let mut f = tempfile::Builder::new()
+            .prefix(SPOOL_PREFIX)
+            .suffix(".part")
+            .tempfile_in(&dir)?;
+        f.write_all(&bytes)?;
+        Ok(f)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Removes the files this server parked in `dir` (only ours, by name: the folder may be shared).
+fn clear_spool(dir: &Path) -> io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SPOOL_PREFIX)
+        {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The write protocol
+
 enum WriteFailure {
     Upload(UploadError),
     /// The object was stored and COMMIT failed: the row may or may not exist.
@@ -247,14 +623,15 @@ impl<E: Into<UploadError>> From<E> for WriteFailure {
 
 /// Steps 1-3 of the protocol (see the module docs). Runs on a blocking thread.
 fn write(
-    c: &mut crate::db::PgConn,
+    c: &mut PgConn,
     store: &dyn ObjectStore,
-    name: &str,
+    file: &FileName,
     url: &str,
-    category: &str,
+    category: &Category,
     dims: Dimensions,
     bytes: &[u8],
 ) -> Result<Photo, WriteFailure> {
+    let (name, category) = (file.as_str(), category.as_str());
     let (width, height) = (dims.width as i32, dims.height as i32);
     let mut tx = c.transaction().map_err(DbError::from)?;
     // Waiting on a same-name upload is normal; waiting forever is not.
@@ -268,7 +645,7 @@ fn write(
     let id: i32 = match inserted {
         Ok(row) => row.get(0),
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            return Err(UploadError::Duplicate(name.to_string()).into());
+            return Err(UploadError::Duplicate(file.clone()).into());
         }
         Err(e) => return Err(DbError::from(e).into()),
     };
@@ -276,11 +653,11 @@ fn write(
     // Asking first also tells us, should the put fail in transit, that whatever then appears
     // under this key is ours.
     if store.exists(name)? {
-        return Err(UploadError::Duplicate(name.to_string()).into());
+        return Err(UploadError::Duplicate(file.clone()).into());
     }
     match store.put_new(name, bytes) {
         Ok(Put::Created) => {}
-        Ok(Put::AlreadyExists) => return Err(UploadError::Duplicate(name.to_string()).into()),
+        Ok(Put::AlreadyExists) => return Err(UploadError::Duplicate(file.clone()).into()),
         Err(e @ StorageError::Unavailable(_)) => {
             remove_in_flight_object(store, name);
             return Err(e.into());
@@ -315,10 +692,10 @@ fn remove_in_flight_object(store: &dyn ObjectStore, name: &str) {
     }
 }
 
-fn fetch_photo(c: &mut crate::db::PgConn, id: i32) -> Result<Option<Photo>, DbError> {
+fn fetch_photo(c: &mut PgConn, id: i32) -> Result<Option<Photo>, DbError> {
     let row = c.query_opt(
         "SELECT id, filename, url, category, width, height FROM photographs WHERE id = $1",
         &[&id],
     )?;
-    Ok(row.as_ref().map(Photo::from_row))
+    Ok(row.as_ref().map(photo_from_row))
 }

@@ -1,28 +1,26 @@
-//! `GET /api/images`: the paginated listing.
+//! `GET /api/images`: the paginated listing, and its fast path.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
-use poem_openapi::{
-    ApiResponse, OpenApi,
-    param::{Header, Query},
-    payload::Json,
-};
-
-use super::{ApiTags, ErrorBody, RawJson};
 use bytes::Bytes;
 use poem::{
     IntoResponse, Request, Response,
-    http::{HeaderValue, Method, StatusCode, header},
+    http::{Method, header},
 };
-use poem_openapi::payload::Payload;
+use poem_openapi::{
+    ApiResponse, OpenApi,
+    param::{Header, Query},
+};
 
+use super::{
+    ApiTags, RawJson,
+    error::{ApiError, ListErrors},
+};
 use crate::{
-    app::AppState,
-    cache::{Page, PageKey},
-    db::Photo,
-    imaging,
-    listing::{Busy, Source},
-    storage::encode_key,
+    cache::Page,
+    listing::Busy,
+    model::{PageKey, Photo},
+    state::AppState,
 };
 
 pub struct ImagesApi {
@@ -30,8 +28,7 @@ pub struct ImagesApi {
 }
 
 #[derive(ApiResponse)]
-#[oai(bad_request_handler = "invalid_parameter")]
-pub enum ListResponse {
+pub enum ListReply {
     /// A page of photographs in id order: always a JSON array, also while the database is down.
     #[oai(status = 200)]
     Ok(
@@ -61,28 +58,10 @@ pub enum ListResponse {
         #[oai(header = "ETag")] String,
         #[oai(header = "Cache-Control")] String,
     ),
-    /// A parameter is not an integer in range, or `offset` and `after_id` are both given.
-    #[oai(status = 422)]
-    Invalid(Json<ErrorBody>),
-    /// The database is up but every connection stayed busy for `database.queue_timeout_ms`, and
-    /// this page was never served before. Retry shortly.
-    #[oai(status = 503)]
-    Busy(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
-}
-
-const BUSY: &str = "The database is busy; try again shortly";
-
-/// Parameter errors are 422 with a message naming the parameter, as FastAPI answered.
-fn invalid_parameter(e: poem::Error) -> ListResponse {
-    invalid(e.to_string())
-}
-
-fn invalid(detail: impl Into<String>) -> ListResponse {
-    ListResponse::Invalid(Json(ErrorBody::new(detail)))
 }
 
 fn default_limit() -> i64 {
-    10
+    PageKey::DEFAULT_LIMIT
 }
 
 #[OpenApi(tag = "ApiTags::Images")]
@@ -90,9 +69,10 @@ impl ImagesApi {
     /// List photographs
     ///
     /// Ordered by `id`. Page with `limit` + `offset`, or with `limit` + `after_id` (keyset: rows
-    /// with a larger id, equally cheap at any depth; follow the `Link` header). Answered from an
-    /// in-memory cache when possible; when the database is unreachable, from the last good copy
-    /// of the page or the photographs built into the server.
+    /// with a larger id, equally cheap at any depth; follow the `Link` header); `offset` and
+    /// `after_id` exclude each other (422 if both are given). Answered from an in-memory cache
+    /// when possible; when the database is unreachable, from the last good copy of the page or
+    /// the photographs built into the server.
     #[oai(path = "/api/images", method = "get")]
     async fn list(
         &self,
@@ -108,143 +88,103 @@ impl ImagesApi {
         /// Keyset pagination: only photographs with an id greater than this. Not with `offset`.
         #[oai(validator(minimum(value = "0")))]
         after_id: Query<Option<i64>>,
-        /// Only this category (case-insensitive).
+        /// Only this category (case-insensitive), 1 to 50 characters.
         category: Query<Option<String>>,
         #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
         #[oai(name = "Accept-Encoding")] accept_encoding: Header<Option<String>>,
-    ) -> ListResponse {
-        if offset.0.is_some() && after_id.0.is_some() {
-            return invalid("Use either `offset` or `after_id`, not both");
-        }
-        let category = match category
-            .0
-            .as_deref()
-            .map(|c| imaging::normalise_category(c, &[]))
-        {
-            None => None,
-            Some(Ok(c)) => Some(Arc::<str>::from(c)),
-            Some(Err(e)) => return invalid(format!("parameter `category`: {e}")),
-        };
-        let key = PageKey {
-            limit: limit.0,
-            offset: offset.0.unwrap_or(0),
-            after_id: after_id.0,
-            category,
-        };
-        let Ok(a) = answer(
+    ) -> Result<ListReply, ApiError<ListErrors>> {
+        let key = PageKey::parse(Some(limit.0), offset.0, after_id.0, category.0.as_deref())?;
+        reply(
             &self.state,
             &key,
             if_none_match.0.as_deref(),
             accept_encoding.0.as_deref(),
         )
         .await
-        else {
-            return ListResponse::Busy(Json(ErrorBody::new(BUSY)), 1);
-        };
-        let cache_control = self.state.cache_control.clone();
-        if a.not_modified {
-            return ListResponse::NotModified(a.etag, cache_control);
-        }
-        ListResponse::Ok(
-            RawJson::new(a.body),
-            a.etag,
-            cache_control,
-            a.page.total,
-            a.source.as_str().to_string(),
-            a.link,
-            a.gzip.then(|| "gzip".to_string()),
-            "Accept-Encoding".to_string(),
-        )
     }
 }
 
-/// Everything a listing response says, whichever path parsed the request: the documented
-/// operation above, or [`fast_listing`].
-struct Answer {
-    page: Arc<Page>,
-    source: Source,
-    not_modified: bool,
-    /// The bytes to send: the JSON, or its gzip copy.
-    body: Bytes,
-    gzip: bool,
-    etag: String,
-    link: Option<String>,
-}
-
-async fn answer(
+/// The answer to a valid listing request, whichever path parsed it: the documented operation
+/// above, or [`fast_listing`]. Both render through [`ListReply`], so they cannot differ.
+async fn reply(
     state: &AppState,
     key: &PageKey,
     if_none_match: Option<&str>,
     accept_encoding: Option<&str>,
-) -> Result<Answer, Busy> {
-    let (page, source) = state.listing.page(key).await?;
+) -> Result<ListReply, ApiError<ListErrors>> {
+    let (page, source) = state
+        .listing
+        .page(key)
+        .await
+        .map_err(|Busy| ApiError::busy())?;
+    let cache_control = state.cache_control.clone();
+    let etag_matches = if_none_match.is_some_and(|v| page.matches(v));
     let gzipped = accept_encoding
         .filter(|v| accepts_gzip(v))
         .and_then(|_| page.gzipped().cloned());
-    let (body, etag, gzip) = match gzipped {
-        Some(gz) => (gz, page.gzip_etag(), true),
-        None => (page.body.clone(), page.etag.clone(), false),
+    let (body, etag, encoding): (Bytes, String, _) = match gzipped {
+        Some(gz) => (gz, page.gzip_etag(), Some("gzip")),
+        None => (page.body.clone(), page.etag.clone(), None),
     };
-    Ok(Answer {
-        not_modified: if_none_match.is_some_and(|v| page.matches(v)),
-        link: next_link(key, &page),
-        page,
-        source,
-        body,
-        gzip,
+    if etag_matches {
+        return Ok(ListReply::NotModified(etag, cache_control));
+    }
+    Ok(ListReply::Ok(
+        RawJson::new(body),
         etag,
-    })
+        cache_control,
+        page.total,
+        source.as_str().to_string(),
+        next_link(key, &page),
+        encoding.map(str::to_string),
+        "Accept-Encoding".to_string(),
+    ))
 }
 
-/// The hot path: `GET /api/images` with plain, valid parameters is answered here, in front of the
-/// router and the OpenAPI machinery (about a third of a cached page's cost). Anything unusual
-/// (an error to report, percent-encoding, an unknown or repeated parameter) returns None and
-/// takes the documented route, which stays the single source of every error message. Both
-/// render from [`answer`]; a test checks they send the same bytes and headers.
+fn next_link(key: &PageKey, page: &Page) -> Option<String> {
+    key.next_link(page.len, page.last_id)
+}
+
+/// The hot path: `GET /api/images` with a plain query is answered here, in front of the router
+/// and the OpenAPI machinery (about a third of a cached page's cost). Only the parsing of the
+/// query is its own: validation is [`PageKey::parse`] and rendering is [`reply`], shared with the
+/// documented operation. Anything unusual (percent-encoding, an unknown or repeated parameter,
+/// a value that breaks a rule) returns None and takes the documented route, which then says
+/// what is wrong.
 pub async fn fast_listing(state: &AppState, req: &Request) -> Option<Response> {
     if req.method() != Method::GET || req.uri().path() != "/api/images" {
         return None;
     }
-    let key = parse_plain_query(req.uri().query().unwrap_or(""))?;
+    let q = parse_plain_query(req.uri().query().unwrap_or(""))?;
+    let key = PageKey::parse(q.limit, q.offset, q.after_id, q.category).ok()?;
+    state.fast_listings.fetch_add(1, Ordering::Relaxed);
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let Ok(a) = answer(
+    let reply = reply(
         state,
         &key,
         header(header::IF_NONE_MATCH),
         header(header::ACCEPT_ENCODING),
     )
-    .await
-    else {
-        let mut busy = Json(ErrorBody::new(BUSY))
-            .with_status(StatusCode::SERVICE_UNAVAILABLE)
-            .into_response();
-        busy.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Some(busy);
-    };
-    let builder = Response::builder()
-        .header(header::ETAG, a.etag)
-        .header(header::CACHE_CONTROL, state.cache_control.as_str());
-    if a.not_modified {
-        return Some(builder.status(StatusCode::NOT_MODIFIED).finish());
-    }
-    let mut builder = builder
-        .content_type(RawJson::<Vec<Photo>>::CONTENT_TYPE)
-        .header("x-total-count", a.page.total)
-        .header("x-data-source", a.source.as_str());
-    if let Some(link) = a.link {
-        builder = builder.header(header::LINK, link);
-    }
-    if a.gzip {
-        builder = builder.header(header::CONTENT_ENCODING, "gzip");
-    }
-    Some(builder.header(header::VARY, "Accept-Encoding").body(a.body))
+    .await;
+    Some(match reply {
+        Ok(r) => r.into_response(),
+        Err(e) => e.into_response(),
+    })
 }
 
-/// `limit`, `offset`, `after_id` and `category` as plain digits and letters, each at most once,
-/// within range; None for anything else.
-fn parse_plain_query(query: &str) -> Option<PageKey> {
-    let (mut limit, mut offset, mut after_id, mut category) = (None, None, None, None);
+/// The parameters of a plain query, before any rule is applied.
+#[derive(Debug, Default, PartialEq)]
+struct PlainQuery<'a> {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    after_id: Option<i64>,
+    category: Option<&'a str>,
+}
+
+/// `limit`, `offset`, `after_id` as plain digits and `category` as plain letters, digits, `-`
+/// and `_`, each at most once; None for anything else.
+fn parse_plain_query(query: &str) -> Option<PlainQuery<'_>> {
+    let mut q = PlainQuery::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=')?;
         let number = || {
@@ -252,37 +192,27 @@ fn parse_plain_query(query: &str) -> Option<PageKey> {
                 .then(|| value.parse::<i64>().ok())
                 .flatten()
         };
-        let slot = match name {
-            "limit" => limit.replace(number().filter(|n| (1..=100).contains(n))?),
-            "offset" => offset.replace(number()?),
-            "after_id" => after_id.replace(number()?),
+        let repeated = match name {
+            "limit" => q.limit.replace(number()?).is_some(),
+            "offset" => q.offset.replace(number()?).is_some(),
+            "after_id" => q.after_id.replace(number()?).is_some(),
             "category" => {
-                let plain = (1..=50).contains(&value.len())
+                let plain = !value.is_empty()
                     && value
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
                 if !plain {
                     return None;
                 }
-                category
-                    .replace(Arc::<str>::from(value.to_ascii_lowercase()))
-                    .map(|_| 0)
+                q.category.replace(value).is_some()
             }
             _ => return None,
         };
-        if slot.is_some() {
-            return None; // repeated
+        if repeated {
+            return None;
         }
     }
-    if offset.is_some() && after_id.is_some() {
-        return None;
-    }
-    Some(PageKey {
-        limit: limit.unwrap_or_else(default_limit),
-        offset: offset.unwrap_or(0),
-        after_id,
-        category,
-    })
+    Some(q)
 }
 
 /// Whether an `Accept-Encoding` value accepts gzip (and does not refuse it with `q=0`).
@@ -299,22 +229,60 @@ fn accepts_gzip(value: &str) -> bool {
     })
 }
 
-/// The `Link` header for the page after `page`, or None if `page` is the last.
-fn next_link(key: &PageKey, page: &Page) -> Option<String> {
-    if page.len < usize::try_from(key.limit).unwrap_or(usize::MAX) || page.len == 0 {
-        return None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_queries_are_parsed_and_anything_else_declined() {
+        let q = parse_plain_query("limit=5&offset=10&category=City_2").unwrap();
+        assert_eq!(
+            q,
+            PlainQuery {
+                limit: Some(5),
+                offset: Some(10),
+                after_id: None,
+                category: Some("City_2"),
+            }
+        );
+        assert_eq!(parse_plain_query("").unwrap(), PlainQuery::default());
+        assert_eq!(parse_plain_query("&&").unwrap(), PlainQuery::default());
+        assert_eq!(parse_plain_query("after_id=7").unwrap().after_id, Some(7));
+        for declined in [
+            "limit",
+            "limit=",
+            "limit=-1",
+            "limit=+1",
+            "limit=1e2",
+            "limit=0x10",
+            "limit=1&limit=2",
+            "offset=1&offset=1",
+            "after_id=1&after_id=2",
+            "category=a&category=b",
+            "limit=9999999999999999999",
+            "category=",
+            "category=a%20b",
+            "category=a+b",
+            "other=1",
+            "LIMIT=1",
+        ] {
+            assert_eq!(parse_plain_query(declined), None, "{declined}");
+        }
+        assert_eq!(
+            parse_plain_query("limit=123456789012345678").unwrap().limit,
+            Some(123_456_789_012_345_678),
+            "18 digits still parse"
+        );
     }
-    let mut url = match key.after_id {
-        Some(_) => format!("/api/images?after_id={}&limit={}", page.last_id?, key.limit),
-        None => format!(
-            "/api/images?limit={}&offset={}",
-            key.limit,
-            key.offset + page.len as i64
-        ),
-    };
-    if let Some(c) = &key.category {
-        url.push_str("&category=");
-        url.push_str(&encode_key(c));
+
+    #[test]
+    fn gzip_is_accepted_unless_refused() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("deflate, GZIP;q=0.5"));
+        assert!(accepts_gzip("*"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("gzip; q=0.0"));
+        assert!(!accepts_gzip("deflate, br"));
+        assert!(!accepts_gzip(""));
     }
-    Some(format!("<{url}>; rel=\"next\""))
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, RawJson};
-use crate::{app::AppState, listing::Assets, storage::StorageState};
+use crate::{listing::Assets, state::AppState, storage::StorageState};
 
 pub struct MetaApi {
     pub state: Arc<AppState>,

@@ -1,6 +1,8 @@
 //! HTTP API: one `#[OpenApi]` struct per resource, combined in [`service`]. Handlers convert
-//! types and call into `listing`/`db`; they never touch the driver or `spawn_blocking`.
+//! HTTP into the use cases' types, call them, and render the result; every error goes through
+//! [`error::ApiError`]. No business rule lives here.
 
+pub mod error;
 mod images;
 mod meta;
 mod upload;
@@ -18,7 +20,7 @@ use poem_openapi::{
     types::Type,
 };
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -35,14 +37,6 @@ pub enum ApiTags {
 pub struct ErrorBody {
     /// What went wrong, for a person.
     pub detail: String,
-}
-
-impl ErrorBody {
-    pub fn new(detail: impl Into<String>) -> Self {
-        ErrorBody {
-            detail: detail.into(),
-        }
-    }
 }
 
 /// A JSON body that is already serialised (a cached page, an embedded file), documented in the

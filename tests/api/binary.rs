@@ -3,12 +3,23 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 /// Starts the binary in `dir` with exactly `env`, waits for its "listening" line and returns
 /// the child, its port and the lines it logged so far.
 fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, u16, Vec<String>) {
+    let (child, port, log) = start_logging(dir, env);
+    let lines = log.lock().unwrap().clone();
+    (child, port, lines)
+}
+
+/// As [`start`], with every line the server logs, then and later.
+fn start_logging(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, u16, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
         .current_dir(dir)
         .env_clear()
@@ -39,8 +50,14 @@ fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, u
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in reader.lines() {});
-    (child, port, lines)
+    let log = Arc::new(Mutex::new(lines));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(strip_ansi(&line));
+        }
+    });
+    (child, port, log)
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -157,6 +174,15 @@ fn secrets_never_reach_the_logs() {
 
 /// POSTs one JPEG to `/api/upload` of the server on `port` with `key` (if any).
 fn upload(port: u16, key: Option<&str>, name: &str) -> (u16, serde_json::Value) {
+    upload_with(port, key, name, &[])
+}
+
+fn upload_with(
+    port: u16,
+    key: Option<&str>,
+    name: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
     let form = crate::helpers::Form::new().file("file", name, crate::helpers::jpeg(8, 8, None));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -168,6 +194,9 @@ fn upload(port: u16, key: Option<&str>, name: &str) -> (u16, serde_json::Value) 
         .header("content-type", &crate::helpers::Form::content_type());
     if let Some(k) = key {
         req = req.header("x-api-key", k);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let mut r = req.send(&form.body()[..]).unwrap();
     let status = r.status().as_u16();
@@ -391,4 +420,51 @@ fn json_logs_are_one_object_per_line() {
         seen.iter()
             .any(|v| v["message"] == "storage" && v["backend"] == "local")
     );
+}
+
+/// Every line a request causes carries its span: method, route and request id, also the lines
+/// written on blocking threads (here the PostgreSQL driver's, logged while the upload's SQL runs).
+#[test]
+fn log_lines_carry_the_requests_span_also_from_blocking_threads() {
+    let db = crate::helpers::TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let media = dir.path().join("media");
+    let (mut child, port, log) = start_logging(
+        dir.path(),
+        &[
+            ("DATABASE_URL", &db.url),
+            ("ADMIN_API_KEY", "k"),
+            ("APP_STORAGE__LOCAL_DIR", media.to_str().unwrap()),
+            ("RUST_LOG", "info,tokio_postgres=debug"),
+        ],
+    );
+    let (status, body) = upload_with(
+        port,
+        Some("k"),
+        "traced.jpg",
+        &[("x-request-id", "trace-me-7")],
+    );
+    terminate(&mut child);
+    assert_eq!(status, 201, "{body}");
+    let lines = log.lock().unwrap().clone();
+    let ours: Vec<&String> = lines.iter().filter(|l| l.contains("trace-me-7")).collect();
+    let all = lines.join("\n");
+    assert!(
+        ours.iter()
+            .any(|l| l.contains("photo uploaded") && l.contains("route=/api/upload")),
+        "{all}"
+    );
+    assert!(
+        ours.iter().any(
+            |l| l.contains("tokio_postgres") && l.contains("INSERT INTO photographs (filename")
+        ),
+        "the driver's lines, on the blocking thread, carry the id: {all}"
+    );
+    // And no driver line of the upload's INSERT without it.
+    for l in lines
+        .iter()
+        .filter(|l| l.contains("INSERT INTO photographs (filename"))
+    {
+        assert!(l.contains("trace-me-7") && l.contains("method=POST"), "{l}");
+    }
 }

@@ -25,8 +25,9 @@ use poem::{
     test::TestClient,
 };
 use portfolio_server::{
-    app::{AppState, routes},
+    app::routes,
     config::{Secret, Settings},
+    state::AppState,
 };
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -399,6 +400,12 @@ pub fn settings(db_url: Option<&str>) -> Settings {
     s.server.cors_origins = vec!["https://portfolio.example".into()];
     // Never the working directory's data/media: the start-up storage check writes a probe file.
     s.storage.local_dir = std::env::temp_dir().join("portfolio-test-media");
+    // Each app clears its spool folder at start-up: never share one between tests.
+    s.upload.spool_dir = tempfile::Builder::new()
+        .prefix("portfolio-test-spool-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
     s
 }
 

@@ -297,3 +297,108 @@ async fn listing_pages_are_sent_gzipped_to_clients_that_accept_it() {
         .await;
     assert!(refused.header("content-encoding").is_none());
 }
+
+/// The whole OpenAPI document, compared with `tests/openapi.json`: any change to the contract
+/// shows up in review. After an intended change: `UPDATE_SNAPSHOTS=1 cargo test openapi`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_matches_its_snapshot() {
+    let app = TestApp::spawn(settings(None)).await;
+    let served = app.get("/openapi.json").await.json();
+    let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi.json");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &pretty).unwrap();
+    }
+    let snapshot = std::fs::read_to_string(&path).unwrap_or_default();
+    if snapshot != pretty {
+        let diff: Vec<String> = snapshot
+            .lines()
+            .zip(pretty.lines())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(10)
+            .map(|(i, (a, b))| format!("line {}:\n  snapshot: {a}\n  served:   {b}", i + 1))
+            .collect();
+        panic!(
+            "/openapi.json differs from tests/openapi.json ({} vs {} lines); if intended, run \
+             UPDATE_SNAPSHOTS=1 cargo test openapi\n{}",
+            snapshot.lines().count(),
+            pretty.lines().count(),
+            diff.join("\n")
+        );
+    }
+    // The gaps a schema-driven fuzzer found, closed in the document itself:
+    let list = &served["paths"]["/api/images"]["get"];
+    assert!(
+        list["description"]
+            .as_str()
+            .unwrap()
+            .contains("exclude each other"),
+        "offset and after_id are documented as exclusive"
+    );
+    let batch = &served["paths"]["/api/upload-batch"]["post"]["requestBody"];
+    let form = &batch["content"]["multipart/form-data"]["schema"];
+    assert!(
+        form["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "files"),
+        "batch `files` is required: {form}"
+    );
+    assert_eq!(form["properties"]["files"]["minItems"], 1);
+    let upload = &served["paths"]["/api/upload"]["post"]["requestBody"];
+    assert!(upload["description"].as_str().unwrap().contains("JPEG"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_errors_never_show_server_paths() {
+    let media = tempfile::tempdir().unwrap();
+    let mut s = settings(None);
+    s.storage.local_dir = media.path().to_path_buf();
+    let app = TestApp::spawn(s).await;
+    let secret_dir = media.path().display().to_string();
+    for path in [
+        "/media/../../etc/passwd",
+        "/media/%2e%2e/%2e%2e/etc/passwd",
+        "/media/..%2f..%2fetc%2fpasswd",
+        "/media/nothing-here.jpg",
+        "/media/",
+        "/media/a/b/c.jpg",
+    ] {
+        let r = app.get(path).await;
+        assert!(r.status.is_client_error(), "{path}: {:?}", r.status);
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        assert!(
+            !body.contains(&secret_dir),
+            "{path} shows the folder: {body}"
+        );
+        assert!(!body.contains("/etc"), "{path}: {body}");
+        assert!(r.json()["detail"].is_string(), "{path}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_response_carries_a_request_id() {
+    let app = TestApp::spawn(settings(None)).await;
+    let a = app.get("/api/images").await;
+    let b = app.get("/api/nothing").await;
+    let (a, b) = (
+        a.header("x-request-id").unwrap(),
+        b.header("x-request-id").unwrap(),
+    );
+    assert_eq!(a.len(), 16);
+    assert_ne!(a, b, "a new id per request");
+    // A sane id from a proxy is kept, so one id follows the request through both logs.
+    let r = app
+        .request("/api/health", &[("x-request-id", "edge-42.a_b")])
+        .await;
+    assert_eq!(r.header("x-request-id"), Some("edge-42.a_b"));
+    let long = "x".repeat(65);
+    for bad in [long.as_str(), "a b", "a\"b", ""] {
+        let r = app.request("/", &[("x-request-id", bad)]).await;
+        let id = r.header("x-request-id").unwrap();
+        assert_ne!(id, bad);
+        assert_eq!(id.len(), 16);
+    }
+}

@@ -172,16 +172,21 @@ async fn with_no_database_configured_health_is_503_and_the_listing_is_embedded()
     assert_eq!(r.header("x-data-source"), Some("fallback"));
 }
 
-/// Runs `pg_sleep(secs)` on one of the app's pooled connections, and returns once it has started.
+/// Runs `pg_sleep(secs)` on one of the app's pooled connections, and returns once that
+/// connection is taken.
 async fn occupy_connection(app: &TestApp, secs: &'static str) -> tokio::task::JoinHandle<()> {
     let pg = app.state.db.clone().unwrap();
+    let (taken, is_taken) = tokio::sync::oneshot::channel();
     let held = tokio::spawn(async move {
-        pg.run(move |c| Ok(c.simple_query(&format!("SELECT pg_sleep({secs})"))?.len()))
-            .await
-            .map(drop)
-            .unwrap()
+        pg.run(move |c| {
+            let _ = taken.send(());
+            Ok(c.simple_query(&format!("SELECT pg_sleep({secs})"))?.len())
+        })
+        .await
+        .map(drop)
+        .unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    is_taken.await.expect("the connection was taken");
     held
 }
 

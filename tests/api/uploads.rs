@@ -617,6 +617,7 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
         .await
         .unwrap();
     let addr = app.local_addr();
+    let state = app.state();
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
     let body = Form::new()
         .file("file", "partial.jpg", jpeg(300, 300, None))
@@ -637,7 +638,21 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Wait for the server to finish with the broken request, whatever it made of it.
+    let finished = || {
+        state
+            .requests_finished
+            .load(std::sync::atomic::Ordering::Acquire)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while finished() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        finished(),
+        1,
+        "the abandoned request was handled to its end"
+    );
     assert!(files_in(media.path()).is_empty());
     assert!(rows(&db).is_empty());
     // The server is still fine.
@@ -651,4 +666,120 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
     .unwrap();
     assert_eq!(ok, 200);
     server.abort();
+}
+
+/// A store whose writes panic: a bug, which must read as an internal error, never as "the
+/// database failed", and leave nothing behind.
+struct Panicking(LocalStore);
+
+impl ObjectStore for Panicking {
+    fn put_new(&self, _: &str, _: &[u8]) -> Result<Put, StorageError> {
+        panic!("injected bug in put_new")
+    }
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.0.delete(key)
+    }
+    fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        self.0.exists(key)
+    }
+    fn public_url(&self, key: &str) -> String {
+        self.0.public_url(key)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_during_an_upload_is_an_internal_error_and_keeps_nothing() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let store = Arc::new(Panicking(LocalStore::new(media.path(), "http://m")));
+    let app = TestApp::spawn_with_store(upload_settings(Some(&db.url), media.path()), store).await;
+    let r = app.upload("bug.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
+    assert!(!detail.to_lowercase().contains("database"), "{detail}");
+    assert!(
+        !detail.contains("injected"),
+        "internals are not sent: {detail}"
+    );
+    assert!(rows(&db).is_empty());
+    assert!(
+        db.rows("SELECT * FROM photograph_names").is_empty(),
+        "claim rolled back"
+    );
+    assert!(files_in(media.path()).is_empty());
+    // The database is still taken for up: the next read is from it.
+    let listing = app.get("/api/images").await;
+    assert_eq!(listing.header("x-data-source"), Some("database"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_waiting_for_the_category_are_parked_in_the_spool_folder_which_start_up_clears() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let spool = tempfile::tempdir().unwrap();
+    // What a crash mid-batch leaves behind, and a file that is not ours.
+    std::fs::write(spool.path().join(".spool-crashed.part"), b"half a photo").unwrap();
+    std::fs::write(spool.path().join("keep-me.txt"), b"someone else's").unwrap();
+    let mut s = upload_settings(Some(&db.url), media.path());
+    s.upload.spool_dir = spool.path().to_path_buf();
+    let app = TestApp::spawn(s).await;
+    assert_eq!(
+        files_in(spool.path()),
+        ["keep-me.txt"],
+        "ours cleared, others kept"
+    );
+
+    // Files before the category wait in the spool folder, and are gone once stored.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
+    let body = Form::new()
+        .file("files", "first.jpg", jpeg(8, 8, None))
+        .file("files", "second.jpg", jpeg(9, 9, None))
+        .body();
+    let spool_path = spool.path().to_path_buf();
+    // Stream the body in two halves, looking at the spool folder in between.
+    let split = body
+        .windows(b"name=\"files\"; filename=\"second.jpg\"".len())
+        .position(|w| w == b"name=\"files\"; filename=\"second.jpg\"")
+        .unwrap();
+    let (first, rest) = (body[..split].to_vec(), body[split..].to_vec());
+    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+    let stream = futures_util::stream::unfold(
+        (Some(first), Some((gate_rx, rest, spool_path, tx))),
+        |(first, rest)| async move {
+            if let Some(f) = first {
+                return Some((Ok::<_, std::io::Error>(bytes::Bytes::from(f)), (None, rest)));
+            }
+            let (gate, rest, spool_path, tx) = rest?;
+            let _ = gate.await;
+            let _ = tx.send(files_in(&spool_path));
+            Some((Ok(bytes::Bytes::from(rest)), (None, None)))
+        },
+    );
+    let req = app
+        .client
+        .post("/api/upload-batch")
+        .header("content-type", Form::content_type())
+        .header("x-api-key", API_KEY)
+        .body(poem::Body::from_bytes_stream(stream));
+    let send = async move { req.send().await.0.into_body().into_vec().await };
+    // Wait until the first file is parked, then let the rest of the body through.
+    let release = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while files_in(spool.path()).len() < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        gate_tx.send(()).unwrap();
+    };
+    let (body, ()) = tokio::join!(send, release);
+    let during = rx.recv().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&body.unwrap()).unwrap();
+    assert_eq!(report["uploaded"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["uploaded"][0]["category"], "nature");
+    assert!(
+        during.iter().any(|f| f.starts_with(".spool-")),
+        "the first file waited in the spool folder: {during:?}"
+    );
+    assert_eq!(
+        files_in(spool.path()),
+        ["keep-me.txt"],
+        "and is gone once stored"
+    );
 }

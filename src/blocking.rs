@@ -1,0 +1,71 @@
+//! The one bridge from async code onto tokio's blocking threads. Everything that blocks (the
+//! synchronous PostgreSQL driver, image checks, storage I/O, spooling files) goes through
+//! [`run`], so that:
+//! - the log lines it causes carry the request's span (its id, method and route), and
+//! - a panic in the work becomes a [`Panicked`] error the caller reports as an internal error,
+//!   never mistaken for "the database failed".
+
+use tracing::Instrument;
+
+/// The blocking work panicked (a bug). The message is for the log, not for clients.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("internal task failed: {0}")]
+pub struct Panicked(pub String);
+
+/// Runs `f` on a blocking thread inside the current span.
+pub async fn run<T, F>(f: F) -> Result<T, Panicked>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .in_current_span()
+        .await
+        .map_err(|e| {
+            let message = match e.try_into_panic() {
+                Ok(payload) => payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into()),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(error = %message, "blocking task panicked");
+            Panicked(message)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn results_come_back_and_panics_become_errors() {
+        assert_eq!(run(|| 2 + 2).await.unwrap(), 4);
+        let e = run(|| -> u8 { panic!("boom") }).await.unwrap_err();
+        assert_eq!(e.0, "boom");
+        let e = run(|| -> u8 { panic!("{}", String::from("formatted")) })
+            .await
+            .unwrap_err();
+        assert_eq!(e.0, "formatted");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_callers_span_is_current_on_the_blocking_thread() {
+        use tracing_subscriber::util::SubscriberInitExt;
+        // A global subscriber, so spans are enabled on every thread.
+        let _ = tracing_subscriber::registry().try_init();
+        let span = tracing::info_span!("request", id = 7);
+        assert!(!span.is_disabled());
+        let seen = run(|| tracing::Span::current().metadata().map(|m| m.name()))
+            .instrument(span)
+            .await
+            .unwrap();
+        assert_eq!(seen, Some("request"));
+        let outside = run(|| tracing::Span::current().metadata().map(|m| m.name()))
+            .await
+            .unwrap();
+        assert_eq!(outside, None, "no span leaks from one call to the next");
+    }
+}

@@ -1,0 +1,130 @@
+//! What every request can reach: the settings, the database, the listing, the uploader and the
+//! object store, built once at start-up.
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use crate::{
+    cache::PageCache,
+    config::Settings,
+    db::{Db, DbError},
+    listing::Listing,
+    storage::{self, Monitored, ObjectStore, StorageState},
+    upload::Uploader,
+};
+
+/// What every handler can reach.
+pub struct AppState {
+    pub settings: Settings,
+    /// None when no database is configured.
+    pub db: Option<Db>,
+    pub listing: Arc<Listing>,
+    pub uploader: Arc<Uploader>,
+    /// The object store every upload goes through, recording its last known state for health.
+    pub store: Arc<Monitored>,
+    /// `Cache-Control` value for listing responses, built once.
+    pub cache_control: String,
+    /// Listing requests answered by the fast path in front of the router (tests read it to
+    /// prove the fast path runs).
+    pub fast_listings: AtomicU64,
+    /// Requests whose handling has ended, answered or abandoned by their client.
+    pub requests_finished: AtomicU64,
+}
+
+impl AppState {
+    /// Builds the state. With a database configured this makes one attempt to reach it (and
+    /// migrate it), bounded by the checkout timeout, and starts the background re-probe; the
+    /// server starts whatever the outcome.
+    pub async fn new(settings: Settings) -> Result<Arc<AppState>, DbError> {
+        let store = storage::from_settings(&settings.storage);
+        Self::with_store(settings, Arc::from(store)).await
+    }
+
+    /// As [`AppState::new`], with the object store given (tests wrap the real ones).
+    pub async fn with_store(
+        settings: Settings,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Arc<AppState>, DbError> {
+        let db = match &settings.database.url {
+            None => {
+                tracing::warn!(
+                    "no database configured (DATABASE_URL is not set): serving the {} photographs \
+                     built into the binary",
+                    crate::listing::Fallback::load().len()
+                );
+                None
+            }
+            Some(url) => {
+                let db = Db::new(url.expose(), &settings.database)?;
+                tracing::info!(database = %db.target(), "connecting to the database");
+                if !db.probe().await {
+                    tracing::warn!(
+                        database = %db.target(),
+                        "database not reachable at start-up; serving embedded data and retrying \
+                         every {} ms",
+                        settings.database.reprobe_interval_ms
+                    );
+                }
+                db.spawn_monitor();
+                Some(db)
+            }
+        };
+        let store = Arc::new(Monitored::new(store));
+        check_storage(&settings, &store).await;
+        if settings.auth.admin_api_key.is_none() {
+            tracing::warn!("ADMIN_API_KEY is not set: uploads will be refused");
+        } else {
+            tracing::info!("uploads enabled for requests presenting ADMIN_API_KEY as X-API-Key");
+        }
+        let c = &settings.cache;
+        tracing::info!(
+            page_cache_bytes = c.max_bytes,
+            stale_copy_bytes = c.stale_max_bytes,
+            ttl_secs = c.ttl_secs,
+            "page cache"
+        );
+        let listing = Arc::new(Listing::new(db.clone(), PageCache::new(&settings.cache)));
+        let uploader = Uploader::new(
+            db.clone(),
+            store.clone(),
+            listing.clone(),
+            settings.upload.clone(),
+        );
+        let cache_control = format!("public, max-age={}", settings.cache.http_max_age_secs);
+        Ok(Arc::new(AppState {
+            settings,
+            db,
+            listing,
+            uploader,
+            store,
+            cache_control,
+            fast_listings: AtomicU64::new(0),
+            requests_finished: AtomicU64::new(0),
+        }))
+    }
+}
+
+/// Logs where photos go, then checks the store with one cheap request and says plainly if it
+/// refuses us: a wrong Supabase key should show at start-up, not as a 502 at the first upload.
+async fn check_storage(settings: &Settings, store: &Arc<Monitored>) {
+    tracing::info!(
+        backend = %settings.storage.backend(),
+        store = %store.describe(),
+        url_prefix = %store.public_url(""),
+        "storage"
+    );
+    let s = store.clone();
+    let _ = crate::blocking::run(move || s.check()).await;
+    match store.state().0 {
+        StorageState::Ok => tracing::info!("storage check passed"),
+        StorageState::Refused(why) => tracing::error!(
+            reason = %why,
+            "storage REFUSED our credentials or bucket: uploads will fail until the storage \
+             settings (SUPABASE_KEY, SUPABASE_BUCKET) are fixed"
+        ),
+        StorageState::Unreachable(why) | StorageState::Failing(why) => tracing::warn!(
+            reason = %why,
+            "storage check failed: uploads will fail while this lasts"
+        ),
+        StorageState::Unchecked => {}
+    }
+}
