@@ -3,19 +3,16 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use poem::{
-    Endpoint, EndpointExt, Response, Route, Server,
-    endpoint::StaticFilesEndpoint,
-    http::header,
-    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-    middleware::{Compression, SetHeader},
-};
+use poem::{Endpoint, EndpointExt, Response, Route, middleware::Compression};
 
 use crate::{
+    api::media,
     config::{Settings, StorageBackend},
     db::DbError,
     front::{CorsPolicy, Front},
+    server,
     state::AppState,
+    storage::LocalStore,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,13 +48,12 @@ fn router(state: &Arc<AppState>) -> Route {
         .at("/openapi.json", spec.with(Compression::new()));
     let storage = &state.settings.storage;
     if storage.backend() == StorageBackend::Local {
-        // Object keys never change content (no overwrite), so copies may be kept for a year.
+        let store = LocalStore::new(&storage.local_dir, &storage.public_base_url);
         route = route.nest(
             "/media",
-            StaticFilesEndpoint::new(&storage.local_dir).with(
-                SetHeader::new()
-                    .overriding(header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
-            ),
+            Route::new()
+                .at("/:filename", poem::get(media::media))
+                .data(Arc::new(media::Media(store))),
         );
     }
     route
@@ -65,39 +61,48 @@ fn router(state: &Arc<AppState>) -> Route {
 
 /// A bound server, ready to run.
 pub struct App {
-    acceptor: TcpAcceptor,
+    listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     addr: SocketAddr,
+    limits: server::Limits,
 }
 
 impl App {
     /// Builds the state and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> Result<App, StartError> {
         let addr = format!("{}:{}", settings.server.host, settings.server.port);
-        let acceptor = TcpListener::bind(addr.clone())
-            .into_acceptor()
+        let bind_error = |source| StartError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(&addr)
             .await
-            .map_err(|source| StartError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
-        let local = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .ok_or_else(|| StartError::Bind {
-                addr,
-                source: std::io::Error::other("no local address"),
-            })?;
+            .map_err(bind_error)?;
+        let local = listener.local_addr().map_err(bind_error)?;
+        let open_files = server::raise_open_files_limit();
+        let limits = server::Limits {
+            max_connections: match settings.server.max_connections {
+                0 => server::Limits::connections_allowed_by(open_files),
+                n => n,
+            },
+            header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
+        };
+        tracing::info!(
+            max_connections = limits.max_connections,
+            open_files_limit = open_files,
+            header_read_timeout_secs = settings.server.header_read_timeout_secs,
+            "connections"
+        );
         let state = AppState::new(settings).await?;
         tracing::info!(
             policy = %CorsPolicy::from_settings(&state.settings.server).describe(),
             "CORS"
         );
         Ok(App {
-            acceptor,
+            listener,
             state,
             addr: local,
+            limits,
         })
     }
 
@@ -118,9 +123,7 @@ impl App {
         let grace = Duration::from_secs(self.state.settings.server.shutdown_grace_secs);
         tracing::info!(address = %self.addr, "listening");
         let endpoint = routes(self.state);
-        Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(endpoint, shutdown, Some(grace))
-            .await
+        server::serve(self.listener, endpoint, self.limits, shutdown, grace).await
     }
 }
 

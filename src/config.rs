@@ -52,6 +52,12 @@ pub struct ServerSettings {
     pub cors_origins: Vec<String>,
     /// How long in-flight requests may run on after SIGINT/SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Most connections open at once; 0: as many as the open-files limit allows (less a
+    /// reserve). At the limit the longest-idle connection is closed to make room.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, or stay idle between
+    /// requests, before it is closed.
+    pub header_read_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -189,6 +195,8 @@ impl Default for Settings {
                 port: 8000,
                 cors_origins: Vec::new(),
                 shutdown_grace_secs: 10,
+                max_connections: 0,
+                header_read_timeout_secs: 10,
             },
             database: DatabaseSettings {
                 url: None,
@@ -325,6 +333,9 @@ impl Settings {
                 problem: problem.to_string(),
             })
         };
+        if self.server.header_read_timeout_secs == 0 {
+            return invalid("server.header_read_timeout_secs", "must be at least 1");
+        }
         if self.database.pool_max_size == 0 {
             return invalid("database.pool_max_size", "must be at least 1");
         }

@@ -59,6 +59,9 @@ pub enum DbError {
     /// Every connection stayed busy for the whole queue timeout: the database is up but saturated.
     #[error("database busy: no connection became free within {} ms", .0.as_millis())]
     Busy(Duration),
+    /// The server's port refused us (or did not answer in time) before a connection was made.
+    #[error("database unreachable: {0}")]
+    Unreachable(std::io::Error),
     /// A failure shared by every caller waiting on one cache load.
     #[error("{0}")]
     Shared(Arc<DbError>),
@@ -77,7 +80,7 @@ impl DbError {
     /// True when the error says "cannot talk to the database" rather than "the query was wrong".
     pub fn is_connectivity(&self) -> bool {
         match self {
-            DbError::Pool(_) => true,
+            DbError::Pool(_) | DbError::Unreachable(_) => true,
             DbError::Pg(e) => match e.code() {
                 None => true, // I/O, closed connection, timeout: no SQLSTATE from the server
                 Some(code) => {
@@ -105,6 +108,8 @@ struct Inner {
     pool: Option<PgPool>,
     /// `host:port/dbname`, for logs: the URL itself may hold a password.
     target: String,
+    /// Where the server listens, to ask before the pool spends its checkout timeout retrying.
+    addresses: Vec<Address>,
     /// The last call or probe reached the database.
     up: AtomicBool,
     /// Migrations have been applied by this process (or `migrate_on_start` is off).
@@ -118,6 +123,56 @@ struct Inner {
     /// handlers are not cancelled when their client hangs up, so without this bound the work of
     /// departed clients piled up: 17 s of queue after a burst of slow queries (measured).
     queue_timeout: Duration,
+}
+
+/// What [`Db::ping`] learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ping {
+    Up,
+    /// Reachable, but every connection stayed busy for the ping's short wait.
+    Busy,
+    Down,
+}
+
+/// How long a ping queues for a connection before it counts the database as busy.
+const PING_QUEUE: Duration = Duration::from_millis(250);
+
+/// A place the database server listens on.
+#[derive(Debug, Clone)]
+enum Address {
+    Tcp(String, u16),
+    Unix(std::path::PathBuf),
+}
+
+/// How long asking the server's port may take. A stopped server refuses at once; this bounds a
+/// host that does not answer at all.
+const REACH_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Whether something listens at one of `addresses` (a TCP or socket connect, closed at once).
+fn reachable(addresses: &[Address]) -> Result<(), std::io::Error> {
+    use std::net::ToSocketAddrs;
+    if addresses.is_empty() {
+        return Ok(()); // nothing to ask: let the driver find its default
+    }
+    let mut last = std::io::Error::other("no database address");
+    for a in addresses {
+        let result = match a {
+            Address::Tcp(host, port) => {
+                (host.as_str(), *port).to_socket_addrs().and_then(|mut it| {
+                    let addr = it
+                        .next()
+                        .ok_or_else(|| std::io::Error::other(format!("{host} has no address")))?;
+                    std::net::TcpStream::connect_timeout(&addr, REACH_TIMEOUT).map(drop)
+                })
+            }
+            Address::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 impl Drop for Inner {
@@ -142,6 +197,7 @@ impl Db {
             cfg.application_name("portfolio-server");
         }
         let target = describe(&cfg);
+        let addresses = addresses(&cfg);
         let pool = r2d2::Pool::builder()
             .max_size(s.pool_max_size)
             .min_idle(Some(1))
@@ -154,6 +210,7 @@ impl Db {
             inner: Arc::new(Inner {
                 pool: Some(pool),
                 target,
+                addresses,
                 up: AtomicBool::new(false),
                 migrated: AtomicBool::new(!s.migrate_on_start),
                 reprobe_interval: Duration::from_millis(s.reprobe_interval_ms),
@@ -184,16 +241,35 @@ impl Db {
         F: FnOnce(&mut PgConn) -> Result<T, DbError> + Send + 'static,
         T: Send + 'static,
     {
+        self.run_queued(self.inner.queue_timeout, f).await
+    }
+
+    /// [`Db::run`], queueing for a connection for at most `queue_timeout`.
+    async fn run_queued<T, F>(&self, queue_timeout: Duration, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut PgConn) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
         let pool = self.pool();
+        let inner = self.inner.clone();
         let queued = self.inner.permits.clone().acquire_owned();
-        let permit = match tokio::time::timeout(self.inner.queue_timeout, queued).await {
+        let permit = match tokio::time::timeout(queue_timeout, queued).await {
             Ok(permit) => permit.expect("never closed"),
-            Err(_) => return Err(DbError::Busy(self.inner.queue_timeout)),
+            Err(_) => return Err(DbError::Busy(queue_timeout)),
         };
         let result = blocking::run(move || {
             // Held until the work ends, even if the caller has gone away meanwhile.
             let _permit = permit;
-            let mut conn = pool.get()?;
+            let mut conn = match pool.try_get() {
+                Some(conn) => conn,
+                // No idle connection, so the pool must make one, and against a stopped server it
+                // would retry until the checkout timeout (1.5 s by default) before saying so. Ask
+                // the port first: a refusal is an outage now.
+                None => {
+                    reachable(&inner.addresses).map_err(DbError::Unreachable)?;
+                    pool.get()?
+                }
+            };
             f(&mut conn)
         })
         .await
@@ -272,12 +348,21 @@ impl Db {
         });
     }
 
-    /// Whether the database answers right now. Cheap while it is known to be down.
-    pub async fn ping(&self) -> bool {
+    /// Whether the database answers right now. Cheap while it is known to be down, and quick
+    /// when it is busy: a saturated pool is an answer ([`Ping::Busy`]), not an outage.
+    pub async fn ping(&self) -> Ping {
         if !self.is_available() {
-            return false;
+            return Ping::Down;
         }
-        self.run(|c| Ok(c.simple_query("SELECT 1")?)).await.is_ok()
+        let wait = self.inner.queue_timeout.min(PING_QUEUE);
+        match self
+            .run_queued(wait, |c| Ok(c.simple_query("SELECT 1")?))
+            .await
+        {
+            Ok(_) => Ping::Up,
+            Err(e) if e.is_busy() => Ping::Busy,
+            Err(_) => Ping::Down,
+        }
     }
 
     /// Applies pending migrations now (the `migrate` subcommand).
@@ -286,6 +371,22 @@ impl Db {
         self.inner.migrated.store(true, Ordering::Release);
         Ok(applied)
     }
+}
+
+fn addresses(cfg: &postgres::Config) -> Vec<Address> {
+    use postgres::config::Host;
+    let ports = cfg.get_ports();
+    cfg.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                Host::Tcp(host) => Address::Tcp(host.clone(), port),
+                Host::Unix(dir) => Address::Unix(dir.join(format!(".s.PGSQL.{port}"))),
+            }
+        })
+        .collect()
 }
 
 fn describe(cfg: &postgres::Config) -> String {

@@ -156,19 +156,21 @@ impl Drop for Finished<'_> {
     }
 }
 
-/// The route a path belongs to, for the span: a fixed set, so logs group by it.
-fn route_of(path: &str) -> &'static str {
+/// The route a path belongs to, for the span (a fixed set, so logs group by it), and the methods
+/// it answers, for the `Allow` header of a 405.
+fn route_of(path: &str) -> (&'static str, &'static str) {
+    const READ: &str = "GET, HEAD";
     match path {
-        "/" => "/",
-        "/api/images" => "/api/images",
-        "/api/upload" => "/api/upload",
-        "/api/upload-batch" => "/api/upload-batch",
-        "/api/health" => "/api/health",
-        "/api/portfolio" => "/api/portfolio",
-        "/openapi.json" => "/openapi.json",
-        p if p.starts_with("/media/") => "/media/{filename}",
-        p if p == "/docs" || p.starts_with("/docs/") => "/docs",
-        _ => "unmatched",
+        "/" => ("/", READ),
+        "/api/images" => ("/api/images", READ),
+        "/api/upload" => ("/api/upload", "POST"),
+        "/api/upload-batch" => ("/api/upload-batch", "POST"),
+        "/api/health" => ("/api/health", READ),
+        "/api/portfolio" => ("/api/portfolio", READ),
+        "/openapi.json" => ("/openapi.json", READ),
+        p if p.starts_with("/media/") => ("/media/{filename}", READ),
+        p if p == "/docs" || p.starts_with("/docs/") => ("/docs", READ),
+        _ => ("unmatched", READ),
     }
 }
 
@@ -182,7 +184,7 @@ impl<E: Endpoint> Endpoint for Front<E> {
         let span = tracing::info_span!(
             "request",
             method = %req.method(),
-            route = %route_of(req.uri().path()),
+            route = %route_of(req.uri().path()).0,
             id = %id.to_str().unwrap_or_default(),
         );
         let method = req.method().clone();
@@ -190,6 +192,14 @@ impl<E: Endpoint> Endpoint for Front<E> {
         // Counted when the handling ends, also when the client left and the future is dropped.
         let _finished = Finished(&self.state.requests_finished);
         let mut response = self.handle(req).instrument(span.clone()).await;
+        if response.status() == StatusCode::METHOD_NOT_ALLOWED
+            && !response.headers().contains_key(header::ALLOW)
+        {
+            let allow = route_of(uri.path()).1;
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         response.headers_mut().insert(X_REQUEST_ID.clone(), id);
         span.in_scope(|| log_request(&method, &uri, response.status(), started.elapsed()));
         Ok(response)

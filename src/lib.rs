@@ -27,6 +27,8 @@ pub mod imaging;
 pub mod listing;
 /// Domain values with their rules: photo, file name, category, page key.
 pub mod model;
+/// The listener: HTTP/1.1 connections with a header deadline and a cap.
+pub mod server;
 /// What every request can reach, built once at start-up.
 pub mod state;
 /// Object storage: a local folder or Supabase Storage, create-only.

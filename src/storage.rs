@@ -240,6 +240,34 @@ impl LocalStore {
     }
 }
 
+impl LocalStore {
+    /// Opens a stored object for reading: a regular file directly in the folder, never through a
+    /// symbolic link (which could point anywhere on the machine). None when there is no such
+    /// object (or the name is not a key).
+    pub fn open_object(&self, key: &str) -> io::Result<Option<(fs::File, fs::Metadata)>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Ok(path) = self.path(key) else {
+            return Ok(None);
+        };
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => f,
+            // ELOOP: the name is a symbolic link.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        Ok(meta.is_file().then_some((file, meta)))
+    }
+}
+
 impl ObjectStore for LocalStore {
     /// Writes a temporary file, flushes it to disk, then hard-links it under its name. `link`
     /// fails if the name exists, so the final file appears whole and never replaces another.

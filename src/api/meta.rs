@@ -6,7 +6,7 @@ use bytes::Bytes;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, RawJson};
-use crate::{listing::Assets, state::AppState, storage::StorageState};
+use crate::{db::Ping, listing::Assets, state::AppState, storage::StorageState};
 
 pub struct MetaApi {
     pub state: Arc<AppState>,
@@ -27,6 +27,10 @@ pub struct Health {
     /// Why the database is not connected, when it is not.
     #[oai(skip_serializing_if_is_none)]
     pub reason: Option<String>,
+    /// Present (true) when the database is connected but every connection is busy: requests
+    /// queue, and pages served before are answered from their last good copy.
+    #[oai(skip_serializing_if_is_none)]
+    pub busy: Option<bool>,
     /// Object storage: `ok`, `refused` (credentials or bucket), `unreachable`, `failing` (local
     /// I/O) or `unchecked`. Informational: it never changes the status code.
     pub storage: String,
@@ -41,7 +45,7 @@ const STORAGE_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(ApiResponse)]
 pub enum HealthResponse {
-    /// The database answers.
+    /// The database answers (possibly busy).
     #[oai(status = 200)]
     Ok(Json<Health>),
     /// The database does not answer (or none is configured); reads are served from fallback data.
@@ -67,24 +71,30 @@ impl MetaApi {
             self.state.store.recheck_in_background();
         }
         let (word, why) = state.word_and_reason();
-        let health = |database: &str, reason: Option<String>| {
+        let health = |database: &str, reason: Option<String>, busy: Option<bool>| {
             Json(Health {
                 message: "server active".into(),
                 database: database.into(),
                 reason,
+                busy,
                 storage: word.into(),
                 storage_reason: why.map(str::to_string),
             })
         };
-        match &self.state.db {
-            None => HealthResponse::Unavailable(health(
+        let Some(db) = &self.state.db else {
+            return HealthResponse::Unavailable(health(
                 "connection failed",
                 Some("no database configured (set DATABASE_URL)".into()),
-            )),
-            Some(db) if db.ping().await => HealthResponse::Ok(health("connected", None)),
-            Some(db) => HealthResponse::Unavailable(health(
+                None,
+            ));
+        };
+        match db.ping().await {
+            Ping::Up => HealthResponse::Ok(health("connected", None, None)),
+            Ping::Busy => HealthResponse::Ok(health("connected", None, Some(true))),
+            Ping::Down => HealthResponse::Unavailable(health(
                 "connection failed",
                 Some(format!("cannot reach {}", db.target())),
+                None,
             )),
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod error;
 mod images;
+pub mod media;
 mod meta;
 mod upload;
 

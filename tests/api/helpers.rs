@@ -299,50 +299,86 @@ fn on_plain_thread<T: Send + 'static>(
 // A proxy that can cut the database off
 
 /// Forwards TCP to the database until [`ToggleProxy::cut`], which drops every open connection
-/// and refuses new ones until [`ToggleProxy::restore`]. To the server this is the database going
-/// away and coming back, without stopping a cluster that other tests share.
+/// and closes the port (new connections are refused, as by a stopped server) until
+/// [`ToggleProxy::restore`] opens it again. To the server this is the database going away and
+/// coming back, without stopping a cluster that other tests share.
 pub struct ToggleProxy {
     pub port: u16,
-    up: Arc<AtomicBool>,
+    up: watch::Sender<bool>,
     kill: watch::Sender<u64>,
     /// Connections currently being forwarded.
     active: Arc<AtomicU64>,
+    /// The port is open (the listener exists).
+    listening: Arc<AtomicBool>,
 }
 
 impl ToggleProxy {
     pub async fn start(target_url: &str) -> ToggleProxy {
         let (base, _) = split_db_url(target_url);
         let hostport = base.rsplit('@').next().unwrap().to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
+        let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        let (up, _) = watch::channel(true);
         let (kill, _) = watch::channel(0u64);
         let active = Arc::new(AtomicU64::new(0));
-        let (up2, kill2, active2) = (up.clone(), kill.clone(), active.clone());
+        let listening = Arc::new(AtomicBool::new(true));
+        let (mut up_rx, kill2, active2, listening2) = (
+            up.subscribe(),
+            kill.clone(),
+            active.clone(),
+            listening.clone(),
+        );
         tokio::spawn(async move {
+            let mut listener = Some(first);
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut killed = kill2.subscribe();
-                let target = hostport.clone();
-                let active = active2.clone();
-                active.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = killed.changed() => {}
+                // Closed: wait to be restored, then open the same port again.
+                let current = match listener.take() {
+                    Some(l) => l,
+                    None => {
+                        while !*up_rx.borrow_and_update() {
+                            if up_rx.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                        loop {
+                            match TcpListener::bind(("127.0.0.1", port)).await {
+                                Ok(l) => break l,
+                                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                            }
                         }
                     }
-                    // Both sockets are closed by now.
-                    drop(inbound);
-                    active.fetch_sub(1, Ordering::SeqCst);
-                });
+                };
+                listening2.store(true, Ordering::SeqCst);
+                loop {
+                    let accepted = tokio::select! {
+                        a = current.accept() => a,
+                        changed = up_rx.changed() => {
+                            if changed.is_err() { return; }
+                            if *up_rx.borrow_and_update() { continue; }
+                            break;
+                        }
+                    };
+                    let Ok((mut inbound, _)) = accepted else {
+                        return;
+                    };
+                    let mut killed = kill2.subscribe();
+                    let target = hostport.clone();
+                    let active = active2.clone();
+                    active.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = killed.changed() => {}
+                            }
+                        }
+                        // Both sockets are closed by now.
+                        drop(inbound);
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+                drop(current);
+                listening2.store(false, Ordering::SeqCst);
             }
         });
         ToggleProxy {
@@ -350,6 +386,7 @@ impl ToggleProxy {
             up,
             kill,
             active,
+            listening,
         }
     }
 
@@ -361,16 +398,18 @@ impl ToggleProxy {
     }
 
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
+        self.up.send_replace(false);
         self.kill.send_modify(|n| *n += 1);
     }
 
-    /// Cuts, then blocks until every forwarded connection is closed: after this returns, no
-    /// byte reaches the database. Call from a blocking thread.
+    /// Cuts, then blocks until every forwarded connection is closed and the port refuses new
+    /// ones: after this returns, no byte reaches the database. Call from a blocking thread.
     pub fn cut_and_wait(&self) {
         self.cut();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        while (self.active.load(Ordering::SeqCst) > 0 || self.listening.load(Ordering::SeqCst))
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(
@@ -378,10 +417,11 @@ impl ToggleProxy {
             0,
             "proxy connections closed"
         );
+        assert!(!self.listening.load(Ordering::SeqCst), "proxy port closed");
     }
 
     pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.up.send_replace(true);
     }
 }
 

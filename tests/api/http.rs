@@ -402,3 +402,71 @@ async fn every_response_carries_a_request_id() {
         assert_eq!(id.len(), 16);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_serves_stored_photos_with_head_and_etags_and_never_follows_symlinks() {
+    let media = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.jpg"), b"not for the web").unwrap();
+    std::fs::write(media.path().join("photo.jpg"), b"\xff\xd8 a photo").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.jpg"),
+        media.path().join("link.jpg"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(outside.path(), media.path().join("dir")).unwrap();
+    let mut s = settings(None);
+    s.storage.local_dir = media.path().to_path_buf();
+    let app = TestApp::spawn(s).await;
+
+    let r = app.get("/media/photo.jpg").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, b"\xff\xd8 a photo");
+    assert_eq!(r.header("content-type"), Some("image/jpeg"));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    let etag = r.header("etag").unwrap().to_string();
+    let again = app
+        .request("/media/photo.jpg", &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert!(again.body.is_empty());
+
+    let head = TestApp::reply_of(app.client.head("/media/photo.jpg").send().await.0).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("etag"), Some(etag.as_str()));
+
+    for escape in ["/media/link.jpg", "/media/dir/secret.jpg", "/media/dir"] {
+        let r = app.get(escape).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{escape}");
+        assert!(!String::from_utf8_lossy(&r.body).contains("not for the web"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_method_is_405_with_allow() {
+    let media = tempfile::tempdir().unwrap();
+    let mut s = settings(None);
+    s.storage.local_dir = media.path().to_path_buf();
+    let app = TestApp::spawn(s).await;
+    for (method, path, allow) in [
+        ("DELETE", "/api/images", "GET, HEAD"),
+        ("PUT", "/api/health", "GET, HEAD"),
+        ("GET", "/api/upload", "POST"),
+        ("POST", "/media/x.jpg", "GET, HEAD"),
+    ] {
+        let req = match method {
+            "DELETE" => app.client.delete(path),
+            "PUT" => app.client.put(path),
+            "GET" => app.client.get(path),
+            _ => app.client.post(path),
+        };
+        let r = TestApp::reply_of(req.send().await.0).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+        assert_eq!(r.json()["detail"], "Method Not Allowed");
+    }
+}

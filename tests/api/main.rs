@@ -2,6 +2,7 @@
 //! started once; every test gets a fresh database.
 
 mod binary;
+mod connections;
 mod fake_supabase;
 mod helpers;
 mod http;

@@ -263,3 +263,70 @@ async fn a_saturated_database_gives_the_stale_copy_or_503_never_embedded_data() 
     slow.await.unwrap();
     assert_eq!(app.get("/api/images?limit=3").await.ids(), vec![1, 2, 3]);
 }
+
+/// A stopped database is noticed by the first request of the outage, which does not wait out
+/// the checkout timeout (1.5 s by default) while the pool retries a refused port.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_requests_of_an_outage_answer_within_250_ms() {
+    for first in ["/api/images?limit=7", "/api/health"] {
+        let db = TestDb::new();
+        let proxy = ToggleProxy::start(&db.url).await;
+        let mut s = settings(Some(&proxy.url_for(&db.url)));
+        let defaults = portfolio_server::config::Settings::default().database;
+        s.database.checkout_timeout_ms = defaults.checkout_timeout_ms;
+        s.database.connect_timeout_ms = defaults.connect_timeout_ms;
+        let app = TestApp::spawn(s).await;
+        db.seed(3);
+        assert_eq!(
+            app.get("/api/images").await.header("x-data-source"),
+            Some("database")
+        );
+        let p = std::sync::Arc::new(proxy);
+        let cut = p.clone();
+        tokio::task::spawn_blocking(move || cut.cut_and_wait())
+            .await
+            .unwrap();
+
+        let started = Instant::now();
+        let r = app.get(first).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(250), "{first} took {took:?}");
+        if first == "/api/health" {
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        } else {
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.header("x-data-source"), Some("fallback"));
+        }
+        // And the next one too.
+        let started = Instant::now();
+        app.get("/api/health").await;
+        assert!(started.elapsed() < Duration::from_millis(250));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_says_connected_and_busy_when_the_pool_is_saturated() {
+    let db = TestDb::new();
+    let mut s = settings(Some(&db.url));
+    s.database.pool_max_size = 1;
+    let app = TestApp::spawn(s).await;
+    let slow = occupy_connection(&app, "2").await;
+    let started = Instant::now();
+    let r = app.get("/api/health").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "health did not queue for long"
+    );
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "busy is not down: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["database"], "connected");
+    assert_eq!(r.json()["busy"], true);
+    slow.await.unwrap();
+    let r = app.get("/api/health").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json().get("busy").is_none(), "not busy any more");
+}

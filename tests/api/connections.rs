@@ -1,0 +1,185 @@
+//! Connections that would starve the server: silent sockets, slowloris senders, idle keep-alive
+//! connections, and more of them than the open-files limit allows.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use crate::helpers::settings;
+
+/// A normal request on a new connection: its status and how long it took.
+fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .max_idle_connections(0)
+        .build()
+        .into();
+    let status = agent
+        .get(&format!("http://{addr}{path}"))
+        .call()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    (status, started.elapsed())
+}
+
+/// Blocks until the server closes `s` (EOF or reset), for at most `limit`; whether it did.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + limit;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {} // a 408 or the like, then EOF
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true, // reset
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_slowloris_connections_are_closed_while_normal_requests_are_served() {
+    let mut s = settings(None);
+    s.server.header_read_timeout_secs = 1;
+    let app = portfolio_server::app::App::build(s).await.unwrap();
+    let addr = app.local_addr();
+    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+
+    let outcome = tokio::task::spawn_blocking(move || {
+        let opened = Instant::now();
+        let mut silent: Vec<TcpStream> = (0..300)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut slow: Vec<TcpStream> = (0..300)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET /api/images HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+                s
+            })
+            .collect();
+        // Slowloris: one more header line every 200 ms, for longer than the deadline.
+        let trickle = {
+            let mut clones: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().unwrap()).collect();
+            std::thread::spawn(move || {
+                for i in 0..15 {
+                    std::thread::sleep(Duration::from_millis(200));
+                    for s in &mut clones {
+                        let _ = write!(s, "X-Slow-{i}: 1\r\n");
+                    }
+                }
+            })
+        };
+        // Meanwhile normal requests are answered at once.
+        let normal: Vec<(u16, Duration)> = (0..5).map(|_| get(addr, "/api/images")).collect();
+        let all_closed = silent
+            .iter_mut()
+            .chain(slow.iter_mut())
+            .all(|s| closed_within(s, Duration::from_secs(5)));
+        let closed_after = opened.elapsed();
+        trickle.join().unwrap();
+        (normal, all_closed, closed_after)
+    })
+    .await
+    .unwrap();
+    let (normal, all_closed, closed_after) = outcome;
+    for (status, took) in &normal {
+        assert_eq!(*status, 200);
+        assert!(
+            *took < Duration::from_millis(800),
+            "a normal GET took {took:?}"
+        );
+    }
+    assert!(
+        all_closed,
+        "every silent and slowloris connection was closed"
+    );
+    // 1 s deadline; the slack is for 600 sockets opened and read one by one on a busy machine.
+    // (The slowloris senders were still sending: they did not keep their connections.)
+    assert!(
+        closed_after < Duration::from_secs(8),
+        "closed within the 1 s deadline (and some slack): {closed_after:?}"
+    );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_connections_are_closed_after_the_deadline() {
+    let mut s = settings(None);
+    s.server.header_read_timeout_secs = 1;
+    let app = portfolio_server::app::App::build(s).await.unwrap();
+    let addr = app.local_addr();
+    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        let idle = Instant::now();
+        let closed = closed_within(&mut s, Duration::from_secs(5));
+        (closed, idle.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(closed.0, "the idle keep-alive connection was closed");
+    assert!(closed.1 < Duration::from_secs(3), "{:?}", closed.1);
+    server.abort();
+}
+
+/// The binary under an open-files limit of 256 (soft and hard, so it cannot raise it): 400
+/// silent sockets are more than it can hold, and still every normal request is answered.
+#[test]
+fn at_the_open_files_limit_silent_sockets_do_not_lock_out_normal_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::helpers::free_port();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\"")
+        .arg(env!("CARGO_BIN_EXE_portfolio-server"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("APP_SERVER__HOST", "127.0.0.1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(addr, "/").0 != 200 {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let silent: Vec<TcpStream> = (0..400)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    assert!(silent.len() >= 300, "opened {}", silent.len());
+    for i in 0..10 {
+        let (status, took) = get(addr, "/api/images");
+        assert_eq!(status, 200, "normal request {i} answered");
+        assert!(took < Duration::from_secs(1), "request {i} took {took:?}");
+    }
+    let _ = child.kill();
+    let mut log = String::new();
+    let _ = child.wait();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut log);
+    assert!(
+        log.contains("max_connections=192"),
+        "the cap follows the limit: {log}"
+    );
+    drop(silent);
+}
