@@ -139,6 +139,10 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 10000000;
+  # Tuned as a user would: every core (worker_processes auto) and the open-file cache.
+  open_file_cache max=1000 inactive=60s;
+  open_file_cache_valid 60s;
+  open_file_cache_errors on;
   client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
   uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
   server {

@@ -134,6 +134,9 @@ pub struct UploadSettings {
     /// Where files of a batch wait (on disk, not in memory) until the batch's category arrives.
     /// Emptied of this server's files at start-up; give each process on a machine its own.
     pub spool_dir: PathBuf,
+    /// The clean-up journal: keys that may be in storage without a row, kept on local disk
+    /// until settled. Give each process its own; never delete it while entries remain.
+    pub journal_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,6 +236,7 @@ impl Default for Settings {
                 allowed_categories: Vec::new(),
                 max_concurrent: 2,
                 spool_dir: PathBuf::from("data/spool"),
+                journal_dir: PathBuf::from("data/journal"),
             },
             log: LogSettings {
                 format: LogFormat::Text,

@@ -23,6 +23,8 @@ pub mod db;
 pub mod front;
 /// Pure checks on uploaded photos: JPEG content, displayed size.
 pub mod imaging;
+/// The clean-up journal: keys that may be in storage without a row, on disk.
+pub mod journal;
 /// The read path of the listing: cache, database, stale copy, embedded data.
 pub mod listing;
 /// Domain values with their rules: photo, file name, category, page key.

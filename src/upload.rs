@@ -7,11 +7,16 @@
 //!    transaction ends, then fails with a unique violation: 409.
 //! 2. Store the object with "create, never overwrite". If storage says the key exists, that object
 //!    is not ours: 409, roll back, delete nothing.
-//! 3. `COMMIT`. If the commit fails, the object we created is deleted once we know the row did not
-//!    commit: at once if the database answers, else later by a background task.
+//!    Just before the write, the key is recorded in the clean-up [`Journal`] on disk.
+//! 3. `COMMIT`, then the journal entry is removed. If the commit fails, or the write's outcome is
+//!    unknown (a time-out, a cut connection, a 5xx: it may still land), the entry stays and the
+//!    resolver settles it: it claims the name the way an upload does, keeps the object if a
+//!    committed row has the name, and deletes it otherwise, again at later checks for a write
+//!    that lands late. The journal survives a crash, so a restart resumes where it stopped.
 //!
 //! Any failure before step 3 rolls the transaction back. The object exists only if this request
-//! created it in step 2, so this request deletes only what it created.
+//! created it in step 2 (or its write is still in flight), and the resolver deletes only under
+//! the name's claim, so nothing another request created is ever deleted.
 //!
 //! Every successful write invalidates the listing's cached pages itself, so no caller can leave
 //! them stale. A [`BatchSession`] owns a whole `/api/upload-batch`: the limits, the default
@@ -20,10 +25,9 @@
 //! handlers only feed them fields.
 
 use std::{
-    collections::HashMap,
     io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Weak},
     time::Duration,
 };
 
@@ -38,6 +42,7 @@ use crate::{
     config::UploadSettings,
     db::{Db, DbError, PgConn, photo_from_row},
     imaging::{self, Dimensions, Rejection},
+    journal::{Entry, Journal},
     listing::Listing,
     model::{Category, FileName, Invalid, Photo},
     storage::{ObjectStore, Put, StorageError},
@@ -105,9 +110,11 @@ pub struct Uploader {
     /// Uploads hold a pooled connection while they store the object: bound them so reads always
     /// find connections.
     slots: Semaphore,
-    /// Objects we created whose row may or may not have committed (the commit failed and the
-    /// database could not be asked): key -> photograph id.
-    unresolved: Mutex<HashMap<String, i32>>,
+    /// Keys that may exist in storage without a row (see [`crate::journal`]). None when the
+    /// folder cannot be written: uploads are refused then, since nothing could be cleaned up.
+    journal: Option<Arc<Journal>>,
+    /// One resolver pass at a time.
+    resolving: tokio::sync::Mutex<()>,
 }
 
 impl Uploader {
@@ -132,13 +139,26 @@ impl Uploader {
                 "cannot clear the upload spool folder"
             ),
         }
+        let journal = match Journal::open(&limits.journal_dir) {
+            Ok(j) => Some(Arc::new(j)),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    dir = %limits.journal_dir.display(),
+                    "cannot open the clean-up journal: uploads are refused until it can be written \
+                     (upload.journal_dir)"
+                );
+                None
+            }
+        };
         let uploader = Arc::new(Uploader {
             db,
             store,
             listing,
             slots: Semaphore::new(limits.max_concurrent.max(1)),
             limits,
-            unresolved: Mutex::new(HashMap::new()),
+            journal,
+            resolving: tokio::sync::Mutex::new(()),
         });
         spawn_resolver(Arc::downgrade(&uploader));
         uploader
@@ -161,6 +181,11 @@ impl Uploader {
         let Some(db) = &self.db else {
             return Err(UploadError::DatabaseUnavailable(
                 "No database configured: uploads need DATABASE_URL".into(),
+            ));
+        };
+        let Some(journal) = self.journal.clone() else {
+            return Err(UploadError::Internal(
+                "the clean-up journal cannot be written".into(),
             ));
         };
         let _slot = self.slots.acquire().await.expect("never closed");
@@ -191,15 +216,20 @@ impl Uploader {
         let url = store.public_url(name.as_str());
         let outcome = {
             let (name, category) = (name.clone(), category.clone());
-            db.run(move |c| Ok(write(c, &*store, &name, &url, &category, dims, &bytes)))
-                .await?
+            let journal = journal.clone();
+            db.run(move |c| {
+                Ok(write(
+                    c, &*store, &journal, &name, &url, &category, dims, &bytes,
+                ))
+            })
+            .await?
         };
         let photo = match outcome {
             Ok(photo) => photo,
             Err(WriteFailure::Upload(e)) => return Err(e),
-            Err(WriteFailure::CommitUncertain { id, error }) => {
+            Err(WriteFailure::CommitUncertain { id, error, entry }) => {
                 tracing::warn!(id, error = %error, "commit failed after the object was stored");
-                self.resolve_or_defer(db, &name, id).await?
+                self.resolve_or_defer(db, &journal, entry, id).await?
             }
         };
         self.listing.invalidate();
@@ -228,88 +258,118 @@ impl Uploader {
     }
 
     /// After a failed commit: ask the database whether the row exists. Yes: the upload
-    /// succeeded. No: delete our object. No answer: remember it for the background resolver.
+    /// succeeded. No: settle the journal entry now (the object goes). No answer: the resolver
+    /// settles it when the database is back.
     async fn resolve_or_defer(
         &self,
         db: &Db,
-        name: &FileName,
+        journal: &Arc<Journal>,
+        entry: Entry,
         id: i32,
     ) -> Result<Photo, UploadError> {
-        match db.run(move |c| fetch_photo(c, id)).await {
-            Ok(Some(photo)) => Ok(photo),
-            Ok(None) => {
-                self.delete_object(name.as_str()).await;
-                Err(UploadError::DatabaseUnavailable(
-                    "Database failed while saving the photo; nothing was kept, try again".into(),
-                ))
+        let failed = || {
+            UploadError::DatabaseUnavailable(
+                "Database failed while saving the photo; nothing was kept, try again".into(),
+            )
+        };
+        let held = entry.clone();
+        let outcome = match db.run(move |c| fetch_photo(c, id)).await {
+            Ok(Some(photo)) => {
+                forget(journal, &entry);
+                Ok(photo)
             }
-            Err(_) => {
-                self.unresolved
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(name.to_string(), id);
-                Err(UploadError::DatabaseUnavailable(
-                    "Database failed while saving the photo; it will be removed from storage \
-                     unless the database recorded it. Check /api/images, then try again"
-                        .into(),
-                ))
-            }
-        }
+            Ok(None) => match self.resolve(db, journal, entry).await {
+                // The claim says a committed row has the name after all: it is ours.
+                Ok(Resolution::Kept) => db
+                    .run(move |c| fetch_photo(c, id))
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or_else(failed),
+                _ => Err(failed()),
+            },
+            Err(_) => Err(UploadError::DatabaseUnavailable(
+                "Database failed while saving the photo; it will be removed from storage \
+                 unless the database recorded it. Check /api/images, then try again"
+                    .into(),
+            )),
+        };
+        // Whatever is left is the resolver's now.
+        journal.release(&held);
+        outcome
     }
 
-    async fn delete_object(&self, name: &str) {
-        let store = self.store.clone();
-        let key = name.to_string();
-        match blocking::run(move || store.delete(&key)).await {
-            Ok(Ok(())) => {
-                tracing::info!(%name, "removed the object of an upload that did not commit")
-            }
-            Ok(Err(e)) => {
-                tracing::error!(%name, error = %e, "could not remove an uncommitted upload's object")
-            }
-            Err(_) => {} // logged by blocking::run
-        }
+    /// Settles one journal entry (see [`crate::journal`]).
+    async fn resolve(
+        &self,
+        db: &Db,
+        journal: &Arc<Journal>,
+        entry: Entry,
+    ) -> Result<Resolution, Unsettled> {
+        let (store, journal) = (self.store.clone(), journal.clone());
+        db.run(move |c| Ok(resolve_entry(c, &*store, &journal, entry)))
+            .await?
     }
 
-    /// Settles the uploads whose commit outcome was unknown, once the database answers.
-    async fn resolve_pending(&self) {
-        let Some(db) = &self.db else { return };
-        let pending: Vec<(String, i32)> = self
-            .unresolved
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        for (name, id) in pending {
-            match db.run(move |c| fetch_photo(c, id)).await {
-                Ok(found) => {
-                    if found.is_none() {
-                        self.delete_object(&name).await;
-                    }
-                    self.unresolved.lock().expect("not poisoned").remove(&name);
+    /// Settles every journal entry that is due, if the database answers. Runs at start-up (the
+    /// entries of a process that died), whenever the database comes back, and every half second.
+    pub async fn resolve_pending(&self) {
+        let (Some(db), Some(journal)) = (&self.db, &self.journal) else {
+            return;
+        };
+        let _one_at_a_time = self.resolving.lock().await;
+        if !db.is_available() {
+            return;
+        }
+        let entries = {
+            let journal = journal.clone();
+            match blocking::run(move || journal.entries()).await {
+                Ok(Ok(entries)) => entries,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the clean-up journal");
+                    return;
                 }
-                Err(_) => return, // still down; try again later
+                Err(_) => return,
+            }
+        };
+        let now = crate::journal::now_ms();
+        for entry in entries.into_iter().filter(|e| e.is_due(now)) {
+            let key = entry.key.clone();
+            match self.resolve(db, journal, entry).await {
+                Ok(Resolution::Kept) => {
+                    tracing::info!(key = %key, "journal: the object has its row; kept")
+                }
+                Ok(Resolution::Removed) => {
+                    tracing::info!(key = %key, "journal: removed an object that has no row")
+                }
+                Err(e) => {
+                    tracing::debug!(key = %key, error = %e, "journal entry not settled yet");
+                    if matches!(&e, Unsettled::Db(d) if d.is_connectivity()) {
+                        return; // still down; the next pass retries
+                    }
+                }
             }
         }
     }
 
-    pub fn unresolved_count(&self) -> usize {
-        self.unresolved.lock().expect("not poisoned").len()
+    /// Journal entries not yet settled.
+    pub fn pending_cleanups(&self) -> usize {
+        self.journal
+            .as_ref()
+            .and_then(|j| j.entries().ok())
+            .map_or(0, |e| e.len())
     }
 }
 
 fn spawn_resolver(weak: Weak<Uploader>) {
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
             let Some(uploader) = weak.upgrade() else {
                 return;
             };
-            if uploader.unresolved_count() > 0 && uploader.db.as_ref().is_some_and(Db::is_available)
-            {
-                uploader.resolve_pending().await;
-            }
+            uploader.resolve_pending().await;
+            drop(uploader);
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
 }
@@ -612,6 +672,7 @@ enum WriteFailure {
     CommitUncertain {
         id: i32,
         error: postgres::Error,
+        entry: Entry,
     },
 }
 
@@ -621,10 +682,20 @@ impl<E: Into<UploadError>> From<E> for WriteFailure {
     }
 }
 
+/// Removes an entry whose object is accounted for. A failure only means the resolver will find
+/// the row later and drop the entry then.
+fn forget(journal: &Journal, entry: &Entry) {
+    if let Err(e) = journal.remove(entry) {
+        tracing::warn!(key = %entry.key, error = %e, "cannot remove a journal entry");
+    }
+}
+
 /// Steps 1-3 of the protocol (see the module docs). Runs on a blocking thread.
+#[allow(clippy::too_many_arguments)]
 fn write(
     c: &mut PgConn,
     store: &dyn ObjectStore,
+    journal: &Journal,
     file: &FileName,
     url: &str,
     category: &Category,
@@ -644,29 +715,61 @@ fn write(
     );
     let id: i32 = match inserted {
         Ok(row) => row.get(0),
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+        Err(e) if is_name_taken(&e) => {
             return Err(UploadError::Duplicate(file.clone()).into());
         }
-        Err(e) => return Err(DbError::from(e).into()),
+        // Anything else (the database failing, a constraint of someone's schema) is not a
+        // duplicate: nothing was stored, try again.
+        Err(e) => {
+            let e = DbError::from(e);
+            tracing::error!(error = %e, "inserting the row failed");
+            if e.is_connectivity() {
+                return Err(e.into());
+            }
+            return Err(UploadError::DatabaseUnavailable(
+                "The database could not record the photo; nothing was kept, try again".into(),
+            )
+            .into());
+        }
     };
     // Someone else's object (an upload whose row was deleted, another tool): leave it alone.
-    // Asking first also tells us, should the put fail in transit, that whatever then appears
-    // under this key is ours.
     if store.exists(name)? {
         return Err(UploadError::Duplicate(file.clone()).into());
     }
+    // From here on an object may exist under this key: write that down first.
+    let mut entry = journal
+        .record(name)
+        .map_err(|e| UploadError::Internal(format!("cannot write the clean-up journal: {e}")))?;
     match store.put_new(name, bytes) {
         Ok(Put::Created) => {}
-        Ok(Put::AlreadyExists) => return Err(UploadError::Duplicate(file.clone()).into()),
-        Err(e @ StorageError::Unavailable(_)) => {
-            remove_in_flight_object(store, name);
+        Ok(Put::AlreadyExists) => {
+            forget(journal, &entry); // not ours: never touched
+            return Err(UploadError::Duplicate(file.clone()).into());
+        }
+        Err(e) if outcome_unknown(&e) => {
+            // It may land later: check now and again after the store's timeouts.
+            let settle = store.settle_time();
+            let checks = [Duration::ZERO, settle, settle * 2, settle * 10];
+            let checks: &[Duration] = if settle.is_zero() {
+                &checks[..1]
+            } else {
+                &checks
+            };
+            if let Err(io) = journal.reschedule(&mut entry, checks) {
+                tracing::error!(error = %io, "cannot reschedule a journal entry");
+            }
+            journal.release(&entry);
             return Err(e.into());
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            forget(journal, &entry); // refused: nothing was stored
+            return Err(e.into());
+        }
     }
     if let Err(error) = tx.commit() {
-        return Err(WriteFailure::CommitUncertain { id, error });
+        return Err(WriteFailure::CommitUncertain { id, error, entry });
     }
+    forget(journal, &entry);
     Ok(Photo {
         id,
         filename: name.to_string(),
@@ -677,21 +780,88 @@ fn write(
     })
 }
 
-/// A put that failed in transit (a timeout, a dropped connection) may still land. The name's
-/// claim is still held, so no other request can write this key: whatever appears under it is
-/// ours. Delete it now and again once the store's settle time has passed, before the claim is
-/// released by the rollback.
-fn remove_in_flight_object(store: &dyn ObjectStore, name: &str) {
-    for attempt in 0..2 {
-        if attempt == 1 {
-            std::thread::sleep(store.settle_time());
-        }
-        if let Err(e) = store.delete(name) {
-            tracing::warn!(%name, error = %e, "could not remove an object whose upload failed in transit");
-        }
+/// The name's claim (migration 0002) is taken by another row.
+fn is_name_taken(e: &postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+        && e.as_db_error()
+            .and_then(|d| d.constraint())
+            .is_none_or(|c| c == "photograph_names_pkey")
+}
+
+/// A failed write that may still have happened, or may still happen: the store was not reached
+/// for sure, the connection was cut after sending, or a gateway answered 5xx.
+fn outcome_unknown(e: &StorageError) -> bool {
+    match e {
+        StorageError::Unavailable(_) => true,
+        StorageError::Rejected { status, .. } => *status >= 500,
+        StorageError::Io(_) => false,
     }
 }
 
+/// Why a journal entry could not be settled yet.
+#[derive(Debug, thiserror::Error)]
+enum Unsettled {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl From<postgres::Error> for Unsettled {
+    fn from(e: postgres::Error) -> Self {
+        Unsettled::Db(e.into())
+    }
+}
+
+/// What settling a journal entry found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolution {
+    /// A committed row has the name: the object is its photo.
+    Kept,
+    /// No row has the name: the object (if it was there) was deleted.
+    Removed,
+}
+
+/// Claims the entry's name as an upload would, in a transaction that is always rolled back:
+/// the placeholder row is never visible to anyone. The claim waits for an upload of that name
+/// still in flight. If a committed row holds the name, the object is kept and the entry dropped;
+/// otherwise the object is deleted under the claim and the entry keeps its later checks.
+fn resolve_entry(
+    c: &mut PgConn,
+    store: &dyn ObjectStore,
+    journal: &Journal,
+    mut entry: Entry,
+) -> Result<Resolution, Unsettled> {
+    let mut tx = c.transaction()?;
+    tx.batch_execute("SET LOCAL lock_timeout = '10s'")?;
+    let claim = tx.query_one(
+        "INSERT INTO photographs (filename, url) VALUES ($1, '') RETURNING id",
+        &[&entry.key],
+    );
+    match claim {
+        Err(e) if is_name_taken(&e) => {
+            drop(tx);
+            forget(journal, &entry);
+            Ok(Resolution::Kept)
+        }
+        Err(e) => Err(DbError::from(e).into()),
+        Ok(_) => {
+            let deleted = store.delete(&entry.key);
+            tx.rollback()?;
+            // Storage failing: the entry stays as it is, for the next pass.
+            deleted.map_err(Unsettled::Storage)?;
+            if !entry.checks.is_empty() {
+                entry.checks.remove(0);
+            }
+            if entry.checks.is_empty() {
+                forget(journal, &entry);
+            } else if let Err(e) = journal.write(&entry) {
+                tracing::warn!(key = %entry.key, error = %e, "cannot update a journal entry");
+            }
+            Ok(Resolution::Removed)
+        }
+    }
+}
 fn fetch_photo(c: &mut PgConn, id: i32) -> Result<Option<Photo>, DbError> {
     let row = c.query_opt(
         "SELECT id, filename, url, category, width, height FROM photographs WHERE id = $1",

@@ -28,8 +28,13 @@ pub struct FakeStorage {
     pub objects: Mutex<HashMap<String, Vec<u8>>>,
     /// Answer uploads with a 500.
     pub fail: AtomicBool,
-    /// Delay uploads by this many milliseconds before storing.
+    /// Delay uploads by this many milliseconds before storing. The write then lands even if the
+    /// client has given up (the storage server finished its work), as it would for real.
     pub delay_ms: AtomicU64,
+    /// Store the object, then answer 504 as a gateway in front of storage would.
+    pub gateway_504: AtomicBool,
+    /// Objects stored, in all (late writes included).
+    pub landed: AtomicUsize,
     pub deletes: AtomicUsize,
     /// Bucket checks (`GET /storage/v1/bucket/{id}`) answered.
     pub bucket_checks: AtomicUsize,
@@ -86,7 +91,18 @@ async fn upload(
     }
     let delay = fake.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
+        // The write goes on server-side whether or not the client waits for the answer.
+        let (fake, path) = (Arc::clone(&fake), format!("{bucket}/{key}"));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let mut objects = fake.objects.lock().unwrap();
+            if let std::collections::hash_map::Entry::Vacant(slot) = objects.entry(path) {
+                slot.insert(body);
+                fake.landed.fetch_add(1, Ordering::SeqCst);
+            }
+        });
         tokio::time::sleep(Duration::from_millis(delay)).await;
+        return Json(json!({"Key": "late", "Id": "late"})).into_response();
     }
     if fake.fail.load(Ordering::SeqCst) {
         return Json(
@@ -107,6 +123,14 @@ async fn upload(
         );
     }
     objects.insert(path.clone(), body);
+    fake.landed.fetch_add(1, Ordering::SeqCst);
+    if fake.gateway_504.load(Ordering::SeqCst) {
+        return (
+            StatusCode::GATEWAY_TIMEOUT,
+            "<html>504 Gateway Time-out</html>",
+        )
+            .into_response();
+    }
     Json(json!({"Key": path, "Id": "00000000-0000-0000-0000-000000000000"})).into_response()
 }
 

@@ -310,6 +310,9 @@ pub struct ToggleProxy {
     active: Arc<AtomicU64>,
     /// The port is open (the listener exists).
     listening: Arc<AtomicBool>,
+    /// The next `COMMIT` a client sends reaches the database, but its answer never comes back:
+    /// the connection is cut as the reply arrives.
+    lose_commit_reply: Arc<AtomicBool>,
 }
 
 impl ToggleProxy {
@@ -322,11 +325,13 @@ impl ToggleProxy {
         let (kill, _) = watch::channel(0u64);
         let active = Arc::new(AtomicU64::new(0));
         let listening = Arc::new(AtomicBool::new(true));
-        let (mut up_rx, kill2, active2, listening2) = (
+        let lose_commit_reply = Arc::new(AtomicBool::new(false));
+        let (mut up_rx, kill2, active2, listening2, lose2) = (
             up.subscribe(),
             kill.clone(),
             active.clone(),
             listening.clone(),
+            lose_commit_reply.clone(),
         );
         tokio::spawn(async move {
             let mut listener = Some(first);
@@ -358,22 +363,21 @@ impl ToggleProxy {
                             break;
                         }
                     };
-                    let Ok((mut inbound, _)) = accepted else {
+                    let Ok((inbound, _)) = accepted else {
                         return;
                     };
                     let mut killed = kill2.subscribe();
                     let target = hostport.clone();
-                    let active = active2.clone();
+                    let (active, lose) = (active2.clone(), lose2.clone());
                     active.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        if let Ok(outbound) = TcpStream::connect(&target).await {
                             tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = forward(inbound, outbound, lose) => {}
                                 _ = killed.changed() => {}
                             }
                         }
                         // Both sockets are closed by now.
-                        drop(inbound);
                         active.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
@@ -387,7 +391,13 @@ impl ToggleProxy {
             kill,
             active,
             listening,
+            lose_commit_reply,
         }
+    }
+
+    /// Arms the lost-COMMIT-reply fault (see the field).
+    pub fn lose_next_commit_reply(&self) {
+        self.lose_commit_reply.store(true, Ordering::SeqCst);
     }
 
     /// The URL of the database `url` reached through this proxy.
@@ -425,6 +435,54 @@ impl ToggleProxy {
     }
 }
 
+/// Copies both ways; when `lose` is armed and the client sends `COMMIT`, the server's reply to
+/// it is dropped and the connection closed (the commit happened; the client never hears so).
+async fn forward(inbound: TcpStream, outbound: TcpStream, lose: Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rx, mut client_tx) = inbound.into_split();
+    let (mut server_rx, mut server_tx) = outbound.into_split();
+    let committed = Arc::new(AtomicBool::new(false));
+    let seen = committed.clone();
+    let up = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if buf[..n].windows(6).any(|w| w == b"COMMIT")
+                && lose
+                    .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                seen.store(true, Ordering::SeqCst);
+            }
+            if server_tx.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if committed.load(Ordering::SeqCst) {
+                return; // the reply to COMMIT: dropped, and the connection with it
+            }
+            if client_tx.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The app
 
@@ -443,6 +501,12 @@ pub fn settings(db_url: Option<&str>) -> Settings {
     // Each app clears its spool folder at start-up: never share one between tests.
     s.upload.spool_dir = tempfile::Builder::new()
         .prefix("portfolio-test-spool-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    // Each app its own journal, unless a test shares one on purpose (a restart).
+    s.upload.journal_dir = tempfile::Builder::new()
+        .prefix("portfolio-test-journal-")
         .tempdir()
         .expect("tempdir")
         .keep();
@@ -485,8 +549,19 @@ impl Reply {
     }
 }
 
+/// `TEST_LOG=debug cargo test ...` shows the server's log lines in a test's output.
+fn init_test_log() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 impl TestApp {
     pub async fn spawn(settings: Settings) -> TestApp {
+        init_test_log();
         let state = AppState::new(settings).await.expect("app state");
         let ep = routes(state.clone()).boxed();
         TestApp {
@@ -637,6 +712,7 @@ impl TestApp {
         settings: Settings,
         store: Arc<dyn portfolio_server::storage::ObjectStore>,
     ) -> TestApp {
+        init_test_log();
         let state = AppState::with_store(settings, store)
             .await
             .expect("app state");

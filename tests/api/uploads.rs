@@ -426,7 +426,11 @@ async fn when_the_database_fails_after_the_object_is_stored_the_object_is_remove
     }
     assert!(files_in(media.path()).is_empty(), "no orphaned object");
     assert!(rows(&db).is_empty(), "no row either");
-    assert_eq!(app.state.uploader.unresolved_count(), 0);
+    assert_eq!(
+        app.state.uploader.pending_cleanups(),
+        0,
+        "the journal is settled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -782,4 +786,118 @@ async fn files_waiting_for_the_category_are_parked_in_the_spool_folder_which_sta
         ["keep-me.txt"],
         "and is gone once stored"
     );
+}
+
+/// The double fault: the database goes away between the upload's INSERT and its COMMIT, and the
+/// server restarts before it is back. The journal on disk still knows the object: once the
+/// database answers, the object without a row goes, and the name can be uploaded again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_during_an_outage_still_removes_the_object_of_an_uncommitted_upload() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let proxy = Arc::new(ToggleProxy::start(&db.url).await);
+    let cut = proxy.clone();
+    let store = Arc::new(Faulty {
+        inner: LocalStore::new(media.path(), "http://m"),
+        fail_put: false,
+        after_put: Some(Box::new(move || cut.cut_and_wait())),
+        puts: AtomicUsize::new(0),
+    });
+    let s = upload_settings(Some(&proxy.url_for(&db.url)), media.path());
+    let first = TestApp::spawn_with_store(s.clone(), store).await;
+    let r = first.upload("twice.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        files_in(media.path()),
+        ["twice.jpg"],
+        "stored, no row committed"
+    );
+    assert_eq!(first.state.uploader.pending_cleanups(), 1);
+    drop(first); // the process is gone; only the journal on disk remembers
+
+    // A new process, same folders, the database still down.
+    let second = TestApp::spawn(s).await;
+    assert_eq!(
+        second.state.uploader.pending_cleanups(),
+        1,
+        "read back from disk"
+    );
+    assert_eq!(
+        files_in(media.path()),
+        ["twice.jpg"],
+        "nothing can be decided yet"
+    );
+    proxy.restore();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !files_in(media.path()).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        files_in(media.path()).is_empty(),
+        "no orphan once the database returned"
+    );
+    assert!(rows(&db).is_empty());
+    assert_eq!(second.state.uploader.pending_cleanups(), 0);
+    let again = second.upload("twice.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(again.status, StatusCode::CREATED, "the name is free");
+    assert_eq!(files_in(media.path()), ["twice.jpg"]);
+}
+
+/// The other side: the COMMIT happened but its answer was lost. The photo committed, so its
+/// object and row stay, and the upload is a success.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_whose_answer_was_lost_keeps_its_object_and_row() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let proxy = ToggleProxy::start(&db.url).await;
+    let s = upload_settings(Some(&proxy.url_for(&db.url)), media.path());
+    let app = TestApp::spawn(s).await;
+    proxy.lose_next_commit_reply();
+    let r = app.upload("kept.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["filename"], "kept.jpg");
+    assert_eq!(rows(&db), ["kept.jpg"]);
+    assert_eq!(files_in(media.path()), ["kept.jpg"]);
+    assert_eq!(app.state.uploader.pending_cleanups(), 0);
+    // And it stays: no later clean-up removes a committed photo.
+    tokio::task::yield_now().await;
+    app.state.uploader.resolve_pending().await;
+    assert_eq!(files_in(media.path()), ["kept.jpg"]);
+}
+
+/// An INSERT that fails for any reason but the name being taken is not a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_insert_that_fails_for_another_reason_is_503_never_409() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = app(&db, media.path()).await;
+    // Someone's own rule on the table, which this upload breaks.
+    db.execute("ALTER TABLE photographs ADD CONSTRAINT no_wide CHECK (width < 100)");
+    let r = app.upload("wide.jpg", jpeg(120, 8, None)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(
+        !r.json()["detail"].as_str().unwrap().contains("no_wide"),
+        "no SQL in answers"
+    );
+    assert!(rows(&db).is_empty());
+    assert!(files_in(media.path()).is_empty());
+    // A unique rule of someone's schema that is not the name claim is not a duplicate either.
+    db.execute(
+        "ALTER TABLE photographs DROP CONSTRAINT no_wide; \
+         CREATE UNIQUE INDEX one_size ON photographs (width, height)",
+    );
+    assert_eq!(
+        app.upload("a.jpg", jpeg(9, 9, None)).await.status,
+        StatusCode::CREATED
+    );
+    let r = app.upload("b.jpg", jpeg(9, 9, None)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(files_in(media.path()), ["a.jpg"]);
 }

@@ -1,0 +1,246 @@
+//! The clean-up journal: objects that may exist in storage without a row, written down on disk
+//! before they can exist, so that no crash, outage or late write leaves one behind.
+//!
+//! Before an upload stores an object it records the key here (a small file, fsynced, in
+//! `storage.journal_dir`). When the upload ends cleanly the entry is removed. When its outcome is
+//! unknown (the commit failed, or the storage write timed out, was cut, or got a 5xx and may
+//! still land) the entry stays, with the times it must be checked at, and the uploader's
+//! resolver checks it then, whether the process was restarted meanwhile or not:
+//!
+//! - it claims the name in the database the way an upload does (a row inserted in a transaction
+//!   that is always rolled back), which waits for any upload of that name still in flight;
+//! - if the name is taken by a committed row, the object is that row's photo: kept, entry dropped;
+//! - otherwise it deletes the object (while holding the claim, so it can only be ours), and keeps
+//!   the entry for its remaining checks, so a write that lands after the first delete is removed
+//!   by a later one.
+//!
+//! One journal per process, on local disk. Several replicas each keep their own; a replica that
+//! is gone for good takes its entries with it, and `portfolio-server reconcile` finds what they
+//! would have removed.
+
+use std::{
+    collections::HashSet,
+    fs,
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// One object whose row may not exist.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The object's key.
+    pub key: String,
+    /// When to check it (Unix milliseconds), earliest first. The entry is dropped after the last.
+    pub checks: Vec<u64>,
+    /// Its file in the journal folder.
+    #[serde(skip)]
+    file: PathBuf,
+}
+
+impl Entry {
+    /// The next check is due.
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        self.checks.first().is_none_or(|&t| t <= now_ms)
+    }
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    /// Entries whose upload is still running in this process: the resolver leaves them alone
+    /// (the upload settles them itself, or hands them over with [`Journal::release`]). After a
+    /// crash this is empty, so every entry on disk is the resolver's.
+    in_flight: Mutex<HashSet<PathBuf>>,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Journal {
+    /// Opens (creating) the journal folder.
+    pub fn open(dir: &Path) -> io::Result<Journal> {
+        fs::create_dir_all(dir)?;
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records `key` durably: when this returns, the entry survives a crash of the process or
+    /// the machine. It is the caller's (in flight) until removed or released.
+    pub fn record(&self, key: &str) -> io::Result<Entry> {
+        let file = self.dir.join(format!(
+            "{}.{}-{}-{}.json",
+            key,
+            now_ms(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let entry = Entry {
+            key: key.to_string(),
+            checks: vec![now_ms()],
+            file,
+        };
+        self.in_flight
+            .lock()
+            .expect("not poisoned")
+            .insert(entry.file.clone());
+        if let Err(e) = self.write(&entry) {
+            self.release(&entry);
+            return Err(e);
+        }
+        Ok(entry)
+    }
+
+    /// Hands an entry over to the resolver.
+    pub fn release(&self, entry: &Entry) {
+        self.in_flight
+            .lock()
+            .expect("not poisoned")
+            .remove(&entry.file);
+    }
+
+    /// Rewrites an entry (its checks changed), atomically and durably.
+    pub fn write(&self, entry: &Entry) -> io::Result<()> {
+        let tmp = entry.file.with_extension("tmp");
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(entry).map_err(io::Error::other)?)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &entry.file)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Schedules the entry's checks `after` from now (the first due at once), and writes it.
+    pub fn reschedule(&self, entry: &mut Entry, after: &[Duration]) -> io::Result<()> {
+        let now = now_ms();
+        entry.checks = after.iter().map(|d| now + d.as_millis() as u64).collect();
+        self.write(entry)
+    }
+
+    /// Removes an entry: its object is accounted for.
+    pub fn remove(&self, entry: &Entry) -> io::Result<()> {
+        self.release(entry);
+        match fs::remove_file(&entry.file) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => sync_dir(&self.dir),
+        }
+    }
+
+    /// Every entry not in flight, oldest first. Unreadable files are skipped with a warning
+    /// (never deleted: a person may want to look at them).
+    pub fn entries(&self) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for item in fs::read_dir(&self.dir)? {
+            let path = item?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json")
+                || self.in_flight.lock().expect("not poisoned").contains(&path)
+            {
+                continue;
+            }
+            match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(mut e) => {
+                    e.file = path;
+                    out.push(e);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "unreadable journal entry")
+                }
+            }
+        }
+        out.sort_by_key(|e| e.checks.first().copied().unwrap_or(0));
+        Ok(out)
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopening_and_go_when_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let a = j.record("a.jpg").unwrap();
+        let mut b = j.record("b.jpg").unwrap();
+        assert!(
+            j.entries().unwrap().is_empty(),
+            "in flight: not the resolver's yet"
+        );
+        j.reschedule(&mut b, &[Duration::ZERO, Duration::from_secs(60)])
+            .unwrap();
+        j.release(&a);
+        j.release(&b);
+        let again = Journal::open(dir.path()).unwrap();
+        let keys: Vec<_> = again
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&"a.jpg".to_string()) && keys.contains(&"b.jpg".to_string()));
+        let b2 = again
+            .entries()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.key == "b.jpg")
+            .unwrap();
+        assert_eq!(b2.checks.len(), 2);
+        assert!(b2.is_due(now_ms()));
+        assert!(
+            !Entry {
+                checks: vec![now_ms() + 60_000],
+                ..b2.clone()
+            }
+            .is_due(now_ms())
+        );
+        j.remove(&a).unwrap();
+        j.remove(&a).unwrap(); // twice is fine
+        let left: Vec<_> = again
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(left, ["b.jpg"]);
+        // Only entries in the folder: no temporary files left behind.
+        let files: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1);
+    }
+
+    #[test]
+    fn two_entries_for_one_key_are_kept_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let a = j.record("same.jpg").unwrap();
+        let b = j.record("same.jpg").unwrap();
+        assert_ne!(a.file, b.file);
+        j.release(&a);
+        j.release(&b);
+        assert_eq!(j.entries().unwrap().len(), 2);
+    }
+}
