@@ -20,6 +20,7 @@ use std::{
 
 use bytes::Bytes;
 use moka::future::Cache;
+use poem::http::HeaderValue;
 
 use crate::{
     config::CacheSettings,
@@ -34,6 +35,9 @@ pub struct Page {
     pub body: Bytes,
     /// Strong validator: a hash of `body`, quoted.
     pub etag: String,
+    /// `etag` and the gzip copy's, ready to send.
+    pub etag_header: HeaderValue,
+    pub gzip_etag_header: HeaderValue,
     /// Total number of photographs (of the category, if filtered) when the page was built.
     pub total: i64,
     /// Photographs on this page.
@@ -44,13 +48,20 @@ pub struct Page {
     gzip: OnceLock<Bytes>,
 }
 
+fn gzip_etag(etag: &str) -> String {
+    format!("{}-gz\"", &etag[..etag.len() - 1])
+}
+
 /// Bodies shorter than this are sent as they are: gzip would not make them smaller.
 const GZIP_MIN: usize = 256;
 
 impl Page {
     pub fn new(body: Vec<u8>, total: i64, len: usize, last_id: Option<i64>) -> Page {
         let etag = etag_of(&body);
+        let header = |t: &str| HeaderValue::from_str(t).expect("a quoted hex string");
         Page {
+            etag_header: header(&etag),
+            gzip_etag_header: header(&gzip_etag(&etag)),
             body: Bytes::from(body),
             etag,
             total,
@@ -78,7 +89,7 @@ impl Page {
 
     /// The ETag of the gzip copy: a different representation, so a different strong tag.
     pub fn gzip_etag(&self) -> String {
-        format!("{}-gz\"", &self.etag[..self.etag.len() - 1])
+        gzip_etag(&self.etag)
     }
 
     /// Whether an `If-None-Match` header value matches this page (RFC 9110 weak comparison).

@@ -127,6 +127,15 @@ impl Listing {
         }
     }
 
+    /// The page for `key` if it can be answered without waiting: a live cached page, or the
+    /// embedded data when no database is configured. None means [`Listing::page`] has work to do.
+    pub async fn ready(&self, key: &PageKey) -> Option<(Arc<Page>, Source)> {
+        match &self.db {
+            None => Some((self.fallback.page(key), Source::Fallback)),
+            Some(_) => self.cache.get(key).await.map(|p| (p, Source::Database)),
+        }
+    }
+
     /// Forgets cached pages after a write.
     pub fn invalidate(&self) {
         self.cache.invalidate();

@@ -73,8 +73,9 @@ pub fn raise_open_files_limit() -> u64 {
 struct Slot {
     /// Requests in flight on it (HTTP/1.1: 0 or 1).
     busy: AtomicUsize,
-    /// When it last became idle (or was opened), for choosing whom to evict.
-    idle_since: Mutex<Instant>,
+    /// When it last became idle (or was opened), in ms since the listener started, for
+    /// choosing whom to evict.
+    idle_since: AtomicU64,
     /// Closes the connection gracefully: at once when idle, after the request in flight if not.
     close: Notify,
 }
@@ -98,7 +99,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
             busy: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
+            idle_since: AtomicU64::new(millis()),
             close: Notify::new(),
         });
         self.slots
@@ -118,7 +119,7 @@ impl Registry {
         let oldest = slots
             .iter()
             .filter(|(_, s)| s.busy.load(Ordering::Acquire) == 0)
-            .min_by_key(|(_, s)| *s.idle_since.lock().expect("not poisoned"))
+            .min_by_key(|(_, s)| s.idle_since.load(Ordering::Relaxed))
             .map(|(id, s)| (*id, s.clone()));
         drop(slots);
         match oldest {
@@ -300,9 +301,15 @@ impl<'a> Busy<'a> {
     }
 }
 
+/// Milliseconds since the first call: a cheap clock for idle ages.
+fn millis() -> u64 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
+}
+
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        *self.0.idle_since.lock().expect("not poisoned") = Instant::now();
+        self.0.idle_since.store(millis(), Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }

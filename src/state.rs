@@ -22,7 +22,7 @@ pub struct AppState {
     /// The object store every upload goes through, recording its last known state for health.
     pub store: Arc<Monitored>,
     /// `Cache-Control` value for listing responses, built once.
-    pub cache_control: String,
+    pub cache_control: poem::http::HeaderValue,
     /// Listing requests answered by the fast path in front of the router (tests read it to
     /// prove the fast path runs).
     pub fast_listings: AtomicU64,
@@ -89,7 +89,11 @@ impl AppState {
             listing.clone(),
             settings.upload.clone(),
         );
-        let cache_control = format!("public, max-age={}", settings.cache.http_max_age_secs);
+        let cache_control = poem::http::HeaderValue::from_str(&format!(
+            "public, max-age={}",
+            settings.cache.http_max_age_secs
+        ))
+        .expect("digits are a valid header value");
         Ok(Arc::new(AppState {
             settings,
             db,

@@ -8,7 +8,7 @@ pub mod media;
 mod meta;
 mod upload;
 
-pub use images::fast_listing;
+pub use images::{fast_listing, ready_listing};
 
 use std::{marker::PhantomData, sync::Arc};
 
