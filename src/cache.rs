@@ -204,6 +204,7 @@ mod tests {
             ttl_secs: 60,
             stale_max_bytes: 1 << 20,
             http_max_age_secs: 0,
+            ..CacheSettings::default()
         }
     }
 

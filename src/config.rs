@@ -89,6 +89,13 @@ pub struct CacheSettings {
     pub stale_max_bytes: u64,
     /// `Cache-Control: public, max-age=N` on listing responses.
     pub http_max_age_secs: u64,
+    /// Rows of the table copy kept for outages (every row, while the table has at most this
+    /// many). 0: no copy.
+    pub copy_max_rows: usize,
+    /// Where the table copy is saved, so that it survives a restart during an outage.
+    pub copy_path: PathBuf,
+    /// How often the table copy is taken again (it is also taken within a second of a write).
+    pub copy_refresh_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -190,6 +197,12 @@ impl ServerSettings {
     }
 }
 
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Settings::default().cache
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -215,6 +228,9 @@ impl Default for Settings {
                 ttl_secs: 60,
                 stale_max_bytes: 8 << 20,
                 http_max_age_secs: 10,
+                copy_max_rows: 100_000,
+                copy_path: PathBuf::from("data/photographs-copy.json"),
+                copy_refresh_secs: 60,
             },
             auth: AuthSettings {
                 admin_api_key: None,

@@ -29,6 +29,8 @@ pub mod journal;
 pub mod listing;
 /// Domain values with their rules: photo, file name, category, page key.
 pub mod model;
+/// `portfolio-server reconcile`: objects without rows, rows without objects.
+pub mod reconcile;
 /// The listener: HTTP/1.1 connections with a header deadline and a cap.
 pub mod server;
 /// What every request can reach, built once at start-up.

@@ -1,17 +1,32 @@
-//! The read path of `GET /api/images`: cache, then database, then the stale copy, then the
-//! photographs embedded in the binary. The body is always a JSON array of the same shape.
+//! The read path of `GET /api/images`: cache, then database; while the database cannot answer,
+//! the copy of the whole table, then the page's last good copy, then the photographs embedded in
+//! the binary. The body is always a JSON array of the same shape.
+//!
+//! The table copy is why an outage never shows someone else's photographs: every row (up to
+//! `cache.copy_max_rows`) is kept in memory, refreshed within a second of every write and every
+//! `cache.copy_refresh_secs`, and written atomically to `cache.copy_path`, so that it survives a
+//! restart while the database is down. Any page, category, offset or keyset is then answered from
+//! it, with the same bytes (and so the same `ETag`) the database would have given. The embedded
+//! photographs answer only a fresh install that never reached its database.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use rust_embed::Embed;
 
 use crate::{
+    blocking,
     cache::{Page, PageCache},
+    config::CacheSettings,
     db::{self, Db},
-    model::PageKey,
+    model::{PageKey, Photo},
 };
 
 /// Where a response's data came from; sent as `X-Data-Source`.
@@ -108,6 +123,60 @@ impl Fallback {
     }
 }
 
+/// Every row of `photographs`, in id order, and the pages built from it so far.
+pub struct TableCopy {
+    rows: Vec<Photo>,
+    /// Bounded: cleared when full.
+    pages: Mutex<HashMap<PageKey, Arc<Page>>>,
+}
+
+impl TableCopy {
+    fn new(rows: Vec<Photo>) -> TableCopy {
+        TableCopy {
+            rows,
+            pages: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The page `key` as the database's queries (`sql/queries/`) would give it.
+    fn page(&self, key: &PageKey) -> Arc<Page> {
+        if let Some(page) = self.pages.lock().expect("not poisoned").get(key) {
+            return page.clone();
+        }
+        let in_category = |p: &&Photo| {
+            key.category
+                .as_ref()
+                .is_none_or(|c| p.category.to_lowercase() == c.as_str())
+        };
+        let total = self.rows.iter().filter(in_category).count() as i64;
+        let photos: Vec<&Photo> = self
+            .rows
+            .iter()
+            .filter(in_category)
+            .filter(|p| key.after_id.is_none_or(|a| i64::from(p.id) > a))
+            .skip(usize::try_from(key.offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(key.limit).unwrap_or(0))
+            .collect();
+        let last_id = photos.last().map(|p| i64::from(p.id));
+        let body = serde_json::to_vec(&photos).expect("photos serialise");
+        let page = Arc::new(Page::new(body, total, photos.len(), last_id));
+        let mut pages = self.pages.lock().expect("not poisoned");
+        if pages.len() >= FALLBACK_PAGES_MAX {
+            pages.clear();
+        }
+        pages.insert(key.clone(), page.clone());
+        page
+    }
+}
+
 /// The database is up but saturated, and there is no earlier copy of the page.
 #[derive(Debug, Clone, Copy)]
 pub struct Busy;
@@ -116,15 +185,130 @@ pub struct Listing {
     db: Option<Db>,
     cache: PageCache,
     fallback: Fallback,
+    /// The copy of the table (None: never taken, or the table is past the bound).
+    copy: RwLock<Option<Arc<TableCopy>>>,
+    /// A write happened since the copy was taken.
+    copy_dirty: AtomicBool,
+    copy_max_rows: usize,
+    copy_path: PathBuf,
+    copy_refresh: Duration,
+    /// "Past the bound" is said once.
+    copy_too_big_logged: AtomicBool,
 }
 
 impl Listing {
-    pub fn new(db: Option<Db>, cache: PageCache) -> Listing {
+    pub fn new(db: Option<Db>, cache: PageCache, settings: &CacheSettings) -> Listing {
+        let copy = match &db {
+            Some(_) if settings.copy_max_rows > 0 => read_copy(&settings.copy_path),
+            _ => None,
+        };
+        if let Some(c) = &copy {
+            tracing::info!(
+                rows = c.len(),
+                path = %settings.copy_path.display(),
+                "read the copy of the table kept for outages"
+            );
+        }
         Listing {
             db,
             cache,
             fallback: Fallback::load(),
+            copy: RwLock::new(copy),
+            copy_dirty: AtomicBool::new(true),
+            copy_max_rows: settings.copy_max_rows,
+            copy_path: settings.copy_path.clone(),
+            copy_refresh: Duration::from_secs(settings.copy_refresh_secs.max(1)),
+            copy_too_big_logged: AtomicBool::new(false),
         }
+    }
+
+    /// Keeps the table copy fresh: within a second of a write, and every `copy_refresh`. The
+    /// task ends when the listing is dropped.
+    pub fn spawn_copier(self: &Arc<Self>) {
+        if self.db.is_none() || self.copy_max_rows == 0 {
+            return;
+        }
+        let weak: Weak<Listing> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last = None::<Instant>;
+            loop {
+                let Some(listing) = weak.upgrade() else {
+                    return;
+                };
+                let due = listing.copy_dirty.load(Ordering::Acquire)
+                    || last.is_none_or(|t| t.elapsed() >= listing.copy_refresh);
+                if due && listing.db.as_ref().is_some_and(Db::is_available) {
+                    listing.copy_dirty.store(false, Ordering::Release);
+                    if listing.refresh_copy().await {
+                        last = Some(Instant::now());
+                    } else {
+                        listing.copy_dirty.store(true, Ordering::Release);
+                    }
+                }
+                drop(listing);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Takes a new copy of the table and writes it to disk; whether that worked.
+    pub async fn refresh_copy(&self) -> bool {
+        let Some(db) = &self.db else { return false };
+        let bound = self.copy_max_rows;
+        let limit = i64::try_from(bound).unwrap_or(i64::MAX).saturating_add(1);
+        let rows = db
+            .run(move |c| {
+                let rows = c.query(
+                    "SELECT id, filename, url, category, width, height FROM photographs \
+                     ORDER BY id LIMIT $1",
+                    &[&limit],
+                )?;
+                Ok(rows.iter().map(db::photo_from_row).collect::<Vec<_>>())
+            })
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot copy the table now");
+                return false;
+            }
+        };
+        if rows.len() > bound {
+            if !self.copy_too_big_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    max_rows = bound,
+                    "the table has more rows than cache.copy_max_rows: during an outage pages \
+                     are answered from their last good copy, or the embedded data"
+                );
+            }
+            *self.copy.write().expect("not poisoned") = None;
+            return true;
+        }
+        let copy = Arc::new(TableCopy::new(rows));
+        let changed = self
+            .copy
+            .read()
+            .expect("not poisoned")
+            .as_ref()
+            .is_none_or(|old| old.rows != copy.rows);
+        *self.copy.write().expect("not poisoned") = Some(copy.clone());
+        if changed {
+            let path = self.copy_path.clone();
+            match blocking::run(move || write_copy(&path, &copy.rows)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    error = %e,
+                    path = %self.copy_path.display(),
+                    "cannot save the copy of the table; it is kept in memory only"
+                ),
+                Err(_) => {}
+            }
+        }
+        true
+    }
+
+    fn copy(&self) -> Option<Arc<TableCopy>> {
+        self.copy.read().expect("not poisoned").clone()
     }
 
     /// The page for `key` if it can be answered without waiting: a live cached page, or the
@@ -136,9 +320,10 @@ impl Listing {
         }
     }
 
-    /// Forgets cached pages after a write.
+    /// Forgets cached pages after a write (and has the table copy taken again).
     pub fn invalidate(&self) {
         self.cache.invalidate();
+        self.copy_dirty.store(true, Ordering::Release);
     }
 
     /// The page for `key` and where it came from, or [`Busy`] when the database is up but had
@@ -166,6 +351,10 @@ impl Listing {
                 }
             }
         }
+        // The owner's photographs, whatever the page: the table copy first.
+        if let Some(copy) = self.copy() {
+            return Ok((copy.page(key), Source::Stale));
+        }
         match self.cache.stale(key).await {
             Some(page) => Ok((page, Source::Stale)),
             // Saturated is not down: the embedded photographs would be the wrong answer.
@@ -192,4 +381,38 @@ impl Listing {
         let last_id = photos.last().map(|p| i64::from(p.id));
         Ok(Arc::new(Page::new(body, total, photos.len(), last_id)))
     }
+}
+
+/// Reads a saved table copy; None (logged) if there is none or it cannot be read.
+fn read_copy(path: &Path) -> Option<Arc<TableCopy>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "cannot read the table copy");
+            return None;
+        }
+    };
+    match serde_json::from_slice::<Vec<Photo>>(&bytes) {
+        Ok(rows) => Some(Arc::new(TableCopy::new(rows))),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "the table copy is unreadable");
+            None
+        }
+    }
+}
+
+/// Writes the copy atomically: a reader (or a restart) sees the old file or the new one, whole.
+fn write_copy(path: &Path, rows: &[Photo]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(rows).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
 }

@@ -22,6 +22,15 @@ enum Command {
     Serve,
     /// Apply pending database migrations, then exit.
     Migrate,
+    /// Compare the object store with the table: objects without a row, rows without an object.
+    Reconcile {
+        /// Delete objects that no row points at and no row claims by name (else: a dry run).
+        #[arg(long)]
+        delete_orphans: bool,
+        /// Leave orphans younger than this many hours alone.
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +55,10 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(settings).await,
+            Command::Reconcile {
+                delete_orphans,
+                grace_hours,
+            } => reconcile(settings, delete_orphans, grace_hours).await,
         }
     });
     match result {
@@ -77,5 +90,30 @@ async fn migrate(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         tracing::info!(database = %db.target(), migrations = ?applied, "applied migrations");
     }
+    Ok(())
+}
+
+async fn reconcile(
+    settings: Settings,
+    delete_orphans: bool,
+    grace_hours: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let url = settings
+        .database
+        .url
+        .as_ref()
+        .ok_or("no database configured: set DATABASE_URL")?;
+    let db = Db::new(url.expose(), &settings.database)?;
+    if !db.probe().await {
+        return Err(format!("cannot reach the database at {}", db.target()).into());
+    }
+    let store: std::sync::Arc<dyn portfolio_server::storage::ObjectStore> =
+        std::sync::Arc::from(portfolio_server::storage::from_settings(&settings.storage));
+    let opts = portfolio_server::reconcile::Options {
+        delete_orphans,
+        grace: std::time::Duration::from_secs(grace_hours * 3600),
+    };
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    portfolio_server::reconcile::run(&db, store, opts, &mut out, &mut err).await?;
     Ok(())
 }

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One row of `photographs`, in the contract's field order. These six fields never change name
 /// or type; new fields may be added after them.
-#[derive(Debug, Clone, PartialEq, Serialize, poem_openapi::Object)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, poem_openapi::Object)]
 pub struct Photo {
     pub id: i32,
     pub filename: String,

@@ -82,7 +82,12 @@ impl AppState {
             ttl_secs = c.ttl_secs,
             "page cache"
         );
-        let listing = Arc::new(Listing::new(db.clone(), PageCache::new(&settings.cache)));
+        let listing = Arc::new(Listing::new(
+            db.clone(),
+            PageCache::new(&settings.cache),
+            &settings.cache,
+        ));
+        listing.spawn_copier();
         let uploader = Uploader::new(
             db.clone(),
             store.clone(),

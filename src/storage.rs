@@ -54,10 +54,25 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn check(&self) -> Result<(), StorageError> {
         Ok(())
     }
+    /// Every object, for `portfolio-server reconcile`; `progress` is told the count so far.
+    fn list(&self, _progress: &mut dyn FnMut(usize)) -> Result<Vec<ObjectInfo>, StorageError> {
+        Err(StorageError::Rejected {
+            status: 501,
+            message: "this store cannot list its objects".into(),
+        })
+    }
     /// What and where the store is, for the start-up log (never a secret).
     fn describe(&self) -> String {
         "custom store".into()
     }
+}
+
+/// One stored object, as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    /// When it was last written, if the store says.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// The storage state `/api/health` reports: the outcome of the start-up check, updated by
@@ -179,6 +194,9 @@ impl ObjectStore for Monitored {
     }
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+    fn list(&self, progress: &mut dyn FnMut(usize)) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.inner.list(progress)
     }
 }
 
@@ -323,6 +341,34 @@ impl ObjectStore for LocalStore {
 
     fn describe(&self) -> String {
         format!("folder {}", self.dir.display())
+    }
+
+    /// Regular files directly in the folder; names starting with `.` (temporary files, probes)
+    /// and symbolic links are not objects.
+    fn list(&self, progress: &mut dyn FnMut(usize)) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata()?; // of the entry itself: a link is not followed
+            if name.starts_with('.') || !meta.is_file() {
+                continue;
+            }
+            out.push(ObjectInfo {
+                key: name,
+                modified: meta.modified().ok(),
+            });
+            if out.len() % 1000 == 0 {
+                progress(out.len());
+            }
+        }
+        progress(out.len());
+        Ok(out)
     }
 }
 
@@ -512,6 +558,63 @@ impl ObjectStore for SupabaseStore {
 
     fn describe(&self) -> String {
         format!("Supabase bucket `{}` at {}", self.bucket, self.base)
+    }
+
+    /// `POST /storage/v1/object/list/{bucket}`, 1,000 names a page. Entries without an `id`
+    /// are folders (this server stores no keys with `/`) and are skipped.
+    fn list(&self, progress: &mut dyn FnMut(usize)) -> Result<Vec<ObjectInfo>, StorageError> {
+        const PAGE: usize = 1000;
+        let url = format!(
+            "{}/storage/v1/object/list/{}",
+            self.base,
+            encode_key(&self.bucket)
+        );
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let mut resp = self
+                .agent
+                .post(&url)
+                .header("Authorization", &self.bearer())
+                .header("apikey", self.key.expose())
+                .send_json(serde_json::json!({
+                    "prefix": "",
+                    "limit": PAGE,
+                    "offset": offset,
+                    "sortBy": {"column": "name", "order": "asc"},
+                }))
+                .map_err(transport)?;
+            let http = resp.status().as_u16();
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            if !(200..300).contains(&http) {
+                let (status, message) = reported(http, &body);
+                return Err(StorageError::Rejected { status, message });
+            }
+            let items: Vec<serde_json::Value> =
+                serde_json::from_str(&body).map_err(|e| StorageError::Rejected {
+                    status: 502,
+                    message: format!("unreadable listing: {e}"),
+                })?;
+            let n = items.len();
+            for item in items {
+                let (Some(name), false) = (item["name"].as_str(), item["id"].is_null()) else {
+                    continue;
+                };
+                let modified = item["updated_at"]
+                    .as_str()
+                    .or(item["created_at"].as_str())
+                    .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok());
+                out.push(ObjectInfo {
+                    key: name.to_string(),
+                    modified,
+                });
+            }
+            progress(out.len());
+            if n < PAGE {
+                return Ok(out);
+            }
+            offset += n;
+        }
     }
 }
 

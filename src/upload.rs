@@ -743,7 +743,10 @@ fn write(
     match store.put_new(name, bytes) {
         Ok(Put::Created) => {}
         Ok(Put::AlreadyExists) => {
-            forget(journal, &entry); // not ours: never touched
+            // Not ours: it must never be the resolver's to delete, even after a crash.
+            if let Err(e) = journal.remove_synced(&entry) {
+                tracing::error!(key = %entry.key, error = %e, "cannot remove a journal entry");
+            }
             return Err(UploadError::Duplicate(file.clone()).into());
         }
         Err(e) if outcome_unknown(&e) => {
@@ -798,9 +801,9 @@ fn outcome_unknown(e: &StorageError) -> bool {
     }
 }
 
-/// Why a journal entry could not be settled yet.
+/// Why an object's fate could not be settled yet.
 #[derive(Debug, thiserror::Error)]
-enum Unsettled {
+pub enum Unsettled {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -813,55 +816,63 @@ impl From<postgres::Error> for Unsettled {
     }
 }
 
-/// What settling a journal entry found.
+/// What settling an object found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resolution {
+pub enum Resolution {
     /// A committed row has the name: the object is its photo.
     Kept,
     /// No row has the name: the object (if it was there) was deleted.
     Removed,
 }
 
-/// Claims the entry's name as an upload would, in a transaction that is always rolled back:
-/// the placeholder row is never visible to anyone. The claim waits for an upload of that name
-/// still in flight. If a committed row holds the name, the object is kept and the entry dropped;
-/// otherwise the object is deleted under the claim and the entry keeps its later checks.
+/// Settles a journal entry: [`delete_unclaimed`], then the entry is dropped (kept: the object
+/// is a committed row's) or keeps its later checks (removed: a late write may still land).
 fn resolve_entry(
     c: &mut PgConn,
     store: &dyn ObjectStore,
     journal: &Journal,
     mut entry: Entry,
 ) -> Result<Resolution, Unsettled> {
+    let resolution = delete_unclaimed(c, store, &entry.key)?;
+    if resolution == Resolution::Removed && !entry.checks.is_empty() {
+        entry.checks.remove(0);
+    }
+    if resolution == Resolution::Kept || entry.checks.is_empty() {
+        forget(journal, &entry);
+    } else if let Err(e) = journal.write(&entry) {
+        tracing::warn!(key = %entry.key, error = %e, "cannot update a journal entry");
+    }
+    Ok(resolution)
+}
+
+/// Deletes the object `key` unless a committed row holds the name. The name is claimed as an
+/// upload would claim it, in a transaction that is always rolled back (the placeholder row is
+/// never visible), which waits for an upload of that name still in flight; the delete happens
+/// under the claim, so it can only remove an object no row will ever own.
+pub fn delete_unclaimed(
+    c: &mut PgConn,
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<Resolution, Unsettled> {
     let mut tx = c.transaction()?;
     tx.batch_execute("SET LOCAL lock_timeout = '10s'")?;
     let claim = tx.query_one(
         "INSERT INTO photographs (filename, url) VALUES ($1, '') RETURNING id",
-        &[&entry.key],
+        &[&key],
     );
     match claim {
-        Err(e) if is_name_taken(&e) => {
-            drop(tx);
-            forget(journal, &entry);
-            Ok(Resolution::Kept)
-        }
+        Err(e) if is_name_taken(&e) => Ok(Resolution::Kept),
         Err(e) => Err(DbError::from(e).into()),
         Ok(_) => {
-            let deleted = store.delete(&entry.key);
+            let deleted = store.delete(key);
             tx.rollback()?;
-            // Storage failing: the entry stays as it is, for the next pass.
+            // Storage failing: nothing changed, try again later.
             deleted.map_err(Unsettled::Storage)?;
-            if !entry.checks.is_empty() {
-                entry.checks.remove(0);
-            }
-            if entry.checks.is_empty() {
-                forget(journal, &entry);
-            } else if let Err(e) = journal.write(&entry) {
-                tracing::warn!(key = %entry.key, error = %e, "cannot update a journal entry");
-            }
             Ok(Resolution::Removed)
         }
     }
 }
+
 fn fetch_photo(c: &mut PgConn, id: i32) -> Result<Option<Photo>, DbError> {
     let row = c.query_opt(
         "SELECT id, filename, url, category, width, height FROM photographs WHERE id = $1",

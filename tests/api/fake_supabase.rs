@@ -178,6 +178,46 @@ async fn delete(
     Json(deleted).into_response()
 }
 
+/// `POST /storage/v1/object/list/{bucket}` with `{"prefix", "limit", "offset", "sortBy"}`:
+/// objects sorted by name, as the real server pages them. Every object reads as written on
+/// 2026-01-01 (long past any grace period).
+#[handler]
+async fn list(
+    req: &Request,
+    Path(bucket): Path<String>,
+    Json(body): Json<serde_json::Value>,
+    fake: Data<&Arc<FakeStorage>>,
+) -> Response {
+    if let Some(denied) = check_auth(req) {
+        return denied;
+    }
+    if bucket != BUCKET {
+        return no_bucket();
+    }
+    let limit = body["limit"].as_u64().unwrap_or(100) as usize;
+    let offset = body["offset"].as_u64().unwrap_or(0) as usize;
+    let prefix = format!("{bucket}/");
+    let mut names: Vec<String> = fake
+        .objects
+        .lock()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
+        .collect();
+    names.sort();
+    let page: Vec<serde_json::Value> = names
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|name| {
+            json!({"name": name, "id": "00000000-0000-0000-0000-000000000001",
+                   "updated_at": "2026-01-01T00:00:00.000Z", "created_at": "2026-01-01T00:00:00.000Z",
+                   "metadata": {"size": 1, "mimetype": "image/jpeg"}})
+        })
+        .collect();
+    Json(page).into_response()
+}
+
 /// `GET /storage/v1/bucket/{id}`: the bucket's details, for the service key only.
 #[handler]
 async fn bucket_details(
@@ -209,6 +249,7 @@ pub async fn start_fake(fake: Arc<FakeStorage>) -> String {
         )
         .at("/storage/v1/object/:bucket", poem::delete(delete))
         .at("/storage/v1/bucket/:bucket", poem::get(bucket_details))
+        .at("/storage/v1/object/list/:bucket", poem::post(list))
         .data(fake);
     tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
     format!("http://127.0.0.1:{port}")

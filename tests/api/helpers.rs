@@ -504,6 +504,14 @@ pub fn settings(db_url: Option<&str>) -> Settings {
         .tempdir()
         .expect("tempdir")
         .keep();
+    // No table copy unless a test asks for one: tests seed rows with SQL, which the copy (taken at
+    // start-up and after uploads) would not see.
+    s.cache.copy_max_rows = 0;
+    s.cache.copy_path = std::env::temp_dir().join(format!(
+        "portfolio-test-copy-{}-{}.json",
+        std::process::id(),
+        DB_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     // Each app its own journal, unless a test shares one on purpose (a restart).
     s.upload.journal_dir = tempfile::Builder::new()
         .prefix("portfolio-test-journal-")

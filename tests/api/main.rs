@@ -9,5 +9,6 @@ mod http;
 mod images;
 mod migrations;
 mod outage;
+mod reconcile;
 mod supabase;
 mod uploads;

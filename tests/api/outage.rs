@@ -330,3 +330,80 @@ async fn health_says_connected_and_busy_when_the_pool_is_saturated() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.json().get("busy").is_none(), "not busy any more");
 }
+
+/// During an outage every page comes from the copy of the table: the owner's photographs, never
+/// the embedded demo set, for pages never served before, categories and keysets alike, with the
+/// bytes and ETags the database gave; and after a restart with the database still down.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_answers_every_page_from_the_copy_of_the_table_also_after_a_restart() {
+    let db = TestDb::new();
+    let proxy = std::sync::Arc::new(ToggleProxy::start(&db.url).await);
+    let mut s = settings(Some(&proxy.url_for(&db.url)));
+    s.cache.copy_max_rows = 1000;
+    let app = TestApp::spawn(s.clone()).await;
+    db.seed(30);
+    let live = app.get("/api/images?limit=5&offset=10").await;
+    // What a write does: the copy is taken again within a second.
+    app.state.listing.invalidate();
+    assert!(app.state.listing.refresh_copy().await);
+    let cut = proxy.clone();
+    tokio::task::spawn_blocking(move || cut.cut_and_wait())
+        .await
+        .unwrap();
+
+    let during = pages_from_the_copy(&app).await;
+    assert_eq!(during.body, live.body, "the same bytes the database gave");
+    assert_eq!(
+        during.header("etag"),
+        live.header("etag"),
+        "and so the same ETag"
+    );
+
+    // A restart while the database is still down: the copy on disk answers.
+    drop(app);
+    let restarted = TestApp::spawn(s).await;
+    let after = pages_from_the_copy(&restarted).await;
+    assert_eq!(after.header("etag"), live.header("etag"));
+    let items = restarted.get("/api/images?limit=100").await.json();
+    assert!(
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["filename"].as_str().unwrap().starts_with("photo-")),
+        "no embedded demo photograph"
+    );
+}
+
+/// The pages of the copy test (30 seeded rows), during the outage; returns `limit=5&offset=10`.
+async fn pages_from_the_copy(app: &TestApp) -> crate::helpers::Reply {
+    let r = app.get("/api/images?limit=7").await; // never served before
+    assert_eq!(r.header("x-data-source"), Some("stale"));
+    assert_eq!(r.ids(), (1..=7).collect::<Vec<_>>());
+    assert_eq!(r.header("x-total-count"), Some("30"));
+    let r = app.get("/api/images?category=city&limit=3").await;
+    assert_eq!(r.ids(), vec![1, 3, 5]);
+    assert_eq!(r.header("x-total-count"), Some("15"));
+    let r = app.get("/api/images?after_id=27&limit=10").await;
+    assert_eq!(r.ids(), vec![28, 29, 30]);
+    assert!(r.header("link").is_none(), "the last page");
+    app.get("/api/images?limit=5&offset=10").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_bound_no_copy_is_kept_and_outages_fall_back_as_before() {
+    let db = TestDb::new();
+    let proxy = ToggleProxy::start(&db.url).await;
+    let mut s = settings(Some(&proxy.url_for(&db.url)));
+    s.cache.copy_max_rows = 5;
+    let app = TestApp::spawn(s).await;
+    db.seed(6);
+    assert!(app.state.listing.refresh_copy().await);
+    proxy.cut();
+    let r = app.get("/api/images?limit=3").await;
+    assert_eq!(
+        r.header("x-data-source"),
+        Some("fallback"),
+        "embedded, as before the copy"
+    );
+}
