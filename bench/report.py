@@ -53,7 +53,7 @@ def main():
     raw = Path(sys.argv[-1])
     env = kv(raw / "env.txt")
     runs = {p.stem: wrk(p) for p in raw.glob("*.txt")
-            if p.stem not in ("env", "rss", "upload") and not p.stem.startswith("pgbench")}
+            if p.stem not in ("env", "rss", "upload", "storm") and not p.stem.startswith("pgbench")}
 
     def pgbench(name):
         text = Path(raw / f"{name}.txt").read_text()
@@ -65,6 +65,7 @@ def main():
     deep_tps, deep_lat = pgbench("pgbench_deep")
     rss = kv(raw / "rss.txt")
     up = kv(raw / "upload.txt")
+    storm = kv(raw / "storm.txt")
 
     # The deep OFFSET is there to show what offsets cost at depth: its 503s ("database busy")
     # are reported on its own row, beside pgbench on the same query, not hidden in this sum.
@@ -145,6 +146,10 @@ def main():
         f"`/api/upload-batch` request to the local backend took {float(up['wall_s']):.1f} s "
         f"({up['uploaded']} uploaded, {up['skipped']} skipped, {up['failed']} failed); "
         f"peak RSS grew by {growth_mib:.1f} MiB.",
+        f"Connection storm (`bench/storm.py`): {int(storm['connections']):,} keep-alive connections "
+        f"({storm['answered']} answered): RSS {int(storm['idle_rss_kib']) / 1024:.1f} MiB idle, "
+        f"{int(storm['held_rss_kib']) / 1024:.1f} MiB while they were open, "
+        f"{int(storm['after_close_10s_rss_kib']) / 1024:.1f} MiB 10 s after they closed.",
         "",
         "## Targets",
         "",
@@ -163,6 +168,9 @@ def main():
         f"{verdict(runs['outage']['p99'] <= 5 and runs['outage']['bad'] + runs['outage']['non2xx'] == 0)} |",
         f"| RSS under load ≤ 32 MiB | {peak_mib:.1f} MiB peak | {verdict(peak_mib <= 32)} |",
         f"| batch upload RSS growth ≤ 64 MiB | {growth_mib:.1f} MiB | {verdict(growth_mib <= 64)} |",
+        f"| memory given back 10 s after a storm (within 8 MiB of idle) | "
+        f"{int(storm['after_close_10s_rss_kib']) / 1024:.1f} MiB after, {int(storm['idle_rss_kib']) / 1024:.1f} MiB idle | "
+        f"{verdict(int(storm['after_close_10s_rss_kib']) - int(storm['idle_rss_kib']) <= 8 * 1024)} |",
         "",
     ]
     print("\n".join(lines))

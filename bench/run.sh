@@ -13,9 +13,9 @@ ROOT=$PWD
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-  DUR=1s; ROWS_SMALL=2000; ROWS_BIG=20000; BATCH=5
+  DUR=1s; ROWS_SMALL=2000; ROWS_BIG=20000; BATCH=5; STORM=300
 else
-  DUR=10s; ROWS_SMALL=10000; ROWS_BIG=1000000; BATCH=100
+  DUR=10s; ROWS_SMALL=10000; ROWS_BIG=1000000; BATCH=100; STORM=5000
 fi
 DEEP=$((ROWS_BIG * 9 / 10))
 CONNS=100
@@ -213,6 +213,13 @@ print(f"files={n} bytes_each={size} uploaded={len(report['uploaded'])} skipped={
 print(f"wall_s={t1 - t0:.2f} base_rss_kib={base} peak_rss_kib={peak} growth_kib={peak - base}")
 PY
 cat "$RAW/upload.txt" >&2
+
+log "8. connection storm: $STORM keep-alive connections, RSS before, during, 10 s after"
+P_STORM=$(free_port)
+# A long header deadline, so that no connection is closed while the storm is still opening.
+start_server storm "$P_STORM" "$URL_SMALL" APP_SERVER__HEADER_READ_TIMEOUT_SECS=120
+python3 "$ROOT/bench/storm.py" "$PID_storm" "$P_STORM" "$STORM" >"$RAW/storm.txt"
+cat "$RAW/storm.txt" >&2
 
 log "5. the database stopped: fallback latency"
 pg_ctl stop -m fast

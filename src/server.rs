@@ -88,6 +88,8 @@ struct Registry {
     refusing: AtomicBool,
     refused: AtomicU64,
     evicted: AtomicU64,
+    /// Most connections open at once since the last memory trim.
+    peak: AtomicUsize,
 }
 
 impl Registry {
@@ -102,10 +104,9 @@ impl Registry {
             idle_since: AtomicU64::new(millis()),
             close: Notify::new(),
         });
-        self.slots
-            .lock()
-            .expect("not poisoned")
-            .insert(id, slot.clone());
+        let mut slots = self.slots.lock().expect("not poisoned");
+        slots.insert(id, slot.clone());
+        self.peak.fetch_max(slots.len(), Ordering::Relaxed);
         (id, slot)
     }
 
@@ -153,6 +154,7 @@ where
     let stopping = CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
     let local = listener.local_addr()?;
+    tokio::spawn(give_memory_back(Arc::downgrade(&registry)));
     tokio::pin!(shutdown);
     let mut accept_errors = 0u32;
     loop {
@@ -211,6 +213,45 @@ where
         );
     }
     Ok(())
+}
+
+/// Returns freed memory to the system after a burst of connections has gone.
+///
+/// Each open connection holds buffers and a task (about 22 KiB each). glibc keeps what they
+/// freed in its arenas, so after 5,000 idle connections the RSS stayed at 122 MiB (from 13 MiB)
+/// long after they closed (bench/storm.py). When the number of open connections has fallen to a
+/// quarter of its peak, `malloc_trim` gives the free pages back.
+async fn give_memory_back(registry: std::sync::Weak<Registry>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let open = registry.open();
+        let peak = registry.peak.load(Ordering::Relaxed);
+        if peak >= 256 && open <= peak / 4 {
+            let freed = crate::blocking::run(trim).await.unwrap_or(false);
+            tracing::debug!(
+                peak,
+                open,
+                freed,
+                "returned memory after a burst of connections"
+            );
+            registry.peak.store(open, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() -> bool {
+    // SAFETY: malloc_trim only walks and releases the allocator's free lists; it takes no
+    // pointers from us and is safe to call from any thread at any time.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() -> bool {
+    false
 }
 
 /// At the cap with every connection busy: a short 503, written without waiting, then close.
