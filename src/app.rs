@@ -86,11 +86,13 @@ impl App {
                 n => n,
             },
             header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
+            keep_alive_timeout: Duration::from_secs(settings.server.keep_alive_timeout_secs),
         };
         tracing::info!(
             max_connections = limits.max_connections,
             open_files_limit = open_files,
             header_read_timeout_secs = settings.server.header_read_timeout_secs,
+            keep_alive_timeout_secs = settings.server.keep_alive_timeout_secs,
             "connections"
         );
         let state = AppState::new(settings).await?;
@@ -122,8 +124,11 @@ impl App {
     ) -> std::io::Result<()> {
         let grace = Duration::from_secs(self.state.settings.server.shutdown_grace_secs);
         tracing::info!(address = %self.addr, "listening");
+        let state = self.state.clone();
         let endpoint = routes(self.state);
-        server::serve(self.listener, endpoint, self.limits, shutdown, grace).await
+        let served = server::serve(self.listener, endpoint, self.limits, shutdown, grace).await;
+        state.listing.flush_copy().await;
+        served
     }
 }
 

@@ -55,9 +55,11 @@ pub struct ServerSettings {
     /// Most connections open at once; 0: as many as the open-files limit allows (less a
     /// reserve). At the limit the longest-idle connection is closed to make room.
     pub max_connections: usize,
-    /// How long a connection may take to send a request's headers, or stay idle between
-    /// requests, before it is closed.
+    /// How long a connection may take to send a request's headers before it is closed.
     pub header_read_timeout_secs: u64,
+    /// How long a connection may stay open with no request in flight (before its first
+    /// request, or between two) before it is closed.
+    pub keep_alive_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -213,6 +215,7 @@ impl Default for Settings {
                 shutdown_grace_secs: 10,
                 max_connections: 0,
                 header_read_timeout_secs: 10,
+                keep_alive_timeout_secs: 5,
             },
             database: DatabaseSettings {
                 url: None,
@@ -355,6 +358,9 @@ impl Settings {
         };
         if self.server.header_read_timeout_secs == 0 {
             return invalid("server.header_read_timeout_secs", "must be at least 1");
+        }
+        if self.server.keep_alive_timeout_secs == 0 {
+            return invalid("server.keep_alive_timeout_secs", "must be at least 1");
         }
         if self.database.pool_max_size == 0 {
             return invalid("database.pool_max_size", "must be at least 1");

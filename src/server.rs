@@ -45,9 +45,11 @@ use tokio_util::sync::CancellationToken;
 pub struct Limits {
     /// Most connections open at once.
     pub max_connections: usize,
-    /// How long a connection may take to send a request's headers (or stay idle between
-    /// requests).
+    /// How long a connection may take to send a request's headers.
     pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight (before its first request,
+    /// or between two).
+    pub keep_alive_timeout: Duration,
 }
 
 impl Limits {
@@ -155,6 +157,10 @@ where
     let tracker = tokio_util::task::TaskTracker::new();
     let local = listener.local_addr()?;
     tokio::spawn(give_memory_back(Arc::downgrade(&registry)));
+    tokio::spawn(close_idle(
+        Arc::downgrade(&registry),
+        limits.keep_alive_timeout,
+    ));
     tokio::pin!(shutdown);
     let mut accept_errors = 0u32;
     loop {
@@ -213,6 +219,36 @@ where
         );
     }
     Ok(())
+}
+
+/// Closes connections that have had no request in flight for `timeout`, checking every
+/// quarter of it (at most once a second). A connection that never sent a request counts as idle
+/// from when it was opened, so a silent socket goes the same way.
+async fn close_idle(registry: std::sync::Weak<Registry>, timeout: Duration) {
+    let every = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let limit = timeout.as_millis() as u64;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let now = millis();
+        let idle: Vec<(u64, Arc<Slot>)> = registry
+            .slots
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|(_, s)| {
+                s.busy.load(Ordering::Acquire) == 0
+                    && now.saturating_sub(s.idle_since.load(Ordering::Relaxed)) >= limit
+            })
+            .map(|(id, s)| (*id, s.clone()))
+            .collect();
+        for (id, slot) in idle {
+            registry.remove(id);
+            slot.close.notify_one();
+        }
+    }
 }
 
 /// Returns freed memory to the system after a burst of connections has gone.

@@ -120,11 +120,13 @@ async fn silent_and_slowloris_connections_are_closed_while_normal_requests_are_s
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_keep_alive_connections_are_closed_after_the_deadline() {
     let mut s = settings(None);
-    s.server.header_read_timeout_secs = 1;
+    s.server.header_read_timeout_secs = 30; // not this one: the keep-alive deadline
+    s.server.keep_alive_timeout_secs = 1;
     let app = portfolio_server::app::App::build(s).await.unwrap();
     let addr = app.local_addr();
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
     let closed = tokio::task::spawn_blocking(move || {
+        let mut silent = TcpStream::connect(addr).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut buf = [0u8; 4096];
@@ -132,12 +134,14 @@ async fn idle_keep_alive_connections_are_closed_after_the_deadline() {
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
         let idle = Instant::now();
         let closed = closed_within(&mut s, Duration::from_secs(5));
-        (closed, idle.elapsed())
+        let silent_closed = closed_within(&mut silent, Duration::from_secs(5));
+        (closed, idle.elapsed(), silent_closed)
     })
     .await
     .unwrap();
     assert!(closed.0, "the idle keep-alive connection was closed");
     assert!(closed.1 < Duration::from_secs(3), "{:?}", closed.1);
+    assert!(closed.2, "and the silent one, by the same deadline");
     server.abort();
 }
 

@@ -366,6 +366,12 @@ impl ToggleProxy {
                     let Ok((inbound, _)) = accepted else {
                         return;
                     };
+                    // Cut while this connection was being accepted: refuse it, as the closed
+                    // port will the next ones.
+                    if !*up_rx.borrow() {
+                        drop(inbound);
+                        break;
+                    }
                     let mut killed = kill2.subscribe();
                     let target = hostport.clone();
                     let (active, lose) = (active2.clone(), lose2.clone());

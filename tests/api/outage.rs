@@ -346,6 +346,7 @@ async fn an_outage_answers_every_page_from_the_copy_of_the_table_also_after_a_re
     // What a write does: the copy is taken again within a second.
     app.state.listing.invalidate();
     assert!(app.state.listing.refresh_copy().await);
+    app.state.listing.flush_copy().await; // as the copier does within 10 s, or a shutdown
     let cut = proxy.clone();
     tokio::task::spawn_blocking(move || cut.cut_and_wait())
         .await
