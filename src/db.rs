@@ -144,8 +144,8 @@ enum Address {
     Unix(std::path::PathBuf),
 }
 
-/// How long asking the server's port may take. A stopped server refuses at once; this bounds a
-/// host that does not answer at all.
+/// How long asking the server's port may take. A stopped server refuses at once; a host that
+/// does not answer in time is left to the pool (see [`reachable`]).
 const REACH_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Whether something listens at one of `addresses` (a TCP or socket connect, closed at once).
@@ -169,10 +169,27 @@ fn reachable(addresses: &[Address]) -> Result<(), std::io::Error> {
         };
         match result {
             Ok(()) => return Ok(()),
-            Err(e) => last = e,
+            // Only a clear "nobody listens here" is an outage. A slow answer (the host or the
+            // database overloaded) is left to the pool, which waits its checkout timeout: a busy
+            // database must not be taken for a stopped one.
+            Err(e) if is_refusal(&e) => last = e,
+            Err(_) => return Ok(()),
         }
     }
     Err(last)
+}
+
+fn is_refusal(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused
+            | ConnectionReset
+            | NotFound
+            | HostUnreachable
+            | NetworkUnreachable
+            | AddrNotAvailable
+    )
 }
 
 impl Drop for Inner {
