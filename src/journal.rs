@@ -242,6 +242,50 @@ mod tests {
     }
 
     #[test]
+    fn checks_are_scheduled_from_the_real_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let real_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let mut e = j.record("t.jpg").unwrap();
+        assert!(
+            (e.checks[0] as i64 - real_now).abs() < 5_000,
+            "{:?}",
+            e.checks
+        );
+        j.reschedule(&mut e, &[Duration::from_secs(60), Duration::from_secs(600)])
+            .unwrap();
+        let (first, second) = (e.checks[0] as i64, e.checks[1] as i64);
+        assert!((first - real_now - 60_000).abs() < 5_000, "{first}");
+        assert!((second - real_now - 600_000).abs() < 5_000, "{second}");
+        assert!(!e.is_due(now_ms()), "a check a minute away is not due");
+        assert!(e.is_due(now_ms() + 61_000));
+        j.release(&e);
+    }
+
+    #[test]
+    fn removal_failures_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let e = j.record("x.jpg").unwrap();
+        // Something that cannot be removed as a file: a directory in its place.
+        fs::remove_file(&e.file).unwrap();
+        fs::create_dir(&e.file).unwrap();
+        assert!(j.remove(&e).is_err());
+        fs::remove_dir(&e.file).unwrap();
+        // Synced removal: gone, and an error when the folder itself is gone.
+        let f = j.record("y.jpg").unwrap();
+        j.remove_synced(&f).unwrap();
+        assert!(!f.file.exists());
+        let g = j.record("z.jpg").unwrap();
+        fs::remove_file(&g.file).unwrap();
+        fs::remove_dir(dir.path()).unwrap();
+        assert!(j.remove_synced(&g).is_err(), "the folder cannot be synced");
+    }
+
+    #[test]
     fn two_entries_for_one_key_are_kept_apart() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
