@@ -132,6 +132,8 @@ async fn auth_and_bucket_errors_are_502_with_the_servers_message_and_no_row() {
         assert!(detail.contains(message), "{detail}");
         assert_eq!(rows(&t.db), 0);
         assert!(stored(&t.fake).is_empty());
+        // A refusal is certain (nothing was stored): nothing is left to clean up.
+        assert_eq!(t.app.state.uploader.pending_cleanups(), 0, "{key} {bucket}");
     }
 }
 
@@ -166,7 +168,9 @@ async fn eventually(secs: u64, done: impl Fn() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_storage_timeout_keeps_no_row_and_no_object_even_if_the_write_lands_late() {
     let t = setup(SERVICE_KEY, BUCKET, 1).await;
-    t.fake.delay_ms.store(1300, Ordering::SeqCst); // lands after the 1 s timeout
+    // Lands after the 1 s time-out and after the first clean-up check (due when the request
+    // ends): only a later check can remove it.
+    t.fake.delay_ms.store(1800, Ordering::SeqCst);
     let started = std::time::Instant::now();
     let r = t.app.upload("slow.jpg", jpeg(8, 8, None)).await;
     assert_eq!(

@@ -901,3 +901,29 @@ async fn an_insert_that_fails_for_another_reason_is_503_never_409() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(files_in(media.path()), ["a.jpg"]);
 }
+
+/// A journal entry written by hand (or by an older version) with no checks left is settled once
+/// and dropped, never retried forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journal_entry_with_no_checks_is_settled_and_dropped() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let s = upload_settings(Some(&db.url), media.path());
+    std::fs::create_dir_all(&s.upload.journal_dir).unwrap();
+    std::fs::write(
+        s.upload.journal_dir.join("stray.jpg.1-1-1.json"),
+        r#"{"key":"stray.jpg","checks":[]}"#,
+    )
+    .unwrap();
+    std::fs::write(media.path().join("stray.jpg"), b"an orphan").unwrap();
+    let app = TestApp::spawn(s).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.state.uploader.pending_cleanups() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.state.uploader.pending_cleanups(),
+        0,
+        "settled, not stuck"
+    );
+    assert!(files_in(media.path()).is_empty(), "its orphan was removed");
+}
