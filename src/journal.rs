@@ -77,10 +77,6 @@ impl Journal {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Records `key` durably: when this returns, the entry survives a crash of the process or
     /// the machine. It is the caller's (in flight) until removed or released.
     pub fn record(&self, key: &str) -> io::Result<Entry> {

@@ -78,12 +78,7 @@ async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn migrate(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
-    let url = settings
-        .database
-        .url
-        .as_ref()
-        .ok_or("no database configured: set DATABASE_URL")?;
-    let db = Db::new(url.expose(), &settings.database)?;
+    let db = open_db(&settings)?;
     let applied = db.migrate_now().await?;
     if applied.is_empty() {
         tracing::info!(database = %db.target(), "database is up to date");
@@ -98,12 +93,7 @@ async fn reconcile(
     delete_orphans: bool,
     grace_hours: u64,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let url = settings
-        .database
-        .url
-        .as_ref()
-        .ok_or("no database configured: set DATABASE_URL")?;
-    let db = Db::new(url.expose(), &settings.database)?;
+    let db = open_db(&settings)?;
     if !db.probe().await {
         return Err(format!("cannot reach the database at {}", db.target()).into());
     }
@@ -116,4 +106,14 @@ async fn reconcile(
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     portfolio_server::reconcile::run(&db, store, opts, &mut out, &mut err).await?;
     Ok(())
+}
+
+/// The configured database, for the subcommands that need one.
+fn open_db(settings: &Settings) -> Result<Db, Box<dyn std::error::Error>> {
+    let url = settings
+        .database
+        .url
+        .as_ref()
+        .ok_or("no database configured: set DATABASE_URL")?;
+    Ok(Db::new(url.expose(), &settings.database)?)
 }

@@ -419,6 +419,19 @@ impl SupabaseStore {
     }
 }
 
+/// Supabase's two credential headers on a request (storage reads the bearer token; the
+/// gateway in front of it may want `apikey`).
+trait Authed: Sized {
+    fn authed(self, store: &SupabaseStore) -> Self;
+}
+
+impl<B> Authed for ureq::RequestBuilder<B> {
+    fn authed(self, store: &SupabaseStore) -> Self {
+        self.header("Authorization", &store.bearer())
+            .header("apikey", store.key.expose())
+    }
+}
+
 fn transport(e: ureq::Error) -> StorageError {
     StorageError::Unavailable(e.to_string())
 }
@@ -453,8 +466,7 @@ impl ObjectStore for SupabaseStore {
         let mut resp = self
             .agent
             .post(&self.object_url("", key))
-            .header("Authorization", &self.bearer())
-            .header("apikey", self.key.expose())
+            .authed(self)
             .header("x-upsert", "false")
             .content_type("image/jpeg")
             .send(bytes)
@@ -480,8 +492,7 @@ impl ObjectStore for SupabaseStore {
         let mut resp = self
             .agent
             .delete(&url)
-            .header("Authorization", &self.bearer())
-            .header("apikey", self.key.expose())
+            .authed(self)
             .force_send_body()
             .send_json(serde_json::json!({ "prefixes": [key] }))
             .map_err(transport)?;
@@ -500,8 +511,7 @@ impl ObjectStore for SupabaseStore {
         let mut resp = self
             .agent
             .head(&self.object_url("", key))
-            .header("Authorization", &self.bearer())
-            .header("apikey", self.key.expose())
+            .authed(self)
             .call()
             .map_err(transport)?;
         let http = resp.status().as_u16();
@@ -538,8 +548,7 @@ impl ObjectStore for SupabaseStore {
             .config()
             .timeout_global(Some(self.timeout.min(Duration::from_secs(5))))
             .build()
-            .header("Authorization", &self.bearer())
-            .header("apikey", self.key.expose())
+            .authed(self)
             .call()
             .map_err(transport)?;
         let http = resp.status().as_u16();
@@ -575,8 +584,7 @@ impl ObjectStore for SupabaseStore {
             let mut resp = self
                 .agent
                 .post(&url)
-                .header("Authorization", &self.bearer())
-                .header("apikey", self.key.expose())
+                .authed(self)
                 .send_json(serde_json::json!({
                     "prefix": "",
                     "limit": PAGE,
