@@ -12,6 +12,55 @@ use tracing::Instrument;
 #[error("internal task failed: {0}")]
 pub struct Panicked(pub String);
 
+/// Runs CPU-heavy work (decoding and resizing photos) on a thread of its own at a lower CPU
+/// priority (nice 10), inside the current span. When uploads and reads compete for the cores,
+/// reads win; alone, the work runs at full speed. Threads it starts inherit the priority.
+/// Callers bound how many run at once.
+pub async fn run_low_priority<T, F>(f: F) -> Result<T, Panicked>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let span = tracing::Span::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("image-work".into())
+        .spawn(move || {
+            lower_priority();
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| span.in_scope(f)));
+            let _ = tx.send(outcome.map_err(|payload| panic_message(&*payload)));
+        });
+    if let Err(e) = spawned {
+        return Err(Panicked(format!("cannot start a thread: {e}")));
+    }
+    match rx.await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(message)) => {
+            tracing::error!(error = %message, "image work panicked");
+            Err(Panicked(message))
+        }
+        Err(_) => Err(Panicked("image work ended without an answer".into())),
+    }
+}
+
+/// Nice 10 for the calling thread only (Linux keeps a nice value per thread).
+fn lower_priority() {
+    // SAFETY: plain system calls on the calling thread; a failure only leaves the priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 /// Runs `f` on a blocking thread inside the current span.
 pub async fn run<T, F>(f: F) -> Result<T, Panicked>
 where
@@ -24,11 +73,7 @@ where
         .await
         .map_err(|e| {
             let message = match e.try_into_panic() {
-                Ok(payload) => payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into()),
+                Ok(payload) => panic_message(&*payload),
                 Err(e) => e.to_string(),
             };
             tracing::error!(error = %message, "blocking task panicked");
@@ -49,6 +94,25 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.0, "formatted");
+    }
+
+    #[tokio::test]
+    async fn low_priority_work_runs_niced_and_reports_panics() {
+        let nice = run_low_priority(|| unsafe {
+            libc::getpriority(
+                libc::PRIO_PROCESS,
+                libc::syscall(libc::SYS_gettid) as libc::id_t,
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(nice, 10);
+        let e = run_low_priority(|| -> u8 { panic!("decoder bug") })
+            .await
+            .unwrap_err();
+        assert_eq!(e.0, "decoder bug");
+        let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        assert_eq!(here, 0, "the caller's priority is untouched");
     }
 
     #[tokio::test(flavor = "multi_thread")]

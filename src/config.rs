@@ -36,6 +36,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub storage: StorageSettings,
     pub upload: UploadSettings,
+    pub image: ImageSettings,
     pub log: LogSettings,
 }
 
@@ -148,6 +149,25 @@ pub struct UploadSettings {
     pub journal_dir: PathBuf,
 }
 
+/// What an upload is turned into before it is stored (`crate::imaging`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageSettings {
+    /// Longest side of the stored photo, in pixels; larger uploads are downscaled. 0 keeps every
+    /// photo at its uploaded size.
+    pub max_dimension: u32,
+    /// JPEG quality (1-100) of every image this server encodes.
+    pub jpeg_quality: u8,
+    /// Keep EXIF, XMP and IPTC (camera, copyright, GPS) in the stored photo. Off by default:
+    /// they are removed from the photo and never written to a variant.
+    pub keep_metadata: bool,
+    /// Longest side of the `thumb` variant (`thumbnail_url`); 0: no thumbnails.
+    pub thumb_px: u32,
+    /// Longest side of the `medium` variant (`medium_url`); 0: no medium variant.
+    pub medium_px: u32,
+    /// Photos processed at the same time; 0: one per CPU core.
+    pub max_concurrent: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogSettings {
     /// `text` (one line per event; colours only on a terminal) or `json` (one object per line).
@@ -257,6 +277,14 @@ impl Default for Settings {
                 spool_dir: PathBuf::from("data/spool"),
                 journal_dir: PathBuf::from("data/journal"),
             },
+            image: ImageSettings {
+                max_dimension: 2560,
+                jpeg_quality: 85,
+                keep_metadata: false,
+                thumb_px: 400,
+                medium_px: 1200,
+                max_concurrent: 0,
+            },
             log: LogSettings {
                 format: LogFormat::Text,
             },
@@ -356,6 +384,9 @@ impl Settings {
                 problem: problem.to_string(),
             })
         };
+        if !(1..=100).contains(&self.image.jpeg_quality) {
+            return invalid("image.jpeg_quality", "must be 1 to 100");
+        }
         if self.server.header_read_timeout_secs == 0 {
             return invalid("server.header_read_timeout_secs", "must be at least 1");
         }

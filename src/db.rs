@@ -33,7 +33,11 @@ use crate::{
 pub type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub type PgConn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
-/// A [`Photo`] from a row selected as `id, filename, url, category, width, height`.
+/// The columns of a [`Photo`], in the order [`photo_from_row`] reads them.
+pub const PHOTO_COLUMNS: &str =
+    "id, filename, url, category, width, height, thumbnail_url, medium_url, placeholder, color";
+
+/// A [`Photo`] from a row selected as [`PHOTO_COLUMNS`].
 pub fn photo_from_row(r: &postgres::Row) -> Photo {
     Photo {
         id: r.get(0),
@@ -42,6 +46,10 @@ pub fn photo_from_row(r: &postgres::Row) -> Photo {
         category: r.get(3),
         width: r.get(4),
         height: r.get(5),
+        thumbnail_url: r.get(6),
+        medium_url: r.get(7),
+        placeholder: r.get(8),
+        color: r.get(9),
     }
 }
 
@@ -515,4 +523,13 @@ pub fn count(c: &mut PgConn, category: Option<&str>) -> Result<i64, DbError> {
         &[(&category, Type::TEXT)],
     )?;
     Ok(rows.first().map_or(0, |r| r.get(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_page_query_selects_the_columns_photo_from_row_reads() {
+        let page = include_str!("../sql/queries/page.sql");
+        assert!(page.contains(&format!("SELECT {}\n", super::PHOTO_COLUMNS)));
+    }
 }

@@ -32,11 +32,15 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// One object whose row may not exist.
+/// One photo whose objects may exist without its row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
-    /// The object's key.
+    /// The photo's key, which is also the name its row claims.
     pub key: String,
+    /// The photo's other objects (its variants), settled with it. Entries written before
+    /// variants existed have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
     /// When to check it (Unix milliseconds), earliest first. The entry is dropped after the last.
     pub checks: Vec<u64>,
     /// Its file in the journal folder.
@@ -80,6 +84,11 @@ impl Journal {
     /// Records `key` durably: when this returns, the entry survives a crash of the process or
     /// the machine. It is the caller's (in flight) until removed or released.
     pub fn record(&self, key: &str) -> io::Result<Entry> {
+        self.record_with(key, &[])
+    }
+
+    /// [`Journal::record`] for a photo with further objects `also` (its variants).
+    pub fn record_with(&self, key: &str, also: &[String]) -> io::Result<Entry> {
         let file = self.dir.join(format!(
             "{}.{}-{}-{}.json",
             key,
@@ -89,6 +98,7 @@ impl Journal {
         ));
         let entry = Entry {
             key: key.to_string(),
+            also: also.to_vec(),
             checks: vec![now_ms()],
             file,
         };
@@ -280,6 +290,31 @@ mod tests {
         fs::remove_file(&g.file).unwrap();
         fs::remove_dir(dir.path()).unwrap();
         assert!(j.remove_synced(&g).is_err(), "the folder cannot be synced");
+    }
+
+    #[test]
+    fn a_photos_other_objects_are_recorded_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let also = vec!["thumb~v.jpg".to_string(), "medium~v.jpg".to_string()];
+        let e = j.record_with("v.jpg", &also).unwrap();
+        j.release(&e);
+        let read = Journal::open(dir.path()).unwrap().entries().unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!((read[0].key.as_str(), &read[0].also), ("v.jpg", &also));
+        // An entry written before variants existed reads with none.
+        fs::write(
+            dir.path().join("old.1-2-3.json"),
+            br#"{"key":"old.jpg","checks":[1]}"#,
+        )
+        .unwrap();
+        let old = j
+            .entries()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.key == "old.jpg")
+            .unwrap();
+        assert!(old.also.is_empty());
     }
 
     #[test]

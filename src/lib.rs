@@ -10,6 +10,8 @@
 pub mod api;
 /// Start-up: routes, the front layer, the listener, graceful shutdown.
 pub mod app;
+/// `portfolio-server variants backfill`: variants for rows that have none.
+pub mod backfill;
 /// The one bridge onto blocking threads.
 pub mod blocking;
 /// The byte-bounded cache of pre-serialised listing pages.
@@ -21,7 +23,7 @@ pub mod db;
 /// The layer in front of every route: request span and id, CORS, JSON errors, request log,
 /// listing fast path.
 pub mod front;
-/// Pure checks on uploaded photos: JPEG content, displayed size.
+/// Photos in, web-ready images out: checks, downscaling, variants, placeholders, metadata.
 pub mod imaging;
 /// The clean-up journal: keys that may be in storage without a row, on disk.
 pub mod journal;

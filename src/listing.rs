@@ -280,11 +280,11 @@ impl Listing {
         let limit = i64::try_from(bound).unwrap_or(i64::MAX).saturating_add(1);
         let rows = db
             .run(move |c| {
-                let rows = c.query(
-                    "SELECT id, filename, url, category, width, height FROM photographs \
-                     ORDER BY id LIMIT $1",
-                    &[&limit],
-                )?;
+                let sql = format!(
+                    "SELECT {} FROM photographs ORDER BY id LIMIT $1",
+                    db::PHOTO_COLUMNS
+                );
+                let rows = c.query(&sql, &[&limit])?;
                 Ok(rows.iter().map(db::photo_from_row).collect::<Vec<_>>())
             })
             .await;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use portfolio_server::{
     app::{App, shutdown_signal},
+    backfill,
     config::{LogFormat, Settings},
     db::Db,
     telemetry,
@@ -31,6 +32,18 @@ enum Command {
         #[arg(long, default_value_t = 24)]
         grace_hours: u64,
     },
+    /// The thumb and medium variants and the placeholder of each photo.
+    Variants {
+        #[command(subcommand)]
+        action: VariantsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum VariantsAction {
+    /// Make them for every row that has none yet (rows from before this version, or from the
+    /// original server). Resumable, idempotent, and safe while the server runs.
+    Backfill,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +72,9 @@ fn main() -> ExitCode {
                 delete_orphans,
                 grace_hours,
             } => reconcile(settings, delete_orphans, grace_hours).await,
+            Command::Variants {
+                action: VariantsAction::Backfill,
+            } => backfill(settings).await,
         }
     });
     match result {
@@ -106,6 +122,46 @@ async fn reconcile(
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     portfolio_server::reconcile::run(&db, store, opts, &mut out, &mut err).await?;
     Ok(())
+}
+
+async fn backfill(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::IsTerminal;
+    let db = open_db(&settings)?;
+    if !db.probe().await {
+        return Err(format!("cannot reach the database at {}", db.target()).into());
+    }
+    let store: std::sync::Arc<dyn portfolio_server::storage::ObjectStore> =
+        std::sync::Arc::from(portfolio_server::storage::from_settings(&settings.storage));
+    let mut progress = backfill::Console::new(std::io::stderr().is_terminal());
+    let report = backfill::run(
+        &db,
+        store,
+        &settings.image,
+        settings.upload.max_side_px,
+        &mut progress,
+        &mut std::io::stdout(),
+    )
+    .await?;
+    eprintln!(
+        "{} of {} photos now have their variants; {} failed{}.",
+        report.made,
+        report.total,
+        report.failed.len(),
+        if report.gone > 0 {
+            format!(", {} were deleted meanwhile", report.gone)
+        } else {
+            String::new()
+        }
+    );
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} photos have no variants (listed on stdout as `failed`); fix them and run the              command again",
+            report.failed.len()
+        )
+        .into())
+    }
 }
 
 /// The configured database, for the subcommands that need one.

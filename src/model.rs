@@ -15,6 +15,19 @@ pub struct Photo {
     pub category: String,
     pub width: i32,
     pub height: i32,
+    /// The `thumb` variant (about 400 px), null until one is made.
+    #[serde(default)]
+    pub thumbnail_url: Option<String>,
+    /// The `medium` variant (about 1200 px), null until one is made.
+    #[serde(default)]
+    pub medium_url: Option<String>,
+    /// A ThumbHash of the photo, base64: decode it (the `thumbhash` npm package) into a blurred
+    /// preview to paint before the image arrives. Null until made.
+    #[serde(default)]
+    pub placeholder: Option<String>,
+    /// The photo's average colour, `#rrggbb`, null until made.
+    #[serde(default)]
+    pub color: Option<String>,
 }
 
 /// Why a name or a category was refused. The message is for the uploader.

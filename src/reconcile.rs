@@ -16,6 +16,7 @@ use std::{
 use crate::{
     blocking,
     db::{Db, DbError},
+    imaging::Variant,
     storage::{ObjectInfo, ObjectStore, StorageError},
     upload::{Resolution, delete_unclaimed},
 };
@@ -79,14 +80,16 @@ pub async fn run(
     };
     report.objects = objects.len();
     let _ = writeln!(progress, "{} objects; reading the rows", objects.len());
-    let rows: Vec<(i32, String, String)> = db
+    type Row = (i32, String, String, Option<String>, Option<String>);
+    let rows: Vec<Row> = db
         .run(|c| {
-            Ok(
-                c.query("SELECT id, filename, url FROM photographs ORDER BY id", &[])?
-                    .iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2)))
-                    .collect(),
-            )
+            Ok(c.query(
+                "SELECT id, filename, url, thumbnail_url, medium_url FROM photographs ORDER BY id",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect())
         })
         .await?;
     report.rows = rows.len();
@@ -95,16 +98,28 @@ pub async fn run(
     let prefix = store.public_url("");
     let keys: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
     let mut referenced: HashSet<String> = HashSet::new();
-    for (id, filename, url) in &rows {
-        let Some(rest) = url.strip_prefix(&prefix) else {
+    let key_of = |url: &str| {
+        url.strip_prefix(&prefix).map(|rest| {
+            percent_encoding::percent_decode_str(rest)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    };
+    for (id, filename, url, thumb, medium) in &rows {
+        let Some(key) = key_of(url) else {
             report.rows_elsewhere += 1;
             continue;
         };
-        let key = percent_encoding::percent_decode_str(rest)
-            .decode_utf8_lossy()
-            .into_owned();
         if !keys.contains(key.as_str()) {
             report.missing.push((*id, filename.clone(), url.clone()));
+        }
+        // A photo's variants are its own, recorded or not: one an interrupted backfill left
+        // unrecorded is replaced by the next backfill, not deleted from under it.
+        for variant in Variant::ALL {
+            referenced.insert(variant.key(&key));
+        }
+        for v in [thumb, medium].into_iter().flatten() {
+            referenced.extend(key_of(v));
         }
         referenced.insert(key);
     }
@@ -131,8 +146,12 @@ pub async fn run(
             }
             let store = store.clone();
             let k = key.clone();
+            // A variant goes with its photo's name: deleted only if no row claims the photo.
             let outcome = db
-                .run(move |c| Ok(delete_unclaimed(c, &*store, &k)))
+                .run(move |c| {
+                    let name = Variant::of_key(&k).map_or(k.as_str(), |(_, photo)| photo);
+                    Ok(delete_unclaimed(c, &*store, name, &[&k]))
+                })
                 .await?;
             match outcome {
                 Ok(Resolution::Removed) => {

@@ -93,6 +93,7 @@ impl AppState {
             store.clone(),
             listing.clone(),
             settings.upload.clone(),
+            settings.image.clone(),
         );
         let cache_control = poem::http::HeaderValue::from_str(&format!(
             "public, max-age={}",

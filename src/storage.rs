@@ -44,6 +44,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// Whether `key` exists.
     fn exists(&self, key: &str) -> Result<bool, StorageError>;
+    /// The object's bytes, None if there is no such object (for `variants backfill`).
+    fn get(&self, _key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Err(StorageError::Rejected {
+            status: 501,
+            message: "this store cannot read its objects".into(),
+        })
+    }
     /// The public URL recorded for `key`.
     fn public_url(&self, key: &str) -> String;
     /// After a write failed in transit, how long it may still land on the other side.
@@ -173,6 +180,9 @@ impl ObjectStore for Monitored {
     }
     fn exists(&self, key: &str) -> Result<bool, StorageError> {
         self.record(self.inner.exists(key))
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.record(self.inner.get(key))
     }
     fn public_url(&self, key: &str) -> String {
         self.inner.public_url(key)
@@ -322,6 +332,18 @@ impl ObjectStore for LocalStore {
         Ok(self.path(key)?.try_exists()?)
     }
 
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.open_object(key)? {
+            None => Ok(None),
+            Some((mut file, meta)) => {
+                use std::io::Read;
+                let mut bytes = Vec::with_capacity(meta.len() as usize);
+                file.read_to_end(&mut bytes)?;
+                Ok(Some(bytes))
+            }
+        }
+    }
+
     fn public_url(&self, key: &str) -> String {
         format!("{}/{}", self.public_base_url, encode_key(key))
     }
@@ -373,6 +395,9 @@ impl ObjectStore for LocalStore {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// The largest object read back (`variants backfill`): far above any accepted upload.
+const MAX_OBJECT_BYTES: u64 = 256 << 20;
 
 /// Supabase Storage over its REST API.
 ///
@@ -522,6 +547,31 @@ impl ObjectStore for SupabaseStore {
         match reported(http, &body) {
             (404, _) => Ok(false),
             (400, _) if body.is_empty() => Ok(false), // HEAD errors carry no body
+            (status, message) => Err(StorageError::Rejected { status, message }),
+        }
+    }
+
+    /// `GET /storage/v1/object/{bucket}/{key}` with the service key (works on private buckets).
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let mut resp = self
+            .agent
+            .get(&self.object_url("", key))
+            .authed(self)
+            .call()
+            .map_err(transport)?;
+        let http = resp.status().as_u16();
+        if (200..300).contains(&http) {
+            return resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_OBJECT_BYTES)
+                .read_to_vec()
+                .map(Some)
+                .map_err(transport);
+        }
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        match reported(http, &body) {
+            (404, _) => Ok(None),
             (status, message) => Err(StorageError::Rejected { status, message }),
         }
     }

@@ -39,9 +39,9 @@ use tokio::{
 
 use crate::{
     blocking::{self, Panicked},
-    config::UploadSettings,
+    config::{ImageSettings, UploadSettings},
     db::{Db, DbError, PgConn, photo_from_row},
-    imaging::{self, Dimensions, Rejection},
+    imaging::{self, Processed, Rejection, Variant},
     journal::{Entry, Journal},
     listing::Listing,
     model::{Category, FileName, Invalid, Photo},
@@ -107,6 +107,10 @@ pub struct Uploader {
     /// Told about every successful write, so cached pages never outlive it.
     listing: Arc<Listing>,
     pub limits: UploadSettings,
+    /// What a photo is turned into before it is stored.
+    image: ImageSettings,
+    /// Photos decoded and resized at once: bounds the CPU and memory a batch can take.
+    image_slots: Semaphore,
     /// Uploads hold a pooled connection while they store the object: bound them so reads always
     /// find connections.
     slots: Semaphore,
@@ -125,6 +129,7 @@ impl Uploader {
         store: Arc<dyn ObjectStore>,
         listing: Arc<Listing>,
         limits: UploadSettings,
+        image: ImageSettings,
     ) -> Arc<Uploader> {
         match clear_spool(&limits.spool_dir) {
             Ok(0) => {}
@@ -156,6 +161,8 @@ impl Uploader {
             store,
             listing,
             slots: Semaphore::new(limits.max_concurrent.max(1)),
+            image_slots: Semaphore::new(image_workers(&image)),
+            image,
             limits,
             journal,
             resolving: tokio::sync::Mutex::new(()),
@@ -188,17 +195,16 @@ impl Uploader {
                 "the clean-up journal cannot be written".into(),
             ));
         };
-        let _slot = self.slots.acquire().await.expect("never closed");
         let max_side = self.limits.max_side_px;
-        let (dims, bytes) =
-            blocking::run(move || imaging::inspect_jpeg(&bytes, max_side).map(|d| (d, bytes)))
-                .await??;
+        let (info, bytes) =
+            blocking::run(move || imaging::inspect(&bytes, max_side).map(|d| (d, bytes))).await??;
         if !db.is_available() {
             return Err(UploadError::DatabaseUnavailable(
                 "Database unavailable, try again later".into(),
             ));
         }
-        // Most duplicates are caught here, without queueing behind another upload's lock.
+        // Most duplicates are caught here, before any image work and without queueing behind
+        // another upload's lock.
         let taken = {
             let key = name.as_str().to_string();
             db.run(move |c| {
@@ -212,17 +218,27 @@ impl Uploader {
         if taken {
             return Err(UploadError::Duplicate(name));
         }
+        let processed = {
+            let _work = self.image_slots.acquire().await.expect("never closed");
+            let settings = self.image.clone();
+            let started = std::time::Instant::now();
+            let processed =
+                blocking::run_low_priority(move || imaging::process(&bytes, &info, &settings))
+                    .await??;
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                reencoded = processed.reencoded,
+                "photo processed"
+            );
+            processed
+        };
+        let _slot = self.slots.acquire().await.expect("never closed");
         let store = self.store.clone();
-        let url = store.public_url(name.as_str());
         let outcome = {
             let (name, category) = (name.clone(), category.clone());
             let journal = journal.clone();
-            db.run(move |c| {
-                Ok(write(
-                    c, &*store, &journal, &name, &url, &category, dims, &bytes,
-                ))
-            })
-            .await?
+            db.run(move |c| Ok(write(c, &*store, &journal, &name, &category, &processed)))
+                .await?
         };
         let photo = match outcome {
             Ok(photo) => photo,
@@ -358,6 +374,14 @@ impl Uploader {
             .as_ref()
             .and_then(|j| j.entries().ok())
             .map_or(0, |e| e.len())
+    }
+}
+
+/// `image.max_concurrent`, or one per core.
+fn image_workers(settings: &ImageSettings) -> usize {
+    match settings.max_concurrent {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
     }
 }
 
@@ -690,28 +714,54 @@ fn forget(journal: &Journal, entry: &Entry) {
     }
 }
 
-/// Steps 1-3 of the protocol (see the module docs). Runs on a blocking thread.
-#[allow(clippy::too_many_arguments)]
+/// Steps 1-3 of the protocol (see the module docs), for the photo and each of its variants.
+/// Runs on a blocking thread.
 fn write(
     c: &mut PgConn,
     store: &dyn ObjectStore,
     journal: &Journal,
     file: &FileName,
-    url: &str,
     category: &Category,
-    dims: Dimensions,
-    bytes: &[u8],
+    processed: &Processed,
 ) -> Result<Photo, WriteFailure> {
     let (name, category) = (file.as_str(), category.as_str());
-    let (width, height) = (dims.width as i32, dims.height as i32);
+    let url = store.public_url(name);
+    let (width, height) = (
+        processed.photo.dims.width as i32,
+        processed.photo.dims.height as i32,
+    );
+    let variants: Vec<(Variant, String, &[u8])> = processed
+        .variants
+        .iter()
+        .map(|(v, e)| (*v, v.key(name), &e.bytes[..]))
+        .collect();
+    let url_of = |wanted: Variant| {
+        variants
+            .iter()
+            .find(|(v, _, _)| *v == wanted)
+            .map(|(_, key, _)| store.public_url(key))
+    };
+    let (thumbnail_url, medium_url) = (url_of(Variant::Thumb), url_of(Variant::Medium));
+    let preview = &processed.preview;
     let mut tx = c.transaction().map_err(DbError::from)?;
     // Waiting on a same-name upload is normal; waiting forever is not.
     tx.batch_execute("SET LOCAL lock_timeout = '30s'")
         .map_err(DbError::from)?;
     let inserted = tx.query_one(
-        "INSERT INTO photographs (filename, url, category, width, height) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        &[&name, &url, &category, &width, &height],
+        "INSERT INTO photographs \
+         (filename, url, category, width, height, thumbnail_url, medium_url, placeholder, color) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        &[
+            &name,
+            &url,
+            &category,
+            &width,
+            &height,
+            &thumbnail_url,
+            &medium_url,
+            &preview.placeholder,
+            &preview.color,
+        ],
     );
     let id: i32 = match inserted {
         Ok(row) => row.get(0),
@@ -736,11 +786,12 @@ fn write(
     if store.exists(name)? {
         return Err(UploadError::Duplicate(file.clone()).into());
     }
-    // From here on an object may exist under this key: write that down first.
-    let mut entry = journal
-        .record(name)
+    // From here on objects may exist under these keys: write that down first.
+    let also: Vec<String> = variants.iter().map(|(_, key, _)| key.clone()).collect();
+    let entry = journal
+        .record_with(name, &also)
         .map_err(|e| UploadError::Internal(format!("cannot write the clean-up journal: {e}")))?;
-    match store.put_new(name, bytes) {
+    match store.put_new(name, &processed.photo.bytes) {
         Ok(Put::Created) => {}
         Ok(Put::AlreadyExists) => {
             // Not ours: it must never be the resolver's to delete, even after a crash.
@@ -749,24 +800,13 @@ fn write(
             }
             return Err(UploadError::Duplicate(file.clone()).into());
         }
-        Err(e) if outcome_unknown(&e) => {
-            // It may land later: check now and again after the store's timeouts.
-            let settle = store.settle_time();
-            let checks = [Duration::ZERO, settle, settle * 2, settle * 10];
-            let checks: &[Duration] = if settle.is_zero() {
-                &checks[..1]
-            } else {
-                &checks
-            };
-            if let Err(io) = journal.reschedule(&mut entry, checks) {
-                tracing::error!(error = %io, "cannot reschedule a journal entry");
-            }
-            journal.release(&entry);
-            return Err(e.into());
-        }
-        Err(e) => {
-            forget(journal, &entry); // refused: nothing was stored
-            return Err(e.into());
+        Err(e) => return Err(abandon(store, journal, entry, &[], e)),
+    }
+    let mut created = vec![name];
+    for (_, key, bytes) in &variants {
+        match put_variant(store, key, bytes) {
+            Ok(()) => created.push(key),
+            Err(e) => return Err(abandon(store, journal, entry, &created, e)),
         }
     }
     if let Err(error) = tx.commit() {
@@ -776,11 +816,76 @@ fn write(
     Ok(Photo {
         id,
         filename: name.to_string(),
-        url: url.to_string(),
+        url,
         category: category.to_string(),
         width,
         height,
+        thumbnail_url,
+        medium_url,
+        placeholder: Some(preview.placeholder.clone()),
+        color: Some(preview.color.clone()),
     })
+}
+
+/// Stores a variant. The caller holds the photo's name claim, and only a holder of the claim
+/// writes a variant's key, so an object already there is a leftover of an earlier attempt
+/// that died before it could remove it: it is replaced (removed, then created anew).
+fn put_variant(store: &dyn ObjectStore, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    match store.put_new(key, bytes)? {
+        Put::Created => Ok(()),
+        Put::AlreadyExists => {
+            tracing::warn!(key, "replacing a variant left behind by an earlier attempt");
+            store.delete(key)?;
+            match store.put_new(key, bytes)? {
+                Put::Created => Ok(()),
+                Put::AlreadyExists => Err(StorageError::Rejected {
+                    status: 409,
+                    message: format!("`{key}` keeps reappearing"),
+                }),
+            }
+        }
+    }
+}
+
+/// A storage write failed after the entry was recorded; the transaction is still open, so the
+/// name's claim is held. Objects written for sure (`created`) are removed now. A write whose
+/// outcome is unknown may still land: the entry is left to the resolver with checks after the
+/// store's timeouts, as is anything that could not be removed now.
+fn abandon(
+    store: &dyn ObjectStore,
+    journal: &Journal,
+    mut entry: Entry,
+    created: &[&str],
+    error: StorageError,
+) -> WriteFailure {
+    let mut left_over = false;
+    for key in created {
+        if let Err(e) = store.delete(key) {
+            tracing::warn!(key, error = %e, "cannot remove an object of a failed upload yet");
+            left_over = true;
+        }
+    }
+    let checks: Vec<Duration> = if outcome_unknown(&error) {
+        let settle = store.settle_time();
+        if settle.is_zero() {
+            vec![Duration::ZERO]
+        } else {
+            vec![Duration::ZERO, settle, settle * 2, settle * 10]
+        }
+    } else if left_over {
+        vec![Duration::ZERO]
+    } else {
+        Vec::new()
+    };
+    if checks.is_empty() {
+        forget(journal, &entry); // refused, and nothing of it remains
+    } else {
+        if let Err(io) = journal.reschedule(&mut entry, &checks) {
+            tracing::error!(error = %io, "cannot reschedule a journal entry");
+        }
+        journal.release(&entry);
+    }
+    error.into()
 }
 
 /// The name's claim (migration 0002) is taken by another row.
@@ -833,7 +938,10 @@ fn resolve_entry(
     journal: &Journal,
     mut entry: Entry,
 ) -> Result<Resolution, Unsettled> {
-    let resolution = delete_unclaimed(c, store, &entry.key)?;
+    let keys: Vec<&str> = std::iter::once(entry.key.as_str())
+        .chain(entry.also.iter().map(String::as_str))
+        .collect();
+    let resolution = delete_unclaimed(c, store, &entry.key, &keys)?;
     if resolution == Resolution::Removed && !entry.checks.is_empty() {
         entry.checks.remove(0);
     }
@@ -845,26 +953,29 @@ fn resolve_entry(
     Ok(resolution)
 }
 
-/// Deletes the object `key` unless a committed row holds the name. The name is claimed as an
+/// Deletes the objects `keys` (a photo and its variants) unless a committed row holds the name
+/// `name`. The name is claimed as an
 /// upload would claim it, in a transaction that is always rolled back (the placeholder row is
 /// never visible), which waits for an upload of that name still in flight; the delete happens
 /// under the claim, so it can only remove an object no row will ever own.
 pub fn delete_unclaimed(
     c: &mut PgConn,
     store: &dyn ObjectStore,
-    key: &str,
+    name: &str,
+    keys: &[&str],
 ) -> Result<Resolution, Unsettled> {
     let mut tx = c.transaction()?;
     tx.batch_execute("SET LOCAL lock_timeout = '10s'")?;
     let claim = tx.query_one(
         "INSERT INTO photographs (filename, url) VALUES ($1, '') RETURNING id",
-        &[&key],
+        &[&name],
     );
     match claim {
         Err(e) if is_name_taken(&e) => Ok(Resolution::Kept),
         Err(e) => Err(DbError::from(e).into()),
         Ok(_) => {
-            let deleted = store.delete(key);
+            // Variants first: should a delete fail, the photo's key is still there to retry by.
+            let deleted = keys.iter().rev().try_for_each(|k| store.delete(k));
             tx.rollback()?;
             // Storage failing: nothing changed, try again later.
             deleted.map_err(Unsettled::Storage)?;
@@ -874,9 +985,10 @@ pub fn delete_unclaimed(
 }
 
 fn fetch_photo(c: &mut PgConn, id: i32) -> Result<Option<Photo>, DbError> {
-    let row = c.query_opt(
-        "SELECT id, filename, url, category, width, height FROM photographs WHERE id = $1",
-        &[&id],
-    )?;
+    let sql = format!(
+        "SELECT {} FROM photographs WHERE id = $1",
+        crate::db::PHOTO_COLUMNS
+    );
+    let row = c.query_opt(&sql, &[&id])?;
     Ok(row.as_ref().map(photo_from_row))
 }

@@ -28,6 +28,8 @@ pub struct FakeStorage {
     pub objects: Mutex<HashMap<String, Vec<u8>>>,
     /// Answer uploads with a 500.
     pub fail: AtomicBool,
+    /// Answer uploads of keys starting with this with a 500 (after storing nothing).
+    pub fail_prefix: Mutex<Option<String>>,
     /// Delay uploads by this many milliseconds before storing. The write then lands even if the
     /// client has given up (the storage server finished its work), as it would for real.
     pub delay_ms: AtomicU64,
@@ -104,7 +106,13 @@ async fn upload(
         tokio::time::sleep(Duration::from_millis(delay)).await;
         return Json(json!({"Key": "late", "Id": "late"})).into_response();
     }
-    if fake.fail.load(Ordering::SeqCst) {
+    let prefix_fails = fake
+        .fail_prefix
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|p| key.starts_with(p.as_str()));
+    if fake.fail.load(Ordering::SeqCst) || prefix_fails {
         return Json(
             json!({"statusCode": "500", "error": "internal", "message": "Internal Server Error"}),
         )
@@ -178,6 +186,25 @@ async fn delete(
     Json(deleted).into_response()
 }
 
+/// `GET /storage/v1/object/{bucket}/{key}` with the service key: the bytes, or the 400 with a
+/// string "404" the real server sends for a missing object.
+#[handler]
+async fn download(
+    req: &Request,
+    Path((bucket, key)): Path<(String, String)>,
+    fake: Data<&Arc<FakeStorage>>,
+) -> Response {
+    if let Some(denied) = check_auth(req) {
+        return denied;
+    }
+    match fake.objects.lock().unwrap().get(&format!("{bucket}/{key}")) {
+        Some(bytes) => Response::builder()
+            .content_type("image/jpeg")
+            .body(bytes.clone()),
+        None => error("404", "not_found", "Object not found", "NoSuchKey"),
+    }
+}
+
 /// `POST /storage/v1/object/list/{bucket}` with `{"prefix", "limit", "offset", "sortBy"}`:
 /// objects sorted by name, as the real server pages them. Every object reads as written on
 /// 2026-01-01 (long past any grace period).
@@ -245,7 +272,7 @@ pub async fn start_fake(fake: Arc<FakeStorage>) -> String {
     let app = Route::new()
         .at(
             "/storage/v1/object/:bucket/*key",
-            poem::post(upload).head(head),
+            poem::post(upload).head(head).get(download),
         )
         .at("/storage/v1/object/:bucket", poem::delete(delete))
         .at("/storage/v1/bucket/:bucket", poem::get(bucket_details))

@@ -552,6 +552,11 @@ impl Reply {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The body as text, for messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// The `id`s of a listing body, in order.
     pub fn ids(&self) -> Vec<i64> {
         self.json()
@@ -806,6 +811,19 @@ impl TestApp {
         )
         .await
     }
+}
+
+/// The objects stored for photos `names` under the default image settings: each photo and its
+/// `thumb~` and `medium~` variants, sorted as [`files_in`] sorts (with `prefix` before each, as
+/// in "images/" for a bucket).
+pub fn objects_of(prefix: &str, names: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = names
+        .iter()
+        .flat_map(|n| [n.to_string(), format!("thumb~{n}"), format!("medium~{n}")])
+        .map(|k| format!("{prefix}{k}"))
+        .collect();
+    all.sort();
+    all
 }
 
 /// File names in a folder, sorted, ignoring none (temporary files would show up too).

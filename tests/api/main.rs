@@ -9,6 +9,7 @@ mod http;
 mod images;
 mod migrations;
 mod outage;
+mod pipeline;
 mod reconcile;
 mod supabase;
 mod uploads;

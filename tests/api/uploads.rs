@@ -12,7 +12,7 @@ use poem::http::StatusCode;
 use portfolio_server::storage::{LocalStore, ObjectStore, Put, StorageError};
 
 use crate::helpers::{
-    API_KEY, Form, TestApp, TestDb, ToggleProxy, files_in, jpeg, png, upload_settings,
+    API_KEY, Form, TestApp, TestDb, ToggleProxy, files_in, jpeg, objects_of, png, upload_settings,
 };
 
 /// Row count and the names of rows in `photographs`.
@@ -59,7 +59,7 @@ async fn an_upload_is_stored_recorded_listed_and_served() {
     );
     assert!(rec["id"].is_i64());
 
-    assert_eq!(files_in(media.path()), ["my-photo.jpg"]);
+    assert_eq!(files_in(media.path()), objects_of("", &["my-photo.jpg"]));
     assert_eq!(
         std::fs::read(media.path().join("my-photo.jpg")).unwrap(),
         photo
@@ -236,7 +236,7 @@ async fn path_traversal_names_are_reduced_to_a_base_name_inside_the_media_folder
     );
     assert_eq!(
         files_in(&inner),
-        ["abs.jpg", "dots.jpg", "escape.jpg", "win.jpg"]
+        objects_of("", &["abs.jpg", "dots.jpg", "escape.jpg", "win.jpg"])
     );
 }
 
@@ -327,7 +327,7 @@ async fn twenty_concurrent_uploads_of_one_name_give_one_201_and_nineteen_409() {
         }
     }
     assert_eq!((created.len(), conflicts), (1, 19));
-    assert_eq!(files_in(media.path()), ["same.jpg"]);
+    assert_eq!(files_in(media.path()), objects_of("", &["same.jpg"]));
     assert_eq!(rows(&db), ["same.jpg"]);
     // The stored object is the winner's.
     let winner_width = created[0]["width"].as_u64().unwrap() as u32;
@@ -568,7 +568,7 @@ async fn a_batch_accounts_for_every_file_and_one_bad_file_never_aborts_it() {
 
     assert_eq!(
         files_in(media.path()),
-        ["a.jpg", "b.jpeg", "c.jpg", "existing.jpg"]
+        objects_of("", &["a.jpg", "b.jpeg", "c.jpg", "existing.jpg"])
     );
     assert_eq!(rows(&db), ["existing.jpg", "a.jpg", "b.jpeg", "c.jpg"]);
     assert_eq!(
@@ -808,7 +808,7 @@ async fn a_restart_during_an_outage_still_removes_the_object_of_an_uncommitted_u
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         files_in(media.path()),
-        ["twice.jpg"],
+        objects_of("", &["twice.jpg"]),
         "stored, no row committed"
     );
     assert_eq!(first.state.uploader.pending_cleanups(), 1);
@@ -823,7 +823,7 @@ async fn a_restart_during_an_outage_still_removes_the_object_of_an_uncommitted_u
     );
     assert_eq!(
         files_in(media.path()),
-        ["twice.jpg"],
+        objects_of("", &["twice.jpg"]),
         "nothing can be decided yet"
     );
     proxy.restore();
@@ -839,7 +839,7 @@ async fn a_restart_during_an_outage_still_removes_the_object_of_an_uncommitted_u
     assert_eq!(second.state.uploader.pending_cleanups(), 0);
     let again = second.upload("twice.jpg", jpeg(8, 8, None)).await;
     assert_eq!(again.status, StatusCode::CREATED, "the name is free");
-    assert_eq!(files_in(media.path()), ["twice.jpg"]);
+    assert_eq!(files_in(media.path()), objects_of("", &["twice.jpg"]));
 }
 
 /// The other side: the COMMIT happened but its answer was lost. The photo committed, so its
@@ -860,12 +860,12 @@ async fn a_commit_whose_answer_was_lost_keeps_its_object_and_row() {
     );
     assert_eq!(r.json()["filename"], "kept.jpg");
     assert_eq!(rows(&db), ["kept.jpg"]);
-    assert_eq!(files_in(media.path()), ["kept.jpg"]);
+    assert_eq!(files_in(media.path()), objects_of("", &["kept.jpg"]));
     assert_eq!(app.state.uploader.pending_cleanups(), 0);
     // And it stays: no later clean-up removes a committed photo.
     tokio::task::yield_now().await;
     app.state.uploader.resolve_pending().await;
-    assert_eq!(files_in(media.path()), ["kept.jpg"]);
+    assert_eq!(files_in(media.path()), objects_of("", &["kept.jpg"]));
 }
 
 /// An INSERT that fails for any reason but the name being taken is not a duplicate.
@@ -899,7 +899,7 @@ async fn an_insert_that_fails_for_another_reason_is_503_never_409() {
     );
     let r = app.upload("b.jpg", jpeg(9, 9, None)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(files_in(media.path()), ["a.jpg"]);
+    assert_eq!(files_in(media.path()), objects_of("", &["a.jpg"]));
 }
 
 /// A journal entry written by hand (or by an older version) with no checks left is settled once

@@ -1,9 +1,18 @@
-//! Pure, synchronous checks on an uploaded photo: is it a whole JPEG, and how big is it as
-//! displayed. No I/O; callers run it through [`crate::blocking::run`].
+//! Photos in, web-ready images out. This module checks an upload (a whole JPEG, how big as
+//! displayed) by its headers alone; [`pipeline`] turns it into the stored photo, its variants and
+//! its placeholder; [`metadata`] removes what must not be published. No I/O: callers run these
+//! through [`crate::blocking`].
+
+pub mod metadata;
+pub mod pipeline;
 
 use std::io::Cursor;
 
 use image::{ImageDecoder, ImageFormat, ImageReader, Limits, metadata::Orientation};
+
+pub use pipeline::{
+    Encoded, Preview, Processed, Variant, process, variants_for_stored, variants_of,
+};
 
 /// Why an upload was refused before anything was stored. The message is for the uploader.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,9 +32,25 @@ pub struct Dimensions {
     pub height: u32,
 }
 
+/// What the headers of an accepted JPEG say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inspected {
+    /// As displayed: EXIF orientation applied.
+    pub displayed: Dimensions,
+    /// As stored in the file.
+    pub stored: Dimensions,
+    /// The EXIF orientation (none: upright).
+    pub orientation: Orientation,
+}
+
 /// Checks that `bytes` is a complete JPEG and returns its displayed dimensions (EXIF orientation
 /// applied). Only headers are parsed: no pixels are decoded, so a huge header costs nothing.
 pub fn inspect_jpeg(bytes: &[u8], max_side: u32) -> Result<Dimensions, Rejection> {
+    inspect(bytes, max_side).map(|i| i.displayed)
+}
+
+/// Checks that `bytes` is a complete JPEG of at most `max_side` pixels a side, from its headers.
+pub fn inspect(bytes: &[u8], max_side: u32) -> Result<Inspected, Rejection> {
     if image::guess_format(bytes).ok() != Some(ImageFormat::Jpeg) {
         return Err(Rejection::NotJpeg);
     }
@@ -52,55 +77,80 @@ pub fn inspect_jpeg(bytes: &[u8], max_side: u32) -> Result<Dimensions, Rejection
         return Err(Rejection::Unreadable("image has no pixels".into()));
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    Ok(match orientation {
-        Orientation::Rotate90
-        | Orientation::Rotate270
-        | Orientation::Rotate90FlipH
-        | Orientation::Rotate270FlipH => Dimensions {
-            width: height,
-            height: width,
+    let stored = Dimensions { width, height };
+    Ok(Inspected {
+        displayed: if swaps_sides(orientation) {
+            Dimensions {
+                width: height,
+                height: width,
+            }
+        } else {
+            stored
         },
-        _ => Dimensions { width, height },
+        stored,
+        orientation,
     })
 }
 
-/// Walks the JPEG's marker segments to the first start-of-scan, then requires an end-of-image
-/// marker after it. Entropy-coded data never contains `FF D9` (an `FF` there is always followed by
-/// `00` or a restart marker), so a file cut off anywhere in its image data fails. Bytes after the
-/// end marker (camera trailers) are allowed.
+/// The orientation turns the picture a quarter: width and height trade places.
+pub fn swaps_sides(o: Orientation) -> bool {
+    matches!(
+        o,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// Requires the whole image: every marker segment, every scan, and the end-of-image marker.
+/// Bytes after it (camera trailers) are allowed here.
 fn check_complete(bytes: &[u8]) -> Result<(), Rejection> {
-    let truncated = || Rejection::Unreadable("the JPEG data is truncated or corrupt".into());
-    let mut i = 2; // after SOI
+    image_end(bytes)
+        .map(|_| ())
+        .ok_or_else(|| Rejection::Unreadable("the JPEG data is truncated or corrupt".into()))
+}
+
+/// The offset just past the image's end-of-image marker, or None if the data stops (or breaks)
+/// before it. Walks the marker segments to the first start-of-scan, then the entropy-coded data:
+/// there an `FF` is followed by `00` (a stuffed byte), a restart marker, a fill byte, or a real
+/// marker. The segments between the scans of a progressive JPEG (tables, the next scan's header)
+/// are stepped over by their length, so bytes inside them are never taken for a marker.
+pub fn image_end(bytes: &[u8]) -> Option<usize> {
+    let length = |i: usize| -> Option<usize> {
+        let len = usize::from(*bytes.get(i + 2)?) << 8 | usize::from(*bytes.get(i + 3)?);
+        (len >= 2).then_some(len)
+    };
+    if bytes.get(..2)? != [0xFF, 0xD8] {
+        return None;
+    }
+    let mut i = 2;
+    // Header segments, up to and including the first scan's header.
     loop {
-        // Skip fill bytes before a marker.
         while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
-            i += 1;
+            i += 1; // fill bytes before a marker
         }
-        let (Some(&0xFF), Some(&marker)) = (bytes.get(i), bytes.get(i + 1)) else {
-            return Err(truncated());
-        };
-        match marker {
+        if *bytes.get(i)? != 0xFF {
+            return None;
+        }
+        match *bytes.get(i + 1)? {
             0xD8 | 0x01 | 0xD0..=0xD7 => i += 2, // no length field
-            0xD9 => return Err(truncated()),     // EOI before any scan
-            _ => {
-                let len = match (bytes.get(i + 2), bytes.get(i + 3)) {
-                    (Some(&hi), Some(&lo)) => usize::from(hi) << 8 | usize::from(lo),
-                    _ => return Err(truncated()),
-                };
-                if len < 2 {
-                    return Err(truncated());
-                }
-                let next = i + 2 + len;
-                if marker == 0xDA {
-                    let scan = bytes.get(next..).ok_or_else(truncated)?;
-                    return if scan.windows(2).any(|w| w == [0xFF, 0xD9]) {
-                        Ok(())
-                    } else {
-                        Err(truncated())
-                    };
-                }
-                i = next;
+            0xD9 => return None,                 // end of image before any scan
+            0xDA => {
+                i += 2 + length(i)?;
+                break;
             }
+            _ => i += 2 + length(i)?,
+        }
+    }
+    // Entropy-coded data, and whatever segments come between scans.
+    loop {
+        let ff = i + bytes.get(i..)?.iter().position(|&b| b == 0xFF)?;
+        match *bytes.get(ff + 1)? {
+            0x00 | 0x01 | 0xD0..=0xD7 => i = ff + 2,
+            0xFF => i = ff + 1,
+            0xD9 => return Some(ff + 2),
+            _ => i = ff + 2 + length(ff)?,
         }
     }
 }
@@ -125,11 +175,11 @@ fn stored_size(bytes: &[u8]) -> Option<(u32, u32)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use image::{ImageEncoder, RgbImage, codecs::jpeg::JpegEncoder};
 
-    fn jpeg(w: u32, h: u32, exif: Option<Vec<u8>>) -> Vec<u8> {
+    pub fn jpeg(w: u32, h: u32, exif: Option<Vec<u8>>) -> Vec<u8> {
         let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 128]));
         let mut out = Vec::new();
         let mut enc = JpegEncoder::new_with_quality(&mut out, 80);

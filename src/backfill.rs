@@ -1,0 +1,318 @@
+//! `portfolio-server variants backfill`: makes the variants and placeholder of rows that have
+//! none (rows from before the image pipeline, or from the original server).
+//!
+//! - **Resumable and idempotent**: it works on the rows whose fields are still null, so a run
+//!   that was stopped picks up where it was, and a finished one finds nothing to do.
+//! - **Safe while the server serves**: each row is locked (`SELECT ... FOR UPDATE`) while its
+//!   variants are written and recorded, so a delete or a second backfill waits for it. Variant
+//!   keys are written create-only; one that exists already is the leftover of a run that died
+//!   between writing and recording it, and is replaced. Listings show the new fields once their
+//!   cached pages expire (`cache.ttl_secs`).
+//! - **Nothing lost**: the photo itself is only read, never rewritten. A row whose photo cannot
+//!   be read or decoded is reported and left as it was.
+
+use std::{
+    io::Write,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+
+use crate::{
+    blocking,
+    config::ImageSettings,
+    db::{Db, DbError},
+    imaging::{self, Variant},
+    storage::{ObjectStore, Put, StorageError},
+};
+
+/// A row that needs work.
+#[derive(Debug, Clone)]
+struct Row {
+    id: i32,
+    filename: String,
+    url: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Rows that needed work when the run started.
+    pub total: usize,
+    pub made: usize,
+    /// Rows deleted while the run went on.
+    pub gone: usize,
+    /// (id, filename, why)
+    pub failed: Vec<(i32, String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How a run reports its progress: a bar on a terminal, plain lines otherwise.
+pub trait Progress: Send {
+    fn start(&mut self, total: usize);
+    fn advance(&mut self, done: usize, note: Option<&str>);
+    fn finish(&mut self);
+}
+
+/// The outcome of one row.
+enum Outcome {
+    Made,
+    Gone,
+    Failed(String),
+}
+
+/// Backfills every row that needs it, `workers` rows at a time.
+pub async fn run(
+    db: &Db,
+    store: Arc<dyn ObjectStore>,
+    settings: &ImageSettings,
+    max_side: u32,
+    progress: &mut dyn Progress,
+    out: &mut (dyn Write + Send),
+) -> Result<Report, BackfillError> {
+    let want_thumb = settings.thumb_px > 0;
+    let want_medium = settings.medium_px > 0;
+    let rows: Vec<Row> = db
+        .run(move |c| {
+            Ok(c.query(
+                "SELECT id, filename, url FROM photographs \
+                     WHERE placeholder IS NULL OR color IS NULL \
+                        OR ($1 AND thumbnail_url IS NULL) OR ($2 AND medium_url IS NULL) \
+                     ORDER BY id",
+                &[&want_thumb, &want_medium],
+            )?
+            .iter()
+            .map(|r| Row {
+                id: r.get(0),
+                filename: r.get(1),
+                url: r.get(2),
+            })
+            .collect())
+        })
+        .await?;
+    let mut report = Report {
+        total: rows.len(),
+        ..Report::default()
+    };
+    progress.start(rows.len());
+    let workers = match settings.max_concurrent {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let mut outcomes = futures_util::stream::iter(rows)
+        .map(|row| {
+            let (db, store, settings) = (db.clone(), store.clone(), settings.clone());
+            async move {
+                let outcome = one(&db, store, &settings, max_side, &row).await;
+                (row, outcome)
+            }
+        })
+        .buffer_unordered(workers);
+    let mut done = 0;
+    while let Some((row, outcome)) = outcomes.next().await {
+        done += 1;
+        let note = match outcome {
+            Ok(Outcome::Made) => {
+                report.made += 1;
+                None
+            }
+            Ok(Outcome::Gone) => {
+                report.gone += 1;
+                None
+            }
+            Ok(Outcome::Failed(why)) => {
+                let _ = writeln!(out, "failed\t{}\t{}\t{why}", row.id, row.filename);
+                report.failed.push((row.id, row.filename.clone(), why));
+                Some(format!("{}: failed", row.filename))
+            }
+            Err(e) if e.is_connectivity() => {
+                progress.finish();
+                return Err(BackfillError::Other(format!(
+                    "the database stopped answering after {done} of {} rows ({e}); run the \
+                     command again to go on",
+                    report.total
+                )));
+            }
+            Err(e) => {
+                let why = e.to_string();
+                let _ = writeln!(out, "failed\t{}\t{}\t{why}", row.id, row.filename);
+                report.failed.push((row.id, row.filename.clone(), why));
+                Some(format!("{}: failed", row.filename))
+            }
+        };
+        progress.advance(done, note.as_deref());
+    }
+    progress.finish();
+    Ok(report)
+}
+
+/// Reads, processes, stores and records one row.
+async fn one(
+    db: &Db,
+    store: Arc<dyn ObjectStore>,
+    settings: &ImageSettings,
+    max_side: u32,
+    row: &Row,
+) -> Result<Outcome, DbError> {
+    let Some(photo_key) = photo_key(&*store, row) else {
+        return Ok(Outcome::Failed(format!(
+            "the photo's URL {} is not in this store ({})",
+            row.url,
+            store.describe()
+        )));
+    };
+    let bytes = {
+        let (store, key) = (store.clone(), photo_key.clone());
+        match blocking::run(move || store.get(&key)).await {
+            Ok(Ok(Some(bytes))) => bytes,
+            Ok(Ok(None)) => return Ok(Outcome::Failed("the photo is not in storage".into())),
+            Ok(Err(e)) => return Ok(Outcome::Failed(e.to_string())),
+            Err(e) => return Ok(Outcome::Failed(e.to_string())),
+        }
+    };
+    let made = {
+        let settings = settings.clone();
+        blocking::run_low_priority(move || {
+            let info = imaging::inspect(&bytes, max_side)?;
+            imaging::variants_for_stored(&bytes, &info, &settings)
+        })
+        .await
+    };
+    let (variants, preview) = match made {
+        Ok(Ok(made)) => made,
+        Ok(Err(rejected)) => return Ok(Outcome::Failed(rejected.to_string())),
+        Err(e) => return Ok(Outcome::Failed(e.to_string())),
+    };
+    let id = row.id;
+    db.run(move |c| {
+        let mut tx = c.transaction()?;
+        tx.batch_execute("SET LOCAL lock_timeout = '30s'")?;
+        if tx
+            .query_opt("SELECT 1 FROM photographs WHERE id = $1 FOR UPDATE", &[&id])?
+            .is_none()
+        {
+            return Ok(Outcome::Gone);
+        }
+        let (mut thumb, mut medium) = (None, None);
+        for (variant, encoded) in &variants {
+            let key = variant.key(&photo_key);
+            if let Err(e) = replace(&*store, &key, &encoded.bytes) {
+                return Ok(Outcome::Failed(format!("storing {key}: {e}")));
+            }
+            let url = Some(store.public_url(&key));
+            match variant {
+                Variant::Thumb => thumb = url,
+                Variant::Medium => medium = url,
+            }
+        }
+        tx.execute(
+            "UPDATE photographs SET thumbnail_url = COALESCE($2, thumbnail_url), \
+             medium_url = COALESCE($3, medium_url), placeholder = $4, color = $5 WHERE id = $1",
+            &[&id, &thumb, &medium, &preview.placeholder, &preview.color],
+        )?;
+        tx.commit()?;
+        Ok(Outcome::Made)
+    })
+    .await
+}
+
+/// The photo's object key: from its URL when that is in this store (rows of the original keep
+/// their own keys), else the name an upload of it would have been stored under.
+fn photo_key(store: &dyn ObjectStore, row: &Row) -> Option<String> {
+    let prefix = store.public_url("");
+    let rest = row.url.strip_prefix(&prefix)?;
+    let key = percent_encoding::percent_decode_str(rest)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    (!key.is_empty()).then_some(key)
+}
+
+/// Create-only, except that a variant left by an earlier run is replaced (the row is locked, so
+/// no one else writes this key now).
+fn replace(store: &dyn ObjectStore, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    if store.put_new(key, bytes)? == Put::AlreadyExists {
+        store.delete(key)?;
+        if store.put_new(key, bytes)? == Put::AlreadyExists {
+            return Err(StorageError::Rejected {
+                status: 409,
+                message: "the key keeps reappearing".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Progress for people: an `indicatif` bar with rate and time left when stderr is a terminal;
+/// otherwise one plain line at most every two seconds (and at the end), for logs.
+pub struct Console {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    started: Instant,
+    last_line: Option<Instant>,
+}
+
+impl Console {
+    pub fn new(terminal: bool) -> Console {
+        Console {
+            bar: terminal.then(|| {
+                indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} photos  {per_sec}  {eta} left  {msg}",
+                    )
+                    .expect("a valid template"),
+                )
+            }),
+            total: 0,
+            started: Instant::now(),
+            last_line: None,
+        }
+    }
+}
+
+impl Progress for Console {
+    fn start(&mut self, total: usize) {
+        self.total = total;
+        self.started = Instant::now();
+        match &self.bar {
+            Some(bar) => bar.set_length(total as u64),
+            None => eprintln!("{total} photos need variants"),
+        }
+    }
+
+    fn advance(&mut self, done: usize, note: Option<&str>) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done as u64);
+            if let Some(note) = note {
+                bar.set_message(note.to_string());
+            }
+            return;
+        }
+        let due = self
+            .last_line
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+        if due || done == self.total {
+            self.last_line = Some(Instant::now());
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            eprintln!(
+                "{done}/{} photos ({:.1}/s){}",
+                self.total,
+                done as f64 / secs,
+                note.map(|n| format!(" {n}")).unwrap_or_default()
+            );
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! The image pipeline through the API: what is stored for a camera photo, that a failure while
+//! storing a variant leaves nothing behind, and `variants backfill` for rows made before it.
+
+use std::{
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use image::{ImageEncoder, RgbImage, codecs::jpeg::JpegEncoder};
+use poem::http::StatusCode;
+use portfolio_server::{
+    config::{Secret, StorageBackend},
+    storage::{LocalStore, ObjectStore, Put, StorageError},
+};
+
+use crate::{
+    fake_supabase::{FakeStorage, SERVICE_KEY, start_fake},
+    helpers::{TestApp, TestDb, files_in, objects_of, upload_settings},
+};
+
+/// What no stored object may contain: it stands for a GPS position, a serial number, a name.
+const SECRET: &[u8] = b"SECRET-48.8584N-2.2945E";
+/// A recognisable colour profile (decoders do not validate it).
+const PROFILE: &[u8] = &[0x42; 600];
+
+/// A photo as a camera writes it: `w`x`h` stored, left half red and right half blue, EXIF
+/// with `orientation` and a secret, XMP and IPTC with the secret, an ICC profile, and a
+/// trailer after the image (a phone's second picture) with the secret too.
+fn camera_photo(w: u32, h: u32, orientation: u16) -> Vec<u8> {
+    let img = RgbImage::from_fn(w, h, |x, y| {
+        let shade = ((x + y) % 16) as u8;
+        if x < w / 2 {
+            image::Rgb([200 + shade, 30, 30])
+        } else {
+            image::Rgb([30, 30, 200 + shade])
+        }
+    });
+    let mut base = Vec::new();
+    JpegEncoder::new_with_quality(&mut base, 90)
+        .write_image(&img, w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    // EXIF: a little-endian TIFF block with Orientation, then the secret as trailing data.
+    let mut exif = b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
+    exif.extend_from_slice(&orientation.to_le_bytes());
+    exif.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    exif.extend_from_slice(SECRET);
+    let mut xmp = b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta>".to_vec();
+    xmp.extend_from_slice(SECRET);
+    let mut iptc = b"Photoshop 3.0\08BIM\x04\x04".to_vec();
+    iptc.extend_from_slice(SECRET);
+    let mut icc = b"ICC_PROFILE\0\x01\x01".to_vec();
+    icc.extend_from_slice(PROFILE);
+    let mut out = base[..2].to_vec();
+    for (marker, contents) in [(0xE1, exif), (0xE1, xmp), (0xED, iptc), (0xE2, icc)] {
+        out.extend_from_slice(&[0xFF, marker]);
+        out.extend_from_slice(&((contents.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&contents);
+    }
+    out.extend_from_slice(&base[2..]);
+    out.extend_from_slice(b"\xFF\xD8\xFF\xE1\x00\x20Exif\0\0");
+    out.extend_from_slice(SECRET);
+    out
+}
+
+/// The markers of the segments before the first scan, read independently of the server's code.
+fn header_markers(bytes: &[u8]) -> Vec<u8> {
+    assert_eq!(&bytes[..2], [0xFF, 0xD8]);
+    let mut markers = Vec::new();
+    let mut i = 2;
+    while i + 4 <= bytes.len() && bytes[i] == 0xFF {
+        let marker = bytes[i + 1];
+        markers.push(marker);
+        if marker == 0xDA {
+            break;
+        }
+        i += 2 + (usize::from(bytes[i + 2]) << 8 | usize::from(bytes[i + 3]));
+    }
+    markers
+}
+
+fn stored_size(bytes: &[u8]) -> (u32, u32) {
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .unwrap()
+        .into_dimensions()
+        .unwrap()
+}
+
+fn icc_profile(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut d = jpeg_decoder::Decoder::new(bytes);
+    d.read_info().unwrap();
+    d.icc_profile()
+}
+
+/// Every object is a clean JPEG: no EXIF/XMP (APP1), no IPTC (APP13), no trailer, the profile
+/// kept, and none of the secret anywhere.
+fn assert_clean(key: &str, bytes: &[u8]) {
+    let markers = header_markers(bytes);
+    assert!(!markers.contains(&0xE1), "{key}: APP1 in {markers:x?}");
+    assert!(!markers.contains(&0xED), "{key}: APP13 in {markers:x?}");
+    assert!(
+        !bytes.windows(SECRET.len()).any(|w| w == SECRET),
+        "{key}: the secret was published"
+    );
+    assert_eq!(&bytes[bytes.len() - 2..], [0xFF, 0xD9], "{key}: a trailer");
+    assert_eq!(
+        icc_profile(bytes).as_deref(),
+        Some(PROFILE),
+        "{key}: profile"
+    );
+}
+
+fn key_of(url: &str) -> &str {
+    url.rsplit('/').next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_camera_photo_is_stored_web_sized_and_private_with_variants_and_a_placeholder() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = TestApp::spawn(upload_settings(Some(&db.url), media.path())).await;
+    let r = app.upload("camera.jpg", camera_photo(6000, 4000, 1)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let photo = r.json();
+    assert_eq!(
+        (photo["width"].as_u64(), photo["height"].as_u64()),
+        (Some(2560), Some(1707))
+    );
+    assert_eq!(files_in(media.path()), objects_of("", &["camera.jpg"]));
+
+    let read = |key: &str| std::fs::read(media.path().join(key)).unwrap();
+    assert_eq!(stored_size(&read("camera.jpg")), (2560, 1707));
+    for (field, size) in [("thumbnail_url", (400, 267)), ("medium_url", (1200, 800))] {
+        let url = photo[field].as_str().unwrap();
+        let key = key_of(url);
+        assert_eq!(stored_size(&read(key)), size, "{field}");
+        let served = app.get(&format!("/media/{key}")).await;
+        assert_eq!(served.status, StatusCode::OK, "{url} fetches");
+        assert_eq!(served.header("content-type"), Some("image/jpeg"));
+    }
+    for key in objects_of("", &["camera.jpg"]) {
+        assert_clean(&key, &read(&key));
+    }
+
+    // Listing items carry the new fields after the six original ones.
+    let listed = app.get("/api/images").await.json();
+    let item = &listed.as_array().unwrap()[0];
+    let fields: Vec<&str> = item
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "id",
+            "filename",
+            "url",
+            "category",
+            "width",
+            "height",
+            "thumbnail_url",
+            "medium_url",
+            "placeholder",
+            "color"
+        ]
+    );
+    assert_eq!(item["thumbnail_url"], photo["thumbnail_url"]);
+    let color = item["color"].as_str().unwrap();
+    assert!(color.len() == 7 && color.starts_with('#'), "{color}");
+    let hash = item["placeholder"].as_str().unwrap();
+    assert!(
+        (20..=60).contains(&hash.len()),
+        "a ThumbHash in base64: {hash}"
+    );
+    assert_eq!(item["placeholder"], photo["placeholder"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orientation_6_photo_is_stored_upright_with_width_and_height_swapped() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = TestApp::spawn(upload_settings(Some(&db.url), media.path())).await;
+    let r = app.upload("phone.jpg", camera_photo(900, 600, 6)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(
+        (r.json()["width"].as_u64(), r.json()["height"].as_u64()),
+        (Some(600), Some(900))
+    );
+    for key in objects_of("", &["phone.jpg"]) {
+        let bytes = std::fs::read(media.path().join(&key)).unwrap();
+        assert_clean(&key, &bytes);
+        let (w, h) = stored_size(&bytes);
+        assert!(h > w, "{key} is portrait: {w}x{h}");
+        // Turned a quarter clockwise: the red left half is now the top.
+        let img = image::load_from_memory(&bytes).unwrap().into_rgb8();
+        let (top, bottom) = (img.get_pixel(w / 2, h / 8), img.get_pixel(w / 2, h * 7 / 8));
+        assert!(top[0] > 150 && top[2] < 90, "{key}: top {top:?}");
+        assert!(
+            bottom[2] > 150 && bottom[0] < 90,
+            "{key}: bottom {bottom:?}"
+        );
+    }
+}
+
+/// A local store whose writes of keys starting with `prefix` are refused while `failing`.
+struct RefusesPrefix {
+    inner: LocalStore,
+    prefix: &'static str,
+    failing: AtomicBool,
+}
+
+impl ObjectStore for RefusesPrefix {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+        if self.failing.load(Ordering::SeqCst) && key.starts_with(self.prefix) {
+            return Err(StorageError::Rejected {
+                status: 403,
+                message: "quota exceeded (injected)".into(),
+            });
+        }
+        self.inner.put_new(key, bytes)
+    }
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key)
+    }
+    fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        self.inner.exists(key)
+    }
+    fn public_url(&self, key: &str) -> String {
+        self.inner.public_url(key)
+    }
+}
+
+fn row_count(db: &TestDb) -> String {
+    db.rows("SELECT count(*) FROM photographs")[0][0]
+        .clone()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_second_variant_leaves_nothing_and_the_name_can_be_uploaded_again() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let store = Arc::new(RefusesPrefix {
+        inner: LocalStore::new(media.path(), "http://media.test/media"),
+        // Variants are written smallest first: the thumb, then the medium.
+        prefix: "medium~",
+        failing: AtomicBool::new(true),
+    });
+    let s = upload_settings(Some(&db.url), media.path());
+    let app = TestApp::spawn_with_store(s, store.clone()).await;
+    let r = app.upload("two.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("quota exceeded"), "{}", r.text());
+    assert!(
+        files_in(media.path()).is_empty(),
+        "{:?}",
+        files_in(media.path())
+    );
+    assert_eq!(row_count(&db), "0");
+    assert_eq!(app.state.uploader.pending_cleanups(), 0, "settled at once");
+
+    store.failing.store(false, Ordering::SeqCst);
+    let again = app.upload("two.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+    assert_eq!(files_in(media.path()), objects_of("", &["two.jpg"]));
+}
+
+async fn eventually(secs: u64, done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Supabase answering 500 to the medium variant: the write may or may not have happened, so
+/// the journal's resolver removes the photo and its thumb (and would remove a late medium).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supabase_5xx_on_a_variant_leaves_no_object_behind() {
+    let db = TestDb::new();
+    let fake = Arc::new(FakeStorage::default());
+    *fake.fail_prefix.lock().unwrap() = Some("medium~".into());
+    let base = start_fake(fake.clone()).await;
+    let mut s = upload_settings(Some(&db.url), &std::env::temp_dir());
+    s.storage.backend = Some(StorageBackend::Supabase);
+    s.storage.supabase_url = Some(base);
+    s.storage.supabase_key = Some(Secret::new(SERVICE_KEY));
+    s.storage.timeout_secs = 1;
+    let app = TestApp::spawn(s).await;
+    let stored = || {
+        let mut keys: Vec<String> = fake.objects.lock().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let r = app.upload("cloud.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(
+        eventually(5, || stored().is_empty()).await,
+        "left: {:?}",
+        stored()
+    );
+    assert_eq!(row_count(&db), "0");
+
+    *fake.fail_prefix.lock().unwrap() = None;
+    let again = app.upload("cloud.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+    assert_eq!(stored(), objects_of("images/", &["cloud.jpg"]));
+    for key in stored() {
+        assert_clean(&key, &fake.objects.lock().unwrap()[&key]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// variants backfill
+
+fn migrate(dir: &std::path::Path, url: &str) {
+    let ok = Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
+        .current_dir(dir)
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .arg("migrate")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn backfill_command(dir: &std::path::Path, db_url: &str, media: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_portfolio-server"));
+    c.current_dir(dir)
+        .env_clear()
+        .env("DATABASE_URL", db_url)
+        .env("APP_STORAGE__LOCAL_DIR", media)
+        .env("APP_STORAGE__PUBLIC_BASE_URL", "http://media.test/media")
+        .args(["variants", "backfill"]);
+    c
+}
+
+/// Rows as the original server (or this one before variants) made them: a photo in the folder
+/// and a row with the six fields only.
+fn old_rows(db: &TestDb, media: &std::path::Path, n: usize) {
+    for i in 0..n {
+        let name = format!("old-{i:02}.jpg");
+        std::fs::write(media.join(&name), camera_photo(1600, 1200, 1)).unwrap();
+        db.execute(&format!(
+            "INSERT INTO photographs (filename, url, width, height) \
+             VALUES ('{name}', 'http://media.test/media/{name}', 1600, 1200)"
+        ));
+    }
+}
+
+fn missing_variants(db: &TestDb) -> String {
+    db.rows(
+        "SELECT count(*) FROM photographs WHERE thumbnail_url IS NULL OR medium_url IS NULL \
+         OR placeholder IS NULL OR color IS NULL",
+    )[0][0]
+        .clone()
+        .unwrap()
+}
+
+#[test]
+fn backfill_fills_old_rows_is_idempotent_and_resumes_after_being_killed() {
+    let (db, media, dir) = (
+        TestDb::new(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    migrate(dir.path(), &db.url);
+    old_rows(&db, media.path(), 24);
+    let photos_before: Vec<Vec<u8>> = (0..24)
+        .map(|i| std::fs::read(media.path().join(format!("old-{i:02}.jpg"))).unwrap())
+        .collect();
+
+    // Killed as soon as it has made some, but not all.
+    let mut child = backfill_command(dir.path(), &db.url, media.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while missing_variants(&db) == "24" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left: usize = missing_variants(&db).parse().unwrap();
+    assert!(left < 24, "it made some before it was killed");
+    assert!(
+        left > 0,
+        "killed before it finished, or this test proves nothing"
+    );
+
+    // The second run does the rest.
+    let out = backfill_command(dir.path(), &db.url, media.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{left} photos need variants")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{left}/{left} photos")),
+        "plain progress lines: {stderr}"
+    );
+    assert_eq!(missing_variants(&db), "0");
+    let names: Vec<String> = (0..24).map(|i| format!("old-{i:02}.jpg")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(
+        files_in(media.path()),
+        objects_of("", &names),
+        "no leftovers"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let thumb = std::fs::read(media.path().join(format!("thumb~{name}"))).unwrap();
+        assert_eq!(stored_size(&thumb), (400, 300));
+        assert_clean(name, &thumb);
+        assert_eq!(
+            std::fs::read(media.path().join(name)).unwrap(),
+            photos_before[i],
+            "the photo itself is never rewritten"
+        );
+    }
+    let urls = db.rows("SELECT thumbnail_url, medium_url FROM photographs WHERE id = 1");
+    assert_eq!(
+        urls[0],
+        [
+            Some("http://media.test/media/thumb~old-00.jpg".into()),
+            Some("http://media.test/media/medium~old-00.jpg".into())
+        ]
+    );
+
+    // Nothing left to do: a third run changes nothing.
+    let thumbs_before = std::fs::metadata(media.path().join("thumb~old-00.jpg"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let out = backfill_command(dir.path(), &db.url, media.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 photos need variants"));
+    assert_eq!(
+        std::fs::metadata(media.path().join("thumb~old-00.jpg"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        thumbs_before
+    );
+}
+
+#[test]
+fn backfill_reports_rows_it_cannot_read_and_exits_non_zero() {
+    let (db, media, dir) = (
+        TestDb::new(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    migrate(dir.path(), &db.url);
+    old_rows(&db, media.path(), 1);
+    db.execute(
+        "INSERT INTO photographs (filename, url) VALUES ('gone.jpg', 'http://media.test/media/gone.jpg'), \
+         ('elsewhere.jpg', 'https://cdn.example/elsewhere.jpg')",
+    );
+    std::fs::write(
+        media.path().join("broken.jpg"),
+        b"\xFF\xD8\xFF\xE0\x00\x10cut off",
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO photographs (filename, url) VALUES ('broken.jpg', 'http://media.test/media/broken.jpg')",
+    );
+    let out = backfill_command(dir.path(), &db.url, media.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("failed\t2\tgone.jpg\tthe photo is not in storage"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("failed\t3\telsewhere.jpg\tthe photo's URL"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("failed\t4\tbroken.jpg\tUnreadable image"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("1 of 4 photos now have their variants; 3 failed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        missing_variants(&db),
+        "3",
+        "the others are left as they were"
+    );
+}
