@@ -13,9 +13,9 @@ ROOT=$PWD
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-  DUR=1s; ROWS_SMALL=2000; ROWS_BIG=20000; BATCH=5; STORM=300
+  DUR=1s; ROWS_SMALL=2000; ROWS_BIG=20000; BATCH=5; STORM=300; IMG_RUNS=1; IMG_BATCH=3
 else
-  DUR=10s; ROWS_SMALL=10000; ROWS_BIG=1000000; BATCH=100; STORM=5000
+  DUR=10s; ROWS_SMALL=10000; ROWS_BIG=1000000; BATCH=100; STORM=5000; IMG_RUNS=5; IMG_BATCH=20
 fi
 DEEP=$((ROWS_BIG * 9 / 10))
 CONNS=100
@@ -33,6 +33,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql-15)
 command -v pgbench >/dev/null || missing+=(postgresql-contrib)
 command -v curl >/dev/null || missing+=(curl)
+command -v vipsthumbnail >/dev/null || missing+=(libvips-tools)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   apt-get update -qq
@@ -43,7 +44,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 
 log "building the release binary"
-cargo build --release --locked 2>&1 | tail -1
+cargo build --release --locked --bins --example pipeline 2>&1 | tail -1
 BIN=$ROOT/target/release/portfolio-server
 
 # --- a throwaway PostgreSQL ---------------------------------------------------------------
@@ -214,6 +215,65 @@ print(f"wall_s={t1 - t0:.2f} base_rss_kib={base} peak_rss_kib={peak} growth_kib=
 PY
 cat "$RAW/upload.txt" >&2
 
+log "9. image pipeline: one 6000x4000 photo beside vipsthumbnail, then a batch of $IMG_BATCH"
+python3 - "$WORK/photos" "$IMG_BATCH" <<'PY'
+import os, sys
+from PIL import Image
+out, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(out, exist_ok=True)
+# Photo-like: smooth gradients with sensor-like noise, quality 92: about 8 MB, as from a camera.
+grad = Image.linear_gradient("L").resize((6000, 4000))
+bands = [Image.blend(grad, Image.effect_noise((6000, 4000), 18), 0.5) for _ in range(3)]
+Image.merge("RGB", bands).save(os.path.join(out, "big.jpg"), quality=92)
+data = open(os.path.join(out, "big.jpg"), "rb").read()
+os.makedirs(os.path.join(out, "batch"), exist_ok=True)
+for i in range(n):
+    open(os.path.join(out, "batch", f"img{i}.jpg"), "wb").write(data)
+PY
+"$ROOT/target/release/examples/pipeline" "$WORK/photos/big.jpg" "$IMG_RUNS" >"$RAW/image_pipeline.txt"
+# libvips: the three sizes the server makes, metadata stripped, each a run of vipsthumbnail.
+python3 - "$WORK/photos/big.jpg" "$IMG_RUNS" "$WORK" >"$RAW/image_vips.txt" <<'PY'
+import resource, statistics, subprocess, sys, time
+src, runs, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def once():
+    for size in (2560, 1200, 400):
+        subprocess.run(["vipsthumbnail", src, "-s", str(size), "-o", f"{work}/vips{size}.jpg[Q=85,strip]"], check=True)
+once()  # warm-up: the file in the page cache, as for the server
+walls = []
+before = resource.getrusage(resource.RUSAGE_CHILDREN)
+for _ in range(runs):
+    t = time.perf_counter(); once(); walls.append(time.perf_counter() - t)
+after = resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / runs
+version = subprocess.run(["vipsthumbnail", "--vips-version"], capture_output=True, text=True).stdout.strip()
+print(f"version={version}")
+print(f"runs={runs} wall_median_s={statistics.median(walls):.3f} cpu_s={cpu:.3f} maxrss_kib={after.ru_maxrss}")
+PY
+cat "$RAW/image_pipeline.txt" "$RAW/image_vips.txt" >&2
+P_IMG=$(free_port)
+start_server images "$P_IMG" "$URL_SMALL" ADMIN_API_KEY=bench-key APP_STORAGE__LOCAL_DIR="$WORK/media-img"
+run_wrk images_before "http://127.0.0.1:$P_IMG$PAGE"
+args=()
+for f in "$WORK"/photos/batch/*.jpg; do args+=(-F "files=@$f"); done
+IMG_BASE=$(rss_kib "$PID_images")
+echo 5 >"/proc/$PID_images/clear_refs"
+T0=$(date +%s.%N)
+curl -sf -X POST "http://127.0.0.1:$P_IMG/api/upload-batch" -H "X-API-Key: bench-key" \
+  -F category=bench "${args[@]}" >"$WORK/img-batch.json" &
+CURL=$!
+sleep 0.5
+run_wrk images_during "http://127.0.0.1:$P_IMG$PAGE"
+wait "$CURL"
+T1=$(date +%s.%N)
+python3 - "$WORK/img-batch.json" "$T0" "$T1" "$IMG_BASE" "$(hwm_kib "$PID_images")" "$IMG_BATCH" >"$RAW/image_batch.txt" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+t0, t1, base, peak, n = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+print(f"files={n} uploaded={len(report['uploaded'])} failed={len(report['failed'])} skipped={len(report['skipped'])}")
+print(f"wall_s={t1 - t0:.2f} photos_per_s={n / (t1 - t0):.2f} base_rss_kib={base} peak_rss_kib={peak} growth_kib={peak - base}")
+PY
+cat "$RAW/image_batch.txt" >&2
+
 log "8. connection storm: $STORM keep-alive connections, RSS before, during, 10 s after"
 P_STORM=$(free_port)
 # A long header deadline, so that no connection is closed while the storm is still opening.
@@ -237,6 +297,7 @@ log "7. versions and the report"
   echo "postgres=$("$PGBIN/postgres" --version)"
   echo "nginx=$("$NGINX" -v 2>&1)"
   echo "wrk=$(wrk -v 2>&1 | head -1)"
+  echo "vips=$(vipsthumbnail --vips-version)"
   echo "duration=$DUR connections=$CONNS rows_small=$ROWS_SMALL rows_big=$ROWS_BIG deep=$DEEP quick=$QUICK"
 } >"$RAW/env.txt"
 python3 "$ROOT/bench/report.py" "$RAW" >"$RAW/results.md"

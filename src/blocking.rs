@@ -13,7 +13,7 @@ use tracing::Instrument;
 pub struct Panicked(pub String);
 
 /// Runs CPU-heavy work (decoding and resizing photos) on a thread of its own at a lower CPU
-/// priority (nice 10), inside the current span. When uploads and reads compete for the cores,
+/// priority (nice 10), inside the current span, and returns the memory it freed to the system. When uploads and reads compete for the cores,
 /// reads win; alone, the work runs at full speed. Threads it starts inherit the priority.
 /// Callers bound how many run at once.
 pub async fn run_low_priority<T, F>(f: F) -> Result<T, Panicked>
@@ -42,6 +42,21 @@ where
         }
         Err(_) => Err(Panicked("image work ended without an answer".into())),
     }
+}
+
+/// Gives the pages the allocator holds free back to the system (glibc keeps freed memory in
+/// per-thread arenas; after a burst of connections or of photo buffers it would stay counted in
+/// the RSS). Whether anything was released.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn return_freed_memory() -> bool {
+    // SAFETY: malloc_trim only walks and releases the allocator's free lists; it takes no
+    // pointers from us and is safe to call from any thread at any time.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn return_freed_memory() -> bool {
+    false
 }
 
 /// Nice 10 for the calling thread only (Linux keeps a nice value per thread).

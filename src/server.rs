@@ -266,7 +266,9 @@ async fn give_memory_back(registry: std::sync::Weak<Registry>) {
         let open = registry.open();
         let peak = registry.peak.load(Ordering::Relaxed);
         if peak >= 256 && open <= peak / 4 {
-            let freed = crate::blocking::run(trim).await.unwrap_or(false);
+            let freed = crate::blocking::run(crate::blocking::return_freed_memory)
+                .await
+                .unwrap_or(false);
             tracing::debug!(
                 peak,
                 open,
@@ -276,18 +278,6 @@ async fn give_memory_back(registry: std::sync::Weak<Registry>) {
             registry.peak.store(open, Ordering::Relaxed);
         }
     }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() -> bool {
-    // SAFETY: malloc_trim only walks and releases the allocator's free lists; it takes no
-    // pointers from us and is safe to call from any thread at any time.
-    unsafe { libc::malloc_trim(0) == 1 }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() -> bool {
-    false
 }
 
 /// At the cap with every connection busy: a short 503, written without waiting, then close.

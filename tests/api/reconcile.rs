@@ -65,6 +65,8 @@ fn reconcile_lists_orphans_and_missing_objects_and_deletes_only_old_unclaimed_or
         ("old-orphan.jpg", 48),
         ("new-orphan.jpg", 0),
         ("elsewhere.jpg", 100), // no row points at it, but a row claims the name
+        ("thumb~kept.jpg", 100), // a variant its row does not record (a killed backfill)
+        ("medium~old-orphan.jpg", 48), // a variant of a photo with no row
     ] {
         std::fs::write(media.join(name), b"jpeg").unwrap();
         age(&media.join(name), hours);
@@ -85,13 +87,14 @@ fn reconcile_lists_orphans_and_missing_objects_and_deletes_only_old_unclaimed_or
         [
             "missing\t2\tgone.jpg\thttp://photos.test/media/gone.jpg",
             "orphan\telsewhere.jpg\t4 days old",
+            "orphan\tmedium~old-orphan.jpg\t2 days old",
             "orphan\tnew-orphan.jpg\t0 min old",
             "orphan\told-orphan.jpg\t2 days old",
         ],
         "{out}"
     );
     assert!(
-        err.contains("5 objects, 4 rows (1 pointing elsewhere): 3 orphans"),
+        err.contains("7 objects, 4 rows (1 pointing elsewhere): 4 orphans"),
         "{err}"
     );
     assert!(err.contains("Dry run"), "{err}");
@@ -107,12 +110,13 @@ fn reconcile_lists_orphans_and_missing_objects_and_deletes_only_old_unclaimed_or
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("deleted\told-orphan.jpg"), "{out}");
+    assert!(out.contains("deleted\tmedium~old-orphan.jpg"), "{out}");
     assert!(
         out.contains("kept\telsewhere.jpg"),
         "a row claims the name: {out}"
     );
     assert!(
-        err.contains("Deleted 1, kept 1 (a row has the name), left 1 younger"),
+        err.contains("Deleted 2, kept 1 (a row has the name), left 1 younger"),
         "{err}"
     );
     let mut left: Vec<String> = std::fs::read_dir(&media)
@@ -127,6 +131,7 @@ fn reconcile_lists_orphans_and_missing_objects_and_deletes_only_old_unclaimed_or
             "elsewhere.jpg",
             "kept.jpg",
             "new-orphan.jpg",
+            "thumb~kept.jpg",
             "with space.jpg"
         ]
     );
