@@ -59,12 +59,18 @@ pub fn return_freed_memory() -> bool {
     false
 }
 
-/// Nice 10 for the calling thread only (Linux keeps a nice value per thread).
+/// The nice value image work runs at, unless the process already runs nicer.
+const IMAGE_NICE: libc::c_int = 10;
+
+/// Nice [`IMAGE_NICE`] for the calling thread only (Linux keeps a nice value per thread); never
+/// raises the priority of a process started with a higher nice value.
 fn lower_priority() {
     // SAFETY: plain system calls on the calling thread; a failure only leaves the priority.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        if libc::getpriority(libc::PRIO_PROCESS, tid) < IMAGE_NICE {
+            libc::setpriority(libc::PRIO_PROCESS, tid, IMAGE_NICE);
+        }
     }
 }
 
@@ -113,6 +119,7 @@ mod tests {
 
     #[tokio::test]
     async fn low_priority_work_runs_niced_and_reports_panics() {
+        let before = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
         let nice = run_low_priority(|| unsafe {
             libc::getpriority(
                 libc::PRIO_PROCESS,
@@ -121,13 +128,13 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(nice, 10);
+        assert_eq!(nice, before.max(IMAGE_NICE), "nicer, never less nice");
         let e = run_low_priority(|| -> u8 { panic!("decoder bug") })
             .await
             .unwrap_err();
         assert_eq!(e.0, "decoder bug");
         let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-        assert_eq!(here, 0, "the caller's priority is untouched");
+        assert_eq!(here, before, "the caller's priority is untouched");
     }
 
     #[tokio::test(flavor = "multi_thread")]
