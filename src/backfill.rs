@@ -77,6 +77,15 @@ pub async fn run(
     progress: &mut dyn Progress,
     out: &mut (dyn Write + Send),
 ) -> Result<Report, BackfillError> {
+    {
+        // Before any work: the store answers (and a local folder drops what killed runs left).
+        let store = store.clone();
+        match blocking::run(move || store.check()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(BackfillError::Other(format!("storage: {e}"))),
+            Err(e) => return Err(BackfillError::Other(e.to_string())),
+        }
+    }
     let want_thumb = settings.thumb_px > 0;
     let want_medium = settings.medium_px > 0;
     let rows: Vec<Row> = db

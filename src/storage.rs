@@ -269,6 +269,36 @@ impl LocalStore {
 }
 
 impl LocalStore {
+    /// Removes `.upload-<pid>-<n>.tmp` and `.probe-<pid>-<n>.tmp` files whose process is gone
+    /// (a crash or a kill between writing and linking). Files of live processes, this one and
+    /// others sharing the folder, are left alone. How many went.
+    pub fn remove_dead_temp_files(&self) -> io::Result<usize> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let pid = [".upload-", ".probe-"]
+                .iter()
+                .find_map(|p| name.strip_prefix(p))
+                .filter(|_| name.ends_with(".tmp"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            let Some(pid) = pid else { continue };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                match fs::remove_file(self.dir.join(&name)) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Opens a stored object for reading: a regular file directly in the folder, never through a
     /// symbolic link (which could point anywhere on the machine). None when there is no such
     /// object (or the name is not a key).
@@ -348,9 +378,18 @@ impl ObjectStore for LocalStore {
         format!("{}/{}", self.public_base_url, encode_key(key))
     }
 
-    /// The folder exists (or can be made) and a file can be written in it.
+    /// The folder exists (or can be made) and a file can be written in it. Temporary files
+    /// left by processes that died while writing are removed on the way.
     fn check(&self) -> Result<(), StorageError> {
         fs::create_dir_all(&self.dir)?;
+        match self.remove_dead_temp_files() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                files = n,
+                "removed temporary files of processes that died mid-write"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot look for stale temporary files"),
+        }
         let probe = self.dir.join(format!(
             ".probe-{}-{}.tmp",
             std::process::id(),
@@ -694,6 +733,42 @@ mod tests {
         assert_eq!(reported(404, route).0, 404);
         assert_eq!(reported(502, "bad gateway"), (502, "bad gateway".into()));
         assert_eq!(reported(500, ""), (500, "HTTP 500".into()));
+    }
+
+    #[test]
+    fn temporary_files_of_dead_processes_are_removed_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "http://x/media/");
+        // PIDs are below 2^22 on Linux: this one belongs to no process.
+        let dead = ".upload-99999999-3.tmp";
+        let mine = format!(".upload-{}-1.tmp", std::process::id());
+        let parent = format!(".probe-{}-2.tmp", std::os::unix::process::parent_id());
+        for name in [
+            dead,
+            ".probe-99999998-1.tmp",
+            &mine,
+            &parent,
+            "photo.jpg",
+            ".upload-x.tmp",
+        ] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(store.remove_dead_temp_files().unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            mine.clone(),
+            parent.clone(),
+            ".upload-x.tmp".into(),
+            "photo.jpg".into(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+        store.check().unwrap();
+        assert_eq!(store.remove_dead_temp_files().unwrap(), 0);
     }
 
     #[test]
