@@ -176,6 +176,13 @@ fn route_of(path: &str) -> (&'static str, &'static str) {
         "/api/upload-batch" => ("/api/upload-batch", "POST"),
         "/api/health" => ("/api/health", READ),
         "/api/portfolio" => ("/api/portfolio", READ),
+        "/api/categories" => ("/api/categories", READ),
+        p if p
+            .strip_prefix("/api/images/")
+            .is_some_and(|id| !id.contains('/')) =>
+        {
+            ("/api/images/{id}", "GET, HEAD, PATCH, DELETE")
+        }
         "/openapi.json" => ("/openapi.json", READ),
         p if p.starts_with("/media/") => ("/media/{filename}", READ),
         p if p == "/docs" || p.starts_with("/docs/") => ("/docs", READ),

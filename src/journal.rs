@@ -41,6 +41,10 @@ pub struct Entry {
     /// variants existed have none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<String>,
+    /// The name the objects go with, when it is not `key` (a deleted row of the original,
+    /// whose key kept its own spelling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
     /// When to check it (Unix milliseconds), earliest first. The entry is dropped after the last.
     pub checks: Vec<u64>,
     /// Its file in the journal folder.
@@ -49,6 +53,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The name whose claim decides the objects' fate.
+    pub fn name(&self) -> &str {
+        self.claim.as_deref().unwrap_or(&self.key)
+    }
+
     /// The next check is due.
     pub fn is_due(&self, now_ms: u64) -> bool {
         self.checks.first().is_none_or(|&t| t <= now_ms)
@@ -89,6 +98,11 @@ impl Journal {
 
     /// [`Journal::record`] for a photo with further objects `also` (its variants).
     pub fn record_with(&self, key: &str, also: &[String]) -> io::Result<Entry> {
+        self.record_claimed(key, key, also)
+    }
+
+    /// [`Journal::record_with`] for objects that go with the name `name` rather than `key`.
+    pub fn record_claimed(&self, key: &str, name: &str, also: &[String]) -> io::Result<Entry> {
         let file = self.dir.join(format!(
             "{}.{}-{}-{}.json",
             key,
@@ -99,6 +113,7 @@ impl Journal {
         let entry = Entry {
             key: key.to_string(),
             also: also.to_vec(),
+            claim: (name != key).then(|| name.to_string()),
             checks: vec![now_ms()],
             file,
         };

@@ -16,6 +16,8 @@ pub mod backfill;
 pub mod blocking;
 /// The byte-bounded cache of pre-serialised listing pages.
 pub mod cache;
+/// `portfolio-server upload DIR...`: a client that sends folders of photos to a server.
+pub mod client;
 /// Layered configuration (defaults, `Config.toml`, `.env`, environment).
 pub mod config;
 /// PostgreSQL: pool, outage tracking, migrations, queries.
@@ -29,6 +31,8 @@ pub mod imaging;
 pub mod journal;
 /// The read path of the listing: cache, database, stale copy, embedded data.
 pub mod listing;
+/// Managing photos after upload: one photo, its category, deleting it with its objects.
+pub mod manage;
 /// Domain values with their rules: photo, file name, category, page key.
 pub mod model;
 /// `portfolio-server reconcile`: objects without rows, rows without objects.

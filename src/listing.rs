@@ -198,6 +198,12 @@ pub struct Listing {
     copy_saved: Mutex<Option<Instant>>,
     /// The copy in memory is newer than the file.
     copy_unsaved: AtomicBool,
+    /// Bumped by every write: an answer loaded before a write is never kept after it.
+    generation: std::sync::atomic::AtomicU64,
+    /// `GET /api/categories`: its body, when it was loaded, and at which generation.
+    categories: Mutex<Option<(Instant, u64, bytes::Bytes)>>,
+    /// How long the categories are kept (`cache.ttl_secs`; 0 keeps nothing).
+    categories_ttl: Duration,
 }
 
 /// The copy in memory follows writes within a second; the file on disk (for a restart during an
@@ -230,6 +236,38 @@ impl Listing {
             copy_too_big_logged: AtomicBool::new(false),
             copy_saved: Mutex::new(None),
             copy_unsaved: AtomicBool::new(false),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            categories: Mutex::new(None),
+            categories_ttl: if settings.max_bytes == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(settings.ttl_secs)
+            },
+        }
+    }
+
+    /// The count of writes so far (see [`Listing::keep_categories`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The categories' body, if it was loaded less than `cache.ttl_secs` ago and no write came
+    /// since.
+    pub fn cached_categories(&self) -> Option<bytes::Bytes> {
+        let guard = self.categories.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .filter(|(at, generation, _)| {
+                at.elapsed() < self.categories_ttl && *generation == self.generation()
+            })
+            .map(|(_, _, body)| body.clone())
+    }
+
+    /// Keeps the categories' body loaded at `generation`, unless a write came since.
+    pub fn keep_categories(&self, generation: u64, body: bytes::Bytes) {
+        let mut guard = self.categories.lock().unwrap_or_else(|p| p.into_inner());
+        if generation == self.generation() {
+            *guard = Some((Instant::now(), generation, body));
         }
     }
 
@@ -369,6 +407,7 @@ impl Listing {
 
     /// Forgets cached pages after a write (and has the table copy taken again).
     pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate();
         self.copy_dirty.store(true, Ordering::Release);
     }

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use portfolio_server::{
     app::{App, shutdown_signal},
-    backfill,
+    backfill, client,
     config::{LogFormat, Settings},
     db::Db,
     telemetry,
@@ -32,6 +32,42 @@ enum Command {
         #[arg(long, default_value_t = 24)]
         grace_hours: u64,
     },
+    /// Send the photos in folders to a running server, skipping those it has already.
+    Upload {
+        /// Folders (searched recursively for .jpg/.jpeg) or files.
+        #[arg(required_unless_present = "from")]
+        paths: Vec<std::path::PathBuf>,
+        /// The server.
+        #[arg(long, default_value = "http://localhost:8000")]
+        url: String,
+        /// The admin key (default: ADMIN_API_KEY from the environment or .env).
+        #[arg(long)]
+        key: Option<String>,
+        /// The category of every photo sent (default: the server's, `nature`).
+        #[arg(long)]
+        category: Option<String>,
+        /// Requests at the same time.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Most files per request.
+        #[arg(long, default_value_t = 20)]
+        batch_files: usize,
+        /// Most bytes per request (a larger file goes alone).
+        #[arg(long, default_value_t = 64 << 20)]
+        batch_bytes: u64,
+        /// Retries of a request that got no answer or a 5xx (backoff 0.5 s, doubling).
+        #[arg(long, default_value_t = 5)]
+        retries: u32,
+        /// List what would be sent; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also send the files listed in this file (one path per line, as --failed-list writes).
+        #[arg(long)]
+        from: Option<std::path::PathBuf>,
+        /// Where the paths that failed are written (removed when nothing failed).
+        #[arg(long, default_value = "upload-failed.txt")]
+        failed_list: std::path::PathBuf,
+    },
     /// The thumb and medium variants and the placeholder of each photo.
     Variants {
         #[command(subcommand)]
@@ -57,6 +93,43 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(settings.log.format);
+    if let Some(Command::Upload {
+        paths,
+        url,
+        key,
+        category,
+        jobs,
+        batch_files,
+        batch_bytes,
+        retries,
+        dry_run,
+        from,
+        failed_list,
+    }) = cli.command
+    {
+        let key = key
+            .or_else(|| {
+                settings
+                    .auth
+                    .admin_api_key
+                    .as_ref()
+                    .map(|k| k.expose().to_string())
+            })
+            .unwrap_or_default();
+        let opts = client::Options {
+            url,
+            key,
+            category,
+            jobs,
+            batch_files,
+            batch_bytes,
+            retries,
+            dry_run,
+            failed_list,
+            backoff: std::time::Duration::from_millis(500),
+        };
+        return upload(opts, paths, from);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Bounded: blocking threads only ever wait on the pool, which has `pool_max_size`
@@ -75,6 +148,7 @@ fn main() -> ExitCode {
             Command::Variants {
                 action: VariantsAction::Backfill,
             } => backfill(settings).await,
+            Command::Upload { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
@@ -121,6 +195,107 @@ async fn reconcile(
     };
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     portfolio_server::reconcile::run(&db, store, opts, &mut out, &mut err).await?;
+    Ok(())
+}
+
+/// `portfolio-server upload`: blocking HTTP on this thread; the exit code says whether
+/// everything was sent.
+fn upload(
+    opts: client::Options,
+    paths: Vec<std::path::PathBuf>,
+    from: Option<std::path::PathBuf>,
+) -> ExitCode {
+    use std::io::IsTerminal;
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    if opts.key.is_empty() && !opts.dry_run {
+        return fail(&"no admin key: pass --key or set ADMIN_API_KEY (in the environment or .env)");
+    }
+    let (mut files, ignored) = match client::walk(&paths) {
+        Ok(found) => found,
+        Err(e) => return fail(&e),
+    };
+    if let Some(list) = &from {
+        match client::read_list(list) {
+            Ok(more) => files.extend(more),
+            Err(e) => return fail(&e),
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst));
+    }
+    let progress = client::Console::new(std::io::stderr().is_terminal());
+    let summary = match client::run(&opts, files, ignored, &progress, &stop) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    for (path, why) in &summary.skipped {
+        println!("skipped\t{}\t{why}", path.display());
+    }
+    for (path, why) in &summary.failed {
+        println!("failed\t{}\t{why}", path.display());
+    }
+    eprintln!(
+        "{}{} uploaded, {} skipped (already there), {} failed{}.",
+        if summary.interrupted {
+            "Interrupted: "
+        } else {
+            ""
+        },
+        summary.uploaded.len(),
+        summary.skipped.len(),
+        summary.failed.len(),
+        if summary.ignored > 0 {
+            format!(
+                "; {} files that are not .jpg/.jpeg were left out",
+                summary.ignored
+            )
+        } else {
+            String::new()
+        }
+    );
+    if opts.dry_run {
+        eprintln!("Dry run: nothing was sent.");
+        return ExitCode::SUCCESS;
+    }
+    match client::write_failed_list(&opts.failed_list, &summary) {
+        Ok(()) if !summary.failed.is_empty() => eprintln!(
+            "The failed files are listed in {}; run again with --from {} to retry them.",
+            opts.failed_list.display(),
+            opts.failed_list.display()
+        ),
+        Ok(()) => {}
+        Err(e) => eprintln!("cannot write {}: {e}", opts.failed_list.display()),
+    }
+    if summary.interrupted {
+        ExitCode::from(130)
+    } else if summary.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Ctrl-C (SIGINT) calls `on_stop` once instead of killing the process.
+fn ctrlc_handler(on_stop: impl Fn() + Send + 'static) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopping: waiting for the requests in flight (Ctrl-C again to quit)");
+                on_stop();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    });
     Ok(())
 }
 

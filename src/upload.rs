@@ -102,10 +102,10 @@ impl From<Panicked> for UploadError {
 }
 
 pub struct Uploader {
-    db: Option<Db>,
-    store: Arc<dyn ObjectStore>,
+    pub(crate) db: Option<Db>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     /// Told about every successful write, so cached pages never outlive it.
-    listing: Arc<Listing>,
+    pub(crate) listing: Arc<Listing>,
     pub limits: UploadSettings,
     /// What a photo is turned into before it is stored.
     image: ImageSettings,
@@ -113,10 +113,10 @@ pub struct Uploader {
     image_slots: Semaphore,
     /// Uploads hold a pooled connection while they store the object: bound them so reads always
     /// find connections.
-    slots: Semaphore,
+    pub(crate) slots: Semaphore,
     /// Keys that may exist in storage without a row (see [`crate::journal`]). None when the
     /// folder cannot be written: uploads are refused then, since nothing could be cleaned up.
-    journal: Option<Arc<Journal>>,
+    pub(crate) journal: Option<Arc<Journal>>,
     /// One resolver pass at a time.
     resolving: tokio::sync::Mutex<()>,
 }
@@ -245,7 +245,7 @@ impl Uploader {
             Err(WriteFailure::Upload(e)) => return Err(e),
             Err(WriteFailure::CommitUncertain { id, error, entry }) => {
                 tracing::warn!(id, error = %error, "commit failed after the object was stored");
-                self.resolve_or_defer(db, &journal, entry, id).await?
+                self.resolve_or_defer(db, &journal, *entry, id).await?
             }
         };
         self.listing.invalidate();
@@ -696,7 +696,7 @@ enum WriteFailure {
     CommitUncertain {
         id: i32,
         error: postgres::Error,
-        entry: Entry,
+        entry: Box<Entry>,
     },
 }
 
@@ -810,7 +810,11 @@ fn write(
         }
     }
     if let Err(error) = tx.commit() {
-        return Err(WriteFailure::CommitUncertain { id, error, entry });
+        return Err(WriteFailure::CommitUncertain {
+            id,
+            error,
+            entry: Box::new(entry),
+        });
     }
     forget(journal, &entry);
     Ok(Photo {
@@ -941,7 +945,7 @@ fn resolve_entry(
     let keys: Vec<&str> = std::iter::once(entry.key.as_str())
         .chain(entry.also.iter().map(String::as_str))
         .collect();
-    let resolution = delete_unclaimed(c, store, &entry.key, &keys)?;
+    let resolution = delete_unclaimed(c, store, entry.name(), &keys)?;
     if resolution == Resolution::Removed && !entry.checks.is_empty() {
         entry.checks.remove(0);
     }

@@ -22,7 +22,7 @@ use poem_openapi::{
 };
 
 use super::ErrorBody;
-use crate::{model::InvalidQuery, upload::UploadError};
+use crate::{manage::ManageError, model::InvalidQuery, upload::UploadError};
 
 pub const UNAUTHORIZED: &str = "Invalid or missing API key";
 pub const UPLOADS_DISABLED: &str =
@@ -118,6 +118,16 @@ impl<S> From<UploadError> for ApiError<S> {
     }
 }
 
+impl<S> From<ManageError> for ApiError<S> {
+    fn from(e: ManageError) -> Self {
+        match e {
+            ManageError::NotFound => Self::new(StatusCode::NOT_FOUND, e.to_string()),
+            ManageError::Invalid(_) => Self::new(StatusCode::BAD_REQUEST, e.to_string()),
+            ManageError::Upload(u) => u.into(),
+        }
+    }
+}
+
 impl<S> From<InvalidQuery> for ApiError<S> {
     fn from(e: InvalidQuery) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.0)
@@ -132,8 +142,15 @@ impl<S> From<poem::Error> for ApiError<S> {
         }
         // A parameter that is not an integer in range: 422 naming it, as FastAPI answered. The
         // text is poem-openapi's, and names only the parameter and the rule.
-        if e.is::<poem_openapi::error::ParseParamError>() {
+        if e.is::<poem_openapi::error::ParseParamError>()
+            || e.is::<poem_openapi::error::ParsePathError>()
+        {
             return Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+        }
+        // A JSON body that is not the expected object: serde's account of it names the field
+        // and the position, nothing of the server.
+        if e.is::<poem_openapi::error::ParseRequestPayloadError>() {
+            return Self::new(StatusCode::BAD_REQUEST, e.to_string());
         }
         match e.status() {
             StatusCode::UNAUTHORIZED => Self::unauthorized(),
@@ -298,6 +315,32 @@ impl Statuses for BatchErrors {
         (422, "No `files` field"),
         (503, "Uploads are disabled (no admin key)"),
     ];
+}
+
+/// `GET`, `PATCH` and `DELETE /api/images/{id}`.
+pub struct PhotoErrors;
+impl Statuses for PhotoErrors {
+    const LIST: &'static [(u16, &'static str)] = &[
+        (
+            400,
+            "A bad category, a body that is not the expected JSON, or a field that cannot be changed",
+        ),
+        (401, "Missing or wrong `X-API-Key`"),
+        (404, "No photo has this id"),
+        (422, "The id is not an integer"),
+        (500, "An unexpected failure; nothing was changed"),
+        (
+            503,
+            "Admin routes are disabled (no admin key) or the database is unavailable; nothing was \
+             changed",
+        ),
+    ];
+}
+
+/// `GET /api/categories`.
+pub struct CategoryErrors;
+impl Statuses for CategoryErrors {
+    const LIST: &'static [(u16, &'static str)] = &[(503, "The database is unavailable")];
 }
 
 #[cfg(test)]

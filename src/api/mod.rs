@@ -6,6 +6,7 @@ pub mod error;
 mod images;
 pub mod media;
 mod meta;
+mod photos;
 mod upload;
 
 pub use images::{fast_listing, ready_listing};
@@ -29,6 +30,8 @@ pub enum ApiTags {
     Images,
     /// Admin uploads (`X-API-Key`).
     Uploads,
+    /// Managing photos (`X-API-Key`) and their categories.
+    Photos,
     /// Service status and static portfolio data.
     Meta,
 }
@@ -91,7 +94,15 @@ impl<T: Type> ApiResponse for RawJson<T> {
     }
 }
 
-pub type Service = OpenApiService<(images::ImagesApi, upload::UploadApi, meta::MetaApi), ()>;
+pub type Service = OpenApiService<
+    (
+        images::ImagesApi,
+        upload::UploadApi,
+        photos::PhotosApi,
+        meta::MetaApi,
+    ),
+    (),
+>;
 
 /// The OpenAPI service holding every operation.
 pub fn service(state: Arc<AppState>) -> Service {
@@ -101,6 +112,9 @@ pub fn service(state: Arc<AppState>) -> Service {
                 state: state.clone(),
             },
             upload::UploadApi {
+                state: state.clone(),
+            },
+            photos::PhotosApi {
                 state: state.clone(),
             },
             meta::MetaApi { state },

@@ -71,7 +71,7 @@ async fn check_api_key(req: &Request, key: ApiKey) -> Option<ApiKey> {
 
 /// Uploads need a configured admin key; without one they are refused up front with 503 and a
 /// message saying what to set, before the key or the body is looked at.
-fn require_admin_key(ep: impl Endpoint) -> impl Endpoint {
+pub(super) fn require_admin_key(ep: impl Endpoint) -> impl Endpoint {
     ep.before(|req: Request| async move {
         let configured = req
             .data::<Arc<AppState>>()

@@ -9,7 +9,10 @@ use std::{
 
 /// Starts the binary in `dir` with exactly `env`, waits for its "listening" line and returns
 /// the child, its port and the lines it logged so far.
-fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, u16, Vec<String>) {
+pub(crate) fn start(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, u16, Vec<String>) {
     let (child, port, log) = start_logging(dir, env);
     let lines = log.lock().unwrap().clone();
     (child, port, lines)
@@ -90,7 +93,7 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
 }
 
-fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+pub(crate) fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

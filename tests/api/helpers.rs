@@ -775,6 +775,26 @@ impl TestApp {
         Self::reply(resp).await
     }
 
+    /// `method` on `path` with the admin key (or `key`) and an optional JSON body.
+    pub async fn admin(
+        &self,
+        method: poem::http::Method,
+        path: &str,
+        key: Option<&str>,
+        json: Option<serde_json::Value>,
+    ) -> Reply {
+        let mut req = self.client.request(method, path);
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        if let Some(j) = json {
+            req = req
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&j).unwrap());
+        }
+        Self::reply(req.send().await.0).await
+    }
+
     /// POSTs `form` as a stream with no Content-Length (chunked).
     pub async fn post_form_chunked(&self, path: &str, form: &Form) -> Reply {
         let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = form

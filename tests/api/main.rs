@@ -2,11 +2,13 @@
 //! started once; every test gets a fresh database.
 
 mod binary;
+mod cli;
 mod connections;
 mod fake_supabase;
 mod helpers;
 mod http;
 mod images;
+mod manage;
 mod migrations;
 mod outage;
 mod pipeline;

@@ -1,0 +1,296 @@
+//! Managing photos after upload: read one, change its category, delete it with every object.
+//!
+//! Deleting follows the write protocol backwards, through the same journal:
+//! 1. `BEGIN`; lock the row (`FOR UPDATE`); write down its objects (the photo and its variants)
+//!    in the [`Journal`], durably, under the name the row claims.
+//! 2. `DELETE` the row; `COMMIT`. The name's claim goes with the row (migration 0002).
+//! 3. Delete the objects the way the resolver does ([`delete_unclaimed`]): under the name's
+//!    claim, so an upload of the same name that starts meanwhile waits and then finds the name
+//!    free and the old objects gone. Then the entry is removed.
+//!
+//! A crash or an outage anywhere leaves a consistent state. Before the commit the row stands and
+//! the resolver finds the name taken, so the objects are kept and the entry dropped. After the
+//! commit, the resolver claims the free name and deletes the objects, on this run or the next.
+//! When storage fails in step 3 the row is already gone (the photo has left the portfolio), and
+//! the resolver retries the removal until storage answers.
+
+use std::sync::Arc;
+
+use crate::{
+    db::{DbError, PHOTO_COLUMNS, PgConn, photo_from_row},
+    imaging::Variant,
+    journal::Journal,
+    model::{Category, Invalid, Photo},
+    storage::ObjectStore,
+    upload::{Resolution, Unsettled, UploadError, Uploader, delete_unclaimed},
+};
+
+/// Why a management request did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("Photo not found")]
+    NotFound,
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+}
+
+impl From<DbError> for ManageError {
+    fn from(e: DbError) -> Self {
+        ManageError::Upload(e.into())
+    }
+}
+
+impl From<postgres::Error> for ManageError {
+    fn from(e: postgres::Error) -> Self {
+        ManageError::Upload(DbError::from(e).into())
+    }
+}
+
+/// One row's count of a category.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, poem_openapi::Object)]
+pub struct CategoryCount {
+    pub category: String,
+    pub count: i64,
+}
+
+impl Uploader {
+    /// The photo with this id.
+    pub async fn photo(&self, id: i32) -> Result<Photo, ManageError> {
+        let db = self.writable_db()?;
+        db.run(move |c| fetch(c, id))
+            .await?
+            .ok_or(ManageError::NotFound)
+    }
+
+    /// Moves a photo to another category (checked as uploads check it).
+    pub async fn set_category(&self, id: i32, raw: &str) -> Result<Photo, ManageError> {
+        let category = Category::parse(raw, &self.limits.allowed_categories)?;
+        let db = self.writable_db()?;
+        let sql =
+            format!("UPDATE photographs SET category = $2 WHERE id = $1 RETURNING {PHOTO_COLUMNS}");
+        let updated = db
+            .run(move |c| {
+                Ok(c.query_opt(&sql, &[&id, &category.as_str()])?
+                    .as_ref()
+                    .map(photo_from_row))
+            })
+            .await?
+            .ok_or(ManageError::NotFound)?;
+        self.listing.invalidate();
+        tracing::info!(id, category = %updated.category, "photo moved to another category");
+        Ok(updated)
+    }
+
+    /// Deletes a photo: its row, then every object it has (see the module docs).
+    pub async fn delete(&self, id: i32) -> Result<(), ManageError> {
+        let db = self.writable_db()?;
+        let journal = self.journal.clone().ok_or_else(|| {
+            ManageError::Upload(UploadError::Internal(
+                "the clean-up journal cannot be written".into(),
+            ))
+        })?;
+        let _slot = self.slots.acquire().await.expect("never closed");
+        let (store, j) = (self.store.clone(), journal.clone());
+        let outcome = db.run(move |c| Ok(delete_row(c, &*store, &j, id))).await?;
+        let entry = match outcome {
+            Ok(entry) => entry,
+            Err(DeleteFailure::Manage(e)) => return Err(e),
+            Err(DeleteFailure::CommitUncertain { error, entry }) => {
+                // Ask again on another connection whether the row is gone.
+                tracing::warn!(id, error = %error, "the answer to a delete's COMMIT was lost");
+                let gone = matches!(db.run(move |c| fetch(c, id)).await, Ok(None));
+                if !gone {
+                    if let Some(entry) = &entry {
+                        journal.release(entry); // the resolver keeps or removes by the claim
+                    }
+                    return Err(ManageError::Upload(UploadError::DatabaseUnavailable(
+                        "The database failed while deleting the photo; it may not be deleted. \
+                         Check /api/images/{id}, then try again"
+                            .replace("{id}", &id.to_string()),
+                    )));
+                }
+                entry.map(|e| *e)
+            }
+        };
+        let Some(entry) = entry else {
+            // The row pointed at no object of this store (or shares it): nothing to remove.
+            self.listing.invalidate();
+            tracing::info!(
+                id,
+                "photo deleted (its image stays: not in this store, or shared)"
+            );
+            return Ok(());
+        };
+        self.listing.invalidate();
+        let key = entry.key.clone();
+        match self.settle(db, &journal, entry).await {
+            Ok(Resolution::Removed) => tracing::info!(id, key = %key, "photo deleted"),
+            Ok(Resolution::Kept) => tracing::warn!(
+                id,
+                key = %key,
+                "photo row deleted; another row holds its name, so its objects stay"
+            ),
+            Err(e) => tracing::warn!(
+                id,
+                key = %key,
+                error = %e,
+                "photo row deleted; its objects are removed when storage answers"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Categories (lower-cased, as listings match them) and how many photos each has (JSON), cached like listing pages and dropped
+    /// by every write.
+    pub async fn categories(&self) -> Result<bytes::Bytes, ManageError> {
+        if let Some(body) = self.listing.cached_categories() {
+            return Ok(body);
+        }
+        let generation = self.listing.generation();
+        let db = self.writable_db()?;
+        let rows = db
+            .run(|c| {
+                Ok(c.query(
+                    "SELECT lower(category), count(*) FROM photographs GROUP BY lower(category) \
+                 ORDER BY lower(category)",
+                    &[],
+                )?
+                .iter()
+                .map(|r| CategoryCount {
+                    category: r.get(0),
+                    count: r.get(1),
+                })
+                .collect::<Vec<_>>())
+            })
+            .await?;
+        let body = bytes::Bytes::from(serde_json::to_vec(&rows).expect("counts serialise"));
+        self.listing.keep_categories(generation, body.clone());
+        Ok(body)
+    }
+
+    fn writable_db(&self) -> Result<&crate::db::Db, ManageError> {
+        self.db.as_ref().ok_or_else(|| {
+            ManageError::Upload(UploadError::DatabaseUnavailable(
+                "No database configured: set DATABASE_URL".into(),
+            ))
+        })
+    }
+}
+
+fn fetch(c: &mut PgConn, id: i32) -> Result<Option<Photo>, DbError> {
+    let sql = format!("SELECT {PHOTO_COLUMNS} FROM photographs WHERE id = $1");
+    Ok(c.query_opt(&sql, &[&id])?.as_ref().map(photo_from_row))
+}
+
+enum DeleteFailure {
+    Manage(ManageError),
+    /// COMMIT was sent and failed: the row may or may not be gone.
+    CommitUncertain {
+        error: Box<postgres::Error>,
+        entry: Option<Box<crate::journal::Entry>>,
+    },
+}
+
+impl<E: Into<ManageError>> From<E> for DeleteFailure {
+    fn from(e: E) -> Self {
+        DeleteFailure::Manage(e.into())
+    }
+}
+
+/// Steps 1 and 2: the row locked, its objects journaled, the row deleted and committed. The
+/// entry, or None when the row has no object in this store (or shares it with another row).
+fn delete_row(
+    c: &mut PgConn,
+    store: &dyn ObjectStore,
+    journal: &Journal,
+    id: i32,
+) -> Result<Option<crate::journal::Entry>, DeleteFailure> {
+    let mut tx = c.transaction()?;
+    tx.batch_execute("SET LOCAL lock_timeout = '30s'")?;
+    let row = tx
+        .query_opt(
+            "SELECT filename, url, thumbnail_url, medium_url FROM photographs WHERE id = $1 \
+             FOR UPDATE",
+            &[&id],
+        )?
+        .ok_or(DeleteFailure::Manage(ManageError::NotFound))?;
+    let (filename, url): (String, String) = (row.get(0), row.get(1));
+    let recorded: Vec<Option<String>> = vec![row.get(2), row.get(3)];
+    let prefix = store.public_url("");
+    let key_of = |u: &str| {
+        u.strip_prefix(&prefix).map(|rest| {
+            percent_encoding::percent_decode_str(rest)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    };
+    // Rows of the original may share one object; it goes with the last of them.
+    let shared = tx
+        .query_opt(
+            "SELECT 1 FROM photographs WHERE url = $1 AND id <> $2 LIMIT 1",
+            &[&url, &id],
+        )?
+        .is_some();
+    let entry = match key_of(&url).filter(|_| !shared) {
+        None => None,
+        Some(key) => {
+            let mut also: Vec<String> = Variant::ALL.iter().map(|v| v.key(&key)).collect();
+            for k in recorded.iter().flatten().filter_map(|u| key_of(u)) {
+                if !also.contains(&k) && k != key {
+                    also.push(k);
+                }
+            }
+            let name = filename.to_lowercase();
+            Some(journal.record_claimed(&key, &name, &also).map_err(|e| {
+                ManageError::Upload(UploadError::Internal(format!(
+                    "cannot write the clean-up journal: {e}"
+                )))
+            })?)
+        }
+    };
+    if let Err(e) = tx.execute("DELETE FROM photographs WHERE id = $1", &[&id]) {
+        // Rolled back: the row stands, and the resolver keeps its objects.
+        if let Some(entry) = &entry {
+            journal.release(entry);
+        }
+        return Err(e.into());
+    }
+    if let Err(error) = tx.commit() {
+        return Err(DeleteFailure::CommitUncertain {
+            error: Box::new(error),
+            entry: entry.map(Box::new),
+        });
+    }
+    Ok(entry)
+}
+
+impl Uploader {
+    /// Step 3, at once; whatever is left is the resolver's.
+    async fn settle(
+        &self,
+        db: &crate::db::Db,
+        journal: &Arc<Journal>,
+        entry: crate::journal::Entry,
+    ) -> Result<Resolution, Unsettled> {
+        let held = entry.clone();
+        let (store, j) = (self.store.clone(), journal.clone());
+        let result = db
+            .run(move |c| {
+                let keys: Vec<&str> = std::iter::once(entry.key.as_str())
+                    .chain(entry.also.iter().map(String::as_str))
+                    .collect();
+                let outcome = delete_unclaimed(c, &*store, entry.name(), &keys);
+                if outcome.is_ok()
+                    && let Err(e) = j.remove(&entry)
+                {
+                    tracing::warn!(key = %entry.key, error = %e, "cannot remove a journal entry");
+                }
+                Ok(outcome)
+            })
+            .await;
+        journal.release(&held);
+        result.map_err(Unsettled::Db)?
+    }
+}

@@ -1,0 +1,384 @@
+//! `portfolio-server upload DIR...` against the real server binary, through a proxy that counts
+//! the upload requests and can fail some with 503.
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use crate::{
+    binary::{start, terminate},
+    helpers::{API_KEY, TestDb, jpeg},
+};
+
+/// Counts `POST /api/upload-batch` requests and their bytes; answers the first `fail` of them
+/// with 503 without passing them on. Everything else goes to the server unchanged.
+#[derive(Default)]
+struct Proxy {
+    batches: AtomicUsize,
+    batch_bytes: AtomicUsize,
+    fail: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+fn start_proxy(proxy: Arc<Proxy>, upstream: u16) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        for stream in listener.incoming() {
+            let (proxy, agent) = (proxy.clone(), agent.clone());
+            std::thread::spawn(move || serve(stream.unwrap(), &proxy, &agent, upstream));
+        }
+    });
+    port
+}
+
+/// One request per connection (the client's agent reconnects): read it, answer, close.
+fn serve(mut s: std::net::TcpStream, proxy: &Proxy, agent: &ureq::Agent, upstream: u16) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+    );
+    let mut headers = Vec::new();
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        let h = h.trim_end().to_string();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap();
+        if k.eq_ignore_ascii_case("content-length") {
+            length = v.trim().parse().unwrap();
+        }
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let reply = |s: &mut std::net::TcpStream,
+                 status: u16,
+                 ctype: &str,
+                 extra: &str,
+                 body: &[u8]| {
+        let head = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(body);
+    };
+    if method == "POST" && target == "/api/upload-batch" {
+        let failing = proxy
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            proxy.refused.fetch_add(1, Ordering::SeqCst);
+            return reply(
+                &mut s,
+                503,
+                "application/json",
+                "",
+                br#"{"detail":"injected"}"#,
+            );
+        }
+        proxy.batches.fetch_add(1, Ordering::SeqCst);
+        proxy.batch_bytes.fetch_add(body.len(), Ordering::SeqCst);
+    }
+    let url = format!("http://127.0.0.1:{upstream}{target}");
+    let pick = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let mut resp = if method == "POST" {
+        let mut req = agent.post(&url);
+        for h in ["x-api-key", "content-type"] {
+            if let Some(v) = pick(h) {
+                req = req.header(h, &v);
+            }
+        }
+        req.send(&body[..]).unwrap()
+    } else {
+        agent.get(&url).call().unwrap()
+    };
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let extra = resp
+        .headers()
+        .get("x-data-source")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!("x-data-source: {v}\r\n"))
+        .unwrap_or_default();
+    let bytes = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .unwrap();
+    reply(&mut s, status, &ctype, &extra, &bytes);
+}
+
+fn cli(dir: &Path, port: u16, args: &[&str]) -> (Output, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
+        .current_dir(dir)
+        .env_clear()
+        .env("ADMIN_API_KEY", API_KEY)
+        .arg("upload")
+        .args(["--url", &format!("http://127.0.0.1:{port}")])
+        .args(args)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    (out, stdout, stderr)
+}
+
+/// 30 photos: 10 at the top, 10 nested with upper-case extensions, 10 `.jpeg` deeper still;
+/// and two files that are not JPEGs.
+fn tree(root: &Path) {
+    let nested = root.join("trip/day two");
+    let deeper = root.join("trip/day two/evening");
+    std::fs::create_dir_all(&deeper).unwrap();
+    for i in 0..10 {
+        std::fs::write(root.join(format!("top-{i}.jpg")), jpeg(20 + i, 16, None)).unwrap();
+        std::fs::write(
+            nested.join(format!("Nested {i}.JPG")),
+            jpeg(24, 16 + i, None),
+        )
+        .unwrap();
+        std::fs::write(deeper.join(format!("deep-{i}.jpeg")), jpeg(30, 20, None)).unwrap();
+    }
+    std::fs::write(root.join("notes.txt"), "not a photo").unwrap();
+    std::fs::write(nested.join("raw.png"), b"\x89PNG").unwrap();
+}
+
+fn rows(db: &TestDb, sql: &str) -> String {
+    db.rows(sql)[0][0].clone().unwrap()
+}
+
+struct Server {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+fn server(db: &TestDb) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let media = dir.path().join("media");
+    let (child, port, _) = start(
+        dir.path(),
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("ADMIN_API_KEY", API_KEY),
+            ("APP_STORAGE__LOCAL_DIR", media.to_str().unwrap()),
+        ],
+    );
+    Server {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_folder_tree_uploads_once_and_a_rerun_sends_nothing() {
+    let db = TestDb::new();
+    let srv = server(&db);
+    let proxy = Arc::new(Proxy::default());
+    let port = start_proxy(proxy.clone(), srv.port);
+    let work = tempfile::tempdir().unwrap();
+    let photos = work.path().join("photos");
+    tree(&photos);
+
+    let (out, stdout, stderr) = cli(
+        work.path(),
+        port,
+        &[
+            photos.to_str().unwrap(),
+            "--category",
+            "Travel",
+            "--batch-files",
+            "7",
+        ],
+    );
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert!(
+        stderr.contains(
+            "30 uploaded, 0 skipped (already there), 0 failed; 2 files that are not .jpg/.jpeg \
+             were left out."
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sending 30 files"),
+        "plain progress lines: {stderr}"
+    );
+    assert!(stderr.contains("30/30 files"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no terminal codes in a pipe");
+    assert_eq!(
+        proxy.batches.load(Ordering::SeqCst),
+        5,
+        "batches of at most 7"
+    );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT count(*) FROM photographs WHERE category = 'travel'"
+        ),
+        "30"
+    );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT count(*) FROM photographs WHERE filename = 'nested-3.jpg'"
+        ),
+        "1",
+        "names reduced as the server reduces them"
+    );
+    assert!(!work.path().join("upload-failed.txt").exists());
+
+    let sent_before = proxy.batch_bytes.load(Ordering::SeqCst);
+    let (out, stdout, stderr) = cli(work.path(), port, &[photos.to_str().unwrap()]);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("0 uploaded, 30 skipped (already there), 0 failed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("skipped\t"))
+            .count(),
+        30
+    );
+    assert_eq!(
+        proxy.batch_bytes.load(Ordering::SeqCst),
+        sent_before,
+        "no photo sent twice"
+    );
+}
+
+#[test]
+fn failures_are_retried_or_reported_and_listed_for_the_next_run() {
+    let db = TestDb::new();
+    let srv = server(&db);
+    let proxy = Arc::new(Proxy::default());
+    let port = start_proxy(proxy.clone(), srv.port);
+    let work = tempfile::tempdir().unwrap();
+    let photos = work.path().join("p");
+    std::fs::create_dir_all(&photos).unwrap();
+    for i in 0..5 {
+        std::fs::write(photos.join(format!("ok-{i}.jpg")), jpeg(20, 20, None)).unwrap();
+    }
+    let full = jpeg(40, 40, None);
+    std::fs::write(photos.join("cut.jpg"), &full[..full.len() / 2]).unwrap();
+
+    // Dry run: the listing is read, no photo is sent.
+    let (out, _, stderr) = cli(work.path(), port, &[photos.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("would send"), "{stderr}");
+    assert!(stderr.contains("Dry run: nothing was sent."), "{stderr}");
+    assert_eq!(proxy.batches.load(Ordering::SeqCst), 0);
+    assert_eq!(rows(&db, "SELECT count(*) FROM photographs"), "0");
+
+    // Two 503s: retried with backoff, and every photo arrives once.
+    proxy.fail.store(2, Ordering::SeqCst);
+    let (out, stdout, stderr) = cli(
+        work.path(),
+        port,
+        &[
+            photos.to_str().unwrap(),
+            "--batch-files",
+            "2",
+            "--jobs",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "one file failed: {stderr}");
+    assert_eq!(proxy.refused.load(Ordering::SeqCst), 2);
+    assert_eq!(proxy.batches.load(Ordering::SeqCst), 3);
+    assert!(
+        stderr.contains("5 uploaded, 0 skipped (already there), 1 failed"),
+        "{stderr}"
+    );
+    let cut = photos.join("cut.jpg");
+    assert!(
+        stdout.contains(&format!("failed\t{}\tUnreadable image", cut.display())),
+        "{stdout}"
+    );
+    let list = std::fs::read_to_string(work.path().join("upload-failed.txt")).unwrap();
+    assert_eq!(list.trim(), cut.display().to_string());
+    assert_eq!(rows(&db, "SELECT count(*) FROM photographs"), "5");
+
+    // A 4xx is not retried: a wrong key fails at once.
+    let before = proxy.batches.load(Ordering::SeqCst);
+    std::fs::write(&cut, &full).unwrap(); // fixed
+    let out = Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
+        .current_dir(work.path())
+        .env_clear()
+        .args([
+            "upload",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--key",
+            "wrong",
+        ])
+        .args(["--from", "upload-failed.txt"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout.contains("HTTP 401: Invalid or missing API key"),
+        "{stdout}"
+    );
+    assert_eq!(
+        proxy.batches.load(Ordering::SeqCst),
+        before + 1,
+        "sent once"
+    );
+
+    // The next run takes the list and sends only that file.
+    let (out, _, stderr) = cli(work.path(), port, &["--from", "upload-failed.txt"]);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 uploaded, 0 skipped (already there), 0 failed"),
+        "{stderr}"
+    );
+    assert!(
+        !work.path().join("upload-failed.txt").exists(),
+        "nothing failed: no list"
+    );
+    assert_eq!(rows(&db, "SELECT count(*) FROM photographs"), "6");
+}
