@@ -436,3 +436,32 @@ async fn rows_of_the_original_are_deleted_without_touching_what_others_share() {
     );
     assert!(names(&db).is_empty());
 }
+
+/// The process died between writing down a delete and committing it: the row stands, so the
+/// resolver keeps the photo's objects and drops the entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_that_died_before_its_commit_keeps_the_photo_after_a_restart() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let s = upload_settings(Some(&db.url), media.path());
+    let first = TestApp::spawn(s.clone()).await;
+    first.upload("stays.jpg", jpeg(30, 20, None)).await;
+    drop(first);
+    // What step 1 of a delete leaves on disk, as the journal writes it.
+    let journal = portfolio_server::journal::Journal::open(&s.upload.journal_dir).unwrap();
+    let entry = journal
+        .record_with(
+            "stays.jpg",
+            &[
+                "thumb~stays.jpg".to_string(),
+                "medium~stays.jpg".to_string(),
+            ],
+        )
+        .unwrap();
+    journal.release(&entry);
+
+    let second = TestApp::spawn(s).await;
+    assert!(wait(10, || second.state.uploader.pending_cleanups() == 0).await);
+    assert_eq!(files_in(media.path()), objects_of("", &["stays.jpg"]));
+    assert_eq!(names(&db), ["stays.jpg"]);
+    assert_eq!(listed(&second).await.len(), 1);
+}
