@@ -217,6 +217,43 @@ pub(crate) mod tests {
         assert!(!reset_orientation(&mut b"XMP".to_vec()));
     }
 
+    /// A little-endian EXIF APP1 payload whose IFD0 holds `entries` (tag, type, value).
+    fn exif_with(entries: &[(u16, u16, u16)]) -> Vec<u8> {
+        let mut a = EXIF_PREFIX.to_vec();
+        a.extend_from_slice(b"II*\0\x08\0\0\0");
+        a.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        for (tag, ty, value) in entries {
+            a.extend_from_slice(&tag.to_le_bytes());
+            a.extend_from_slice(&ty.to_le_bytes());
+            a.extend_from_slice(&1u32.to_le_bytes());
+            a.extend_from_slice(&value.to_le_bytes());
+            a.extend_from_slice(&[0, 0]);
+        }
+        a.extend_from_slice(&[0; 4]);
+        a
+    }
+
+    #[test]
+    fn only_the_orientation_entry_is_changed_wherever_it_is_in_the_directory() {
+        // ImageWidth (SHORT), ImageLength (LONG), a SHORT decoy, then Orientation.
+        let entries = [
+            (0x0100, 3, 640),
+            (0x0101, 4, 480),
+            (0x0128, 3, 2),
+            (0x0112, 3, 6),
+        ];
+        let mut exif = exif_with(&entries);
+        assert!(reset_orientation(&mut exif));
+        let mut want = entries;
+        want[3].2 = 1;
+        assert_eq!(exif, exif_with(&want), "the other entries are untouched");
+        // An Orientation entry of the wrong type is not one to change.
+        let mut long = exif_with(&[(0x0100, 3, 640), (0x0112, 4, 6)]);
+        let before = long.clone();
+        assert!(!reset_orientation(&mut long));
+        assert_eq!(long, before);
+    }
+
     #[test]
     fn kept_segments_carry_exif_upright_and_iptc() {
         let photo = with_segment(
