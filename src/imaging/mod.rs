@@ -231,6 +231,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fill_bytes_and_markers_without_length_before_the_scan_are_stepped_over() {
+        let plain = jpeg(16, 16, None);
+        let end = image_end(&plain).unwrap();
+        assert_eq!(end, plain.len());
+        // Fill bytes (extra FFs) before the first segment's marker, then a TEM and a restart
+        // marker, which carry no length: the end is found all the same, two, one and two
+        // bytes further on.
+        for (insert, extra) in [
+            (&[0xFF, 0xFF][..], 2),
+            (&[0xFF, 0x01][..], 2),
+            (&[0xFF, 0xD3][..], 2),
+            (&[0xFF, 0xFF, 0xFF, 0x01][..], 4),
+        ] {
+            let mut bytes = plain[..2].to_vec();
+            bytes.extend_from_slice(insert);
+            bytes.extend_from_slice(&plain[2..]);
+            assert_eq!(image_end(&bytes), Some(end + extra), "{insert:x?}");
+        }
+    }
+
+    #[test]
     fn truncated_jpegs_are_refused_at_any_cut() {
         let full = jpeg(64, 48, Some(exif_orientation(1)));
         assert!(inspect_jpeg(&full, 16_384).is_ok());
