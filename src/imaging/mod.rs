@@ -249,6 +249,12 @@ pub(crate) mod tests {
             bytes.extend_from_slice(&plain[2..]);
             assert_eq!(image_end(&bytes), Some(end + extra), "{insert:x?}");
         }
+        // An end-of-image marker before any scan ends the search, even when what follows would
+        // parse as a segment.
+        let mut early = plain[..2].to_vec();
+        early.extend_from_slice(&[0xFF, 0xD9, 0x00, 0x04, 0xAB, 0xCD]);
+        early.extend_from_slice(&plain[2..]);
+        assert_eq!(image_end(&early), None);
     }
 
     #[test]
