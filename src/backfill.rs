@@ -170,7 +170,7 @@ async fn one(
     max_side: u32,
     row: &Row,
 ) -> Result<Outcome, DbError> {
-    let Some(photo_key) = photo_key(&*store, row) else {
+    let Some(photo_key) = crate::storage::key_of_url(&*store, &row.url) else {
         return Ok(Outcome::Failed(format!(
             "the photo's URL {} is not in this store ({})",
             row.url,
@@ -230,18 +230,6 @@ async fn one(
         Ok(Outcome::Made)
     })
     .await
-}
-
-/// The photo's object key: from its URL when that is in this store (rows of the original keep
-/// their own keys), else the name an upload of it would have been stored under.
-fn photo_key(store: &dyn ObjectStore, row: &Row) -> Option<String> {
-    let prefix = store.public_url("");
-    let rest = row.url.strip_prefix(&prefix)?;
-    let key = percent_encoding::percent_decode_str(rest)
-        .decode_utf8()
-        .ok()?
-        .into_owned();
-    (!key.is_empty()).then_some(key)
 }
 
 /// Create-only, except that a variant left by an earlier run is replaced (the row is locked, so

@@ -218,14 +218,7 @@ fn delete_row(
         .ok_or(DeleteFailure::Manage(ManageError::NotFound))?;
     let (filename, url): (String, String) = (row.get(0), row.get(1));
     let recorded: Vec<Option<String>> = vec![row.get(2), row.get(3)];
-    let prefix = store.public_url("");
-    let key_of = |u: &str| {
-        u.strip_prefix(&prefix).map(|rest| {
-            percent_encoding::percent_decode_str(rest)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    };
+    let key_of = |u: &str| crate::storage::key_of_url(store, u);
     // Rows of the original may share one object; it goes with the last of them.
     let shared = tx
         .query_opt(

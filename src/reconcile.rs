@@ -95,16 +95,9 @@ pub async fn run(
     report.rows = rows.len();
     let _ = writeln!(progress, "{} rows; comparing", rows.len());
 
-    let prefix = store.public_url("");
     let keys: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
     let mut referenced: HashSet<String> = HashSet::new();
-    let key_of = |url: &str| {
-        url.strip_prefix(&prefix).map(|rest| {
-            percent_encoding::percent_decode_str(rest)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    };
+    let key_of = |url: &str| crate::storage::key_of_url(&*store, url);
     for (id, filename, url, thumb, medium) in &rows {
         let Some(key) = key_of(url) else {
             report.rows_elsewhere += 1;

@@ -74,6 +74,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
 }
 
+/// The object key a recorded URL points at in `store`, or None when the URL is elsewhere (the
+/// original's demo data, another bucket).
+pub fn key_of_url(store: &dyn ObjectStore, url: &str) -> Option<String> {
+    let rest = url.strip_prefix(&store.public_url(""))?;
+    let key = percent_encoding::percent_decode_str(rest)
+        .decode_utf8_lossy()
+        .into_owned();
+    (!key.is_empty()).then_some(key)
+}
+
 /// One stored object, as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
