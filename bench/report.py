@@ -48,12 +48,114 @@ def wrk(path):
     return r
 
 
+NOT_WRK = ("env", "rss", "upload", "storm", "original")
+
+
+def wrk_runs(raw):
+    """Every wrk output in RAW_DIR, by name."""
+    return {p.stem: wrk(p) for p in Path(raw).glob("*.txt")
+            if p.stem not in NOT_WRK and not p.stem.startswith(("pgbench", "image_", "upcmp_"))}
+
+
+def comparison(raw):
+    """The scenarios run against both servers: [(key, label, [(server, label, run or None)])],
+    the servers present (ours always; the original with 1 worker and with its best count when
+    bench/run.sh had ORIGINAL_DIR), and the upload batches [(server label, kv)]."""
+    raw = Path(raw)
+    env, runs = kv(raw / "env.txt"), wrk_runs(raw)
+    delay = env.get("delay_ms", "20")
+    orig = kv(raw / "original.txt") if (raw / "original.txt").exists() else None
+    servers = [("", "portfolio-server")]
+    if orig:
+        servers.append(("orig1_", "original, 1 worker"))
+        if orig["best_workers"] != "1":
+            servers.append(("origN_", f"original, {orig['best_workers']} workers"))
+    scenarios = [
+        ("root", "`GET /`"),
+        ("cached", "first page (ours: page cache)"),
+        ("uncached", "rotating pages (ours: cache off)"),
+        ("remote_cached", f"first page, database {delay} ms away"),
+        ("remote_uncached", f"rotating pages, database {delay} ms away (ours: cache off)"),
+        ("outage", "database stopped, rotating pages"),
+    ]
+    table = [(key, label, [(prefix, name, runs.get(prefix + key)) for prefix, name in servers])
+             for key, label in scenarios]
+    uploads = [(name, kv(raw / f"upcmp_{file}.txt")) for file, name in
+               (("ours", "portfolio-server"), ("plain", "portfolio-server, no variants or resizing"),
+                ("orig1", "original, 1 worker")) if (raw / f"upcmp_{file}.txt").exists()]
+    return table, orig, uploads
+
+
+def wrong(r):
+    """Answers that came back 200 but were not the database's rows (the original's static
+    fallback is a JSON object of demo photos)."""
+    return r["bad"] - r["non2xx"]
+
+
+def failed(r):
+    return r["non2xx"] + r["socket_errors"]
+
+
+def comparison_lines(raw, env):
+    table, orig, uploads = comparison(raw)
+    delay = env.get("delay_ms", "20")
+    out = ["## Against the original Python server", ""]
+    if orig:
+        out += [
+            f"The original (Tydos/portfolio-backend-server, commit: {orig['commit']}; {orig['python']}, "
+            f"{orig['packages'].strip()}) ran under uvicorn as its README says, on the same PostgreSQL and "
+            f"rows, with one worker and with the best of {orig['candidates'].replace(' ', ', ')} workers "
+            f"on this machine ({orig['best_workers']}). Only a 200 whose body is the database's rows counts "
+            "as a good answer, for both servers: *wrong* is a 200 with anything else (the original answers "
+            "from its static demo data when its pool of 10 connections is exhausted or the database is "
+            "down), *failed* a non-2xx answer or a socket error.",
+        ]
+    else:
+        out += ["`ORIGINAL_DIR` was not set, so only this server ran; see `bench/run.sh` for running "
+                "the original beside it."]
+    out += [
+        f"The remote rows go through `bench/delay_proxy.py`, which delays every byte {delay} ms each way "
+        "(a 40 ms round trip, as to a managed database elsewhere); the proxy shares the cores.",
+        "",
+        "| scenario | server | good answers/s | p50 ms | p99 ms | wrong | failed | ours ÷ this |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label, cells in table:
+        ours = cells[0][2]
+        for prefix, name, r in cells:
+            if r is None:
+                continue
+            ratio = ""
+            if prefix and ours is not None:
+                x = ours["rps"] / r["rps"] if r["rps"] > 0 else None
+                ratio = "no good answers" if x is None else f"{x:,.1f}×" if x < 10 else f"{x:,.0f}×"
+            out.append(f"| {label} | {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                       f"{wrong(r):,} | {failed(r):,} | {ratio} |")
+    if uploads:
+        out += [
+            "",
+            f"Uploads: one `/api/upload-batch` request of {uploads[0][1]['files']} copies of a "
+            f"{int(uploads[0][1]['bytes_each']) / 1e6:.1f} MB JPEG (1560x1560) under fresh names, into "
+            "`bench/storage_standin.py`, a Supabase Storage stand-in that answers as the real one does "
+            "(the original stores only to Supabase). Ours by default also strips the metadata and writes "
+            "two variants (three objects a photo); the second row turns variants and resizing off, as the "
+            "original does neither.",
+            "",
+            "| server | uploaded | failed | rows in the table | wall s | photos/s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, u in uploads:
+            out.append(f"| {name} | {u['uploaded']} | {u['failed']} | {u['rows']} | "
+                       f"{float(u['wall_s']):.2f} | {float(u['photos_per_s']):.1f} |")
+    out += ["", "![requests per second and p99 per scenario and server](results.png)", ""]
+    return out
+
+
 def main():
     check = sys.argv[1] == "--check"
     raw = Path(sys.argv[-1])
     env = kv(raw / "env.txt")
-    runs = {p.stem: wrk(p) for p in raw.glob("*.txt")
-            if p.stem not in ("env", "rss", "upload", "storm") and not p.stem.startswith(("pgbench", "image_"))}
+    runs = wrk_runs(raw)
 
     def pgbench(name):
         text = Path(raw / f"{name}.txt").read_text()
@@ -92,6 +194,18 @@ def main():
             problems.append(f"image batch: {img_batch}")
         if ours.get("photo") != "2560x1707":
             problems.append(f"image pipeline: {ours}")
+        table, orig, uploads = comparison(raw)
+        for key, _, cells in table:
+            for prefix, name, r in cells:
+                if r is None:
+                    problems.append(f"{prefix}{key}: did not run")
+                elif not prefix and (r["ok"] == 0 or (key != "outage" and (r["bad"] or r["non2xx"]))):
+                    problems.append(f"{key}: ok={r['ok']} bad={r['bad']} non2xx={r['non2xx']}")
+        for name, u in uploads:
+            if name.startswith("portfolio") and not (u["uploaded"] == u["files"] == u["rows"]):
+                problems.append(f"upload to the Supabase stand-in, {name}: {u}")
+        if len(uploads) < 2:
+            problems.append("uploads to the Supabase stand-in did not run")
         for name in ("images_before", "images_during"):
             r = runs.get(name)
             if r is None or r["ok"] == 0 or r["bad"] or r["non2xx"]:
@@ -162,6 +276,7 @@ def main():
         f"{int(storm['held_rss_kib']) / 1024:.1f} MiB while they were open, "
         f"{int(storm['after_close_10s_rss_kib']) / 1024:.1f} MiB 10 s after they closed.",
         "",
+        *comparison_lines(raw, env),
         "## Image pipeline",
         "",
         f"One {ours['input_width']}x{ours['input_height']} JPEG of {int(ours['input_bytes']) / 1e6:.1f} MB "

@@ -3,8 +3,11 @@
 # nginx serving the identical bytes, and pgbench running the same SQL. Writes bench/results.md
 # and keeps the raw wrk/pgbench output in bench/raw/.
 #
-#   bench/run.sh            the full run (about 5 minutes after the release build)
+#   bench/run.sh            the full run (about 8 minutes after the release build)
 #   QUICK=1 bench/run.sh    a smoke test of every part: 1 s runs, small tables (CI)
+#   ORIGINAL_DIR=path bench/run.sh
+#                           also runs the original Python server (a checkout of
+#                           Tydos/portfolio-backend-server) on the same database and scenarios
 #
 # Needs root (apt-get for wrk/nginx/PostgreSQL when missing; PostgreSQL runs as `postgres`).
 set -euo pipefail
@@ -14,9 +17,13 @@ ROOT=$PWD
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
   DUR=1s; ROWS_SMALL=2000; ROWS_BIG=20000; BATCH=5; STORM=300; IMG_RUNS=1; IMG_BATCH=3
+  PROBE_DUR=1s; ORIG_WORKERS="2"
 else
   DUR=10s; ROWS_SMALL=10000; ROWS_BIG=1000000; BATCH=100; STORM=5000; IMG_RUNS=5; IMG_BATCH=20
+  PROBE_DUR=5s; ORIG_WORKERS="2 4 8"
 fi
+DELAY_MS=${DELAY_MS:-20}       # each way, for the remote-database scenario
+ORIGINAL_DIR=${ORIGINAL_DIR:-}
 DEEP=$((ROWS_BIG * 9 / 10))
 CONNS=100
 RAW=$ROOT/bench/raw
@@ -41,6 +48,34 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 python3 -c 'import PIL' 2>/dev/null || pip install -q pillow
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+# --- Python environments, made once and kept in $BENCH_CACHE ----------------------------------
+CACHE=${BENCH_CACHE:-$HOME/.cache/portfolio-bench}
+mkdir -p "$CACHE"
+venv() { # dir pip-arguments...: a virtual environment with these packages
+  local dir=$1; shift
+  [ -f "$dir/.ready" ] && return 0
+  rm -rf "$dir"
+  python3 -m venv "$dir" 2>/dev/null || {
+    apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$dir"; }
+  "$dir/bin/pip" install -q "$@"
+  touch "$dir/.ready"
+}
+log "matplotlib for the chart"
+venv "$CACHE/chart-venv" matplotlib
+if [ -n "$ORIGINAL_DIR" ]; then
+  ORIGINAL_DIR=$(cd "$ORIGINAL_DIR" && pwd)
+  if [ ! -f "$ORIGINAL_DIR/main.py" ] || [ ! -f "$ORIGINAL_DIR/requirements.txt" ]; then
+    echo "ORIGINAL_DIR=$ORIGINAL_DIR has no main.py and requirements.txt:" \
+      "give a checkout of Tydos/portfolio-backend-server with /api/images and /api/upload-batch" >&2
+    exit 1
+  fi
+  ORIG_VENV=$CACHE/original-venv-$(sha256sum "$ORIGINAL_DIR/requirements.txt" | cut -c1-12)
+  log "the original's requirements into $ORIG_VENV"
+  venv "$ORIG_VENV" -r "$ORIGINAL_DIR/requirements.txt"
+else
+  log "ORIGINAL_DIR is not set: skipping the comparison with the original Python server"
+fi
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 
 log "building the release binary"
@@ -101,6 +136,37 @@ start_server() { # name port url [VAR=value ...]
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
+# The Supabase stand-in both servers' uploads go to in scenario 11 (the original stores only
+# there), and the original's own copy: without its .env, which python-dotenv would otherwise
+# load over our settings (override=True) and so reach whatever database it names.
+P_STORE=$(free_port)
+python3 "$ROOT/bench/storage_standin.py" "$P_STORE" images >"$WORK/store.log" 2>&1 &
+PIDS+=($!)
+FAKE_JWT=eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.YmVuY2g # supabase-py wants JWT-shaped
+if [ -n "$ORIGINAL_DIR" ]; then
+  mkdir -p "$WORK/original"
+  tar -C "$ORIGINAL_DIR" --exclude=.git --exclude=.env --exclude='.venv' -cf - . | tar -C "$WORK/original" -xf -
+fi
+start_original() { # name port database-url workers
+  local name=$1 port=$2 url=$3 workers=$4
+  (cd "$WORK/original" && exec env -i PATH="$PATH" HOME="$WORK" DATABASE_URL="$url" \
+     SUPABASE_URL="http://127.0.0.1:$P_STORE" SUPABASE_KEY="$FAKE_JWT" SUPABASE_BUCKET=images \
+     ADMIN_API_KEY=bench-key "$ORIG_VENV/bin/uvicorn" main:app --host 127.0.0.1 --port "$port" \
+     --workers "$workers" --log-level warning >"$WORK/$name.log" 2>&1) &
+  PIDS+=($!)
+  eval "PID_$name=$!"
+  for _ in $(seq 300); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/api/health")" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "the original ($name) did not start:" >&2; cat "$WORK/$name.log" >&2; exit 1
+}
+stop() { # name: a server started above, and its workers
+  local pid; pid=$(eval "echo \$PID_$1")
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
 P_CACHED=$(free_port); P_UNCACHED=$(free_port); P_BIG=$(free_port); P_UPLOAD=$(free_port)
 start_server cached "$P_CACHED" "$URL_SMALL"
 start_server uncached "$P_UNCACHED" "$URL_SMALL" APP_CACHE__MAX_BYTES=0
@@ -112,7 +178,7 @@ PID_CACHED=$PID_cached
 # --- wrk ------------------------------------------------------------------------------------
 run_wrk() { # name url [VAR=value ...]: wrk with the checking script, output kept in raw/
   local name=$1 url=$2; shift 2
-  env "$@" wrk -t2 -c"$CONNS" -d"$DUR" --timeout 10s --latency -s "$ROOT/bench/check.lua" "$url" \
+  env "$@" wrk -t2 -c"$CONNS" -d"${WRK_DUR:-$DUR}" --timeout 10s --latency -s "$ROOT/bench/check.lua" "$url" \
     >"$RAW/$name.txt" 2>&1
   grep -E 'Requests/sec|checked:' "$RAW/$name.txt" | tr '\n' ' ' >&2; echo >&2
 }
@@ -183,6 +249,75 @@ pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -M extended -c "$CONNS" -j 2 -T
 grep -E '^tps' "$RAW/pgbench_deep.txt" >&2
 wait_idle
 
+good_rps() { python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); from report import wrk; print(round(wrk(sys.argv[2])["rps"]))' "$ROOT/bench" "$1"; }
+BEST=1
+if [ -n "$ORIGINAL_DIR" ]; then
+  log "10. the original Python server on the same rows: one worker, its best worker count"
+  P_ORIG1=$(free_port)
+  start_original orig1 "$P_ORIG1" "$URL_SMALL" 1
+  curl -sf "http://127.0.0.1:$P_ORIG1/" >"$WORK/orig_root.json"
+  curl -sf "http://127.0.0.1:$P_ORIG1$PAGE" >"$WORK/orig_page.json"
+  if [ "$(head -c 9 "$WORK/orig_page.json")" != '[{"id":1,' ]; then
+    echo "the original's first page is not the database's rows:" >&2; cat "$WORK/orig_page.json" >&2; exit 1
+  fi
+  orig_runs() { # instance port: the scenarios of 1 and 3, counted the same way as ours
+    run_wrk "$1_root" "http://127.0.0.1:$2/" EXPECT_FILE="$WORK/orig_root.json"
+    run_wrk "$1_cached" "http://127.0.0.1:$2$PAGE" EXPECT_FILE="$WORK/orig_page.json"
+    run_wrk "$1_uncached" "http://127.0.0.1:$2/" ROTATE=$((ROWS_SMALL - 10))
+  }
+  orig_runs orig1 "$P_ORIG1"
+  best_rps=$(good_rps "$RAW/orig1_cached.txt")
+  for w in $ORIG_WORKERS; do
+    port=$(free_port)
+    start_original "probe$w" "$port" "$URL_SMALL" "$w"
+    WRK_DUR=$PROBE_DUR run_wrk "probe_w$w" "http://127.0.0.1:$port$PAGE" EXPECT_FILE="$WORK/orig_page.json"
+    stop "probe$w"
+    rps=$(good_rps "$RAW/probe_w$w.txt")
+    if [ "$rps" -gt "$best_rps" ]; then BEST=$w; best_rps=$rps; fi
+  done
+  log "the original's best worker count here: $BEST"
+  if [ "$BEST" != 1 ]; then
+    P_ORIGN=$(free_port)
+    start_original origN "$P_ORIGN" "$URL_SMALL" "$BEST"
+    orig_runs origN "$P_ORIGN"
+  fi
+  {
+    echo "best_workers=$BEST"
+    echo "candidates=1 $ORIG_WORKERS"
+    echo "commit=$(git -C "$ORIGINAL_DIR" rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")"
+    echo "python=$("$ORIG_VENV/bin/python" --version 2>&1)"
+    echo "packages=$("$ORIG_VENV/bin/pip" freeze 2>/dev/null | grep -iE '^(fastapi|uvicorn|psycopg2-binary|pydantic)==' | sed 's/==/ /' | paste -sd, - | sed 's/,/, /g')"
+  } >"$RAW/original.txt"
+  wait_idle
+fi
+
+log "11. PostgreSQL ${DELAY_MS} ms away each way, through a loopback proxy"
+P_PROXY=$(free_port)
+python3 "$ROOT/bench/delay_proxy.py" "$P_PROXY" "$PGPORT" "$DELAY_MS" >"$WORK/proxy.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$P_PROXY") 2>/dev/null && break; sleep 0.1; done
+URL_REMOTE=postgres://postgres@127.0.0.1:$P_PROXY/small
+P_RC=$(free_port); P_RU=$(free_port)
+# Ours as deployed (the page cache on) for the first page; with the cache off for rotating pages,
+# where only the pool and the driver's round trips count.
+start_server remote_c "$P_RC" "$URL_REMOTE"
+start_server remote_u "$P_RU" "$URL_REMOTE" APP_CACHE__MAX_BYTES=0
+run_wrk remote_cached "http://127.0.0.1:$P_RC$PAGE" EXPECT_FILE="$WORK/page.json"
+run_wrk remote_uncached "http://127.0.0.1:$P_RU/" ROTATE=$((ROWS_SMALL - 10))
+stop remote_c; stop remote_u
+if [ -n "$ORIGINAL_DIR" ]; then
+  for inst in orig1 origN; do
+    workers=1; [ "$inst" = origN ] && workers=$BEST
+    [ "$inst" = origN ] && [ "$BEST" = 1 ] && continue
+    port=$(free_port)
+    start_original "${inst}_r" "$port" "$URL_REMOTE" "$workers"
+    run_wrk "${inst}_remote_cached" "http://127.0.0.1:$port$PAGE" EXPECT_FILE="$WORK/orig_page.json"
+    run_wrk "${inst}_remote_uncached" "http://127.0.0.1:$port/" ROTATE=$((ROWS_SMALL - 10))
+    stop "${inst}_r"
+  done
+fi
+wait_idle
+
 log "6. batch upload of $BATCH generated JPEGs (local storage)"
 python3 - "$WORK/jpegs" "$BATCH" <<'PY'
 import os, sys
@@ -214,6 +349,47 @@ print(f"files={n} bytes_each={size} uploaded={len(report['uploaded'])} skipped={
 print(f"wall_s={t1 - t0:.2f} base_rss_kib={base} peak_rss_kib={peak} growth_kib={peak - base}")
 PY
 cat "$RAW/upload.txt" >&2
+
+CMP_BATCH=$IMG_BATCH
+log "12. a batch of $CMP_BATCH photos through /api/upload-batch into the Supabase stand-in"
+# Scenario 6's JPEG (about 3 MB, 1560x1560, no EXIF) under one name prefix per server, category
+# `nature` (the original accepts six categories only).
+P_SB=$(free_port); P_SBP=$(free_port)
+SB_ENV=(ADMIN_API_KEY=bench-key SUPABASE_URL="http://127.0.0.1:$P_STORE" SUPABASE_KEY="$FAKE_JWT"
+  APP_CACHE__MAX_BYTES=0)
+start_server sb "$P_SB" "$URL_SMALL" "${SB_ENV[@]}"
+# Like the original: no variants, no resizing (its metadata is still removed).
+start_server sb_plain "$P_SBP" "$URL_SMALL" "${SB_ENV[@]}" APP_IMAGE__MAX_DIMENSION=0 \
+  APP_IMAGE__THUMB_PX=0 APP_IMAGE__MEDIUM_PX=0
+upload_batch() { # name port prefix
+  local dir=$WORK/cmp-$3 t0 t1; mkdir -p "$dir"
+  local args=()
+  for i in $(seq 0 $((CMP_BATCH - 1))); do
+    cp "$WORK/jpegs/p0.jpg" "$dir/$3$i.jpg"; args+=(-F "files=@$dir/$3$i.jpg")
+  done
+  t0=$(date +%s.%N)
+  curl -s -X POST "http://127.0.0.1:$2/api/upload-batch" -H "X-API-Key: bench-key" \
+    -F category=nature "${args[@]}" >"$WORK/$1.json"
+  t1=$(date +%s.%N)
+  python3 - "$WORK/$1.json" "$t0" "$t1" "$CMP_BATCH" \
+    "$("${PSQL[@]}" -d small -Atc "SELECT count(*) FROM photographs WHERE filename LIKE '$3%'")" \
+    "$(du -b "$WORK/jpegs/p0.jpg" | cut -f1)" >"$RAW/$1.txt" <<'PY'
+import json, sys
+path, t0, t1, n, rows, size = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+try:
+    r = json.load(open(path))
+    up, sk, fa = len(r["uploaded"]), len(r["skipped"]), len(r["failed"])
+except (ValueError, KeyError, TypeError):
+    up, sk, fa = 0, 0, n
+print(f"files={n} bytes_each={size} uploaded={up} skipped={sk} failed={fa} rows={rows}")
+print(f"wall_s={t1 - t0:.2f} photos_per_s={n / (t1 - t0):.2f}")
+PY
+  echo "$1: $(tr '\n' ' ' <"$RAW/$1.txt")" >&2
+}
+upload_batch upcmp_ours "$P_SB" ours-
+upload_batch upcmp_plain "$P_SBP" plain-
+[ -n "$ORIGINAL_DIR" ] && upload_batch upcmp_orig1 "$P_ORIG1" orig-
+stop sb; stop sb_plain
 
 log "9. image pipeline: one 6000x4000 photo beside vipsthumbnail, then a batch of $IMG_BATCH"
 python3 - "$WORK/photos" "$IMG_BATCH" <<'PY'
@@ -286,6 +462,11 @@ pg_ctl stop -m fast
 curl -s "http://127.0.0.1:$P_UNCACHED/api/images?limit=10&offset=1" >/dev/null || true # notices
 run_wrk outage "http://127.0.0.1:$P_UNCACHED/" ROTATE=$((ROWS_SMALL - 10)) OUTAGE=1
 
+if [ -n "$ORIGINAL_DIR" ]; then
+  run_wrk orig1_outage "http://127.0.0.1:$P_ORIG1/" ROTATE=$((ROWS_SMALL - 10)) OUTAGE=1
+  [ "$BEST" != 1 ] && run_wrk origN_outage "http://127.0.0.1:$P_ORIGN/" ROTATE=$((ROWS_SMALL - 10)) OUTAGE=1
+fi
+
 log "7. versions and the report"
 {
   echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -299,12 +480,15 @@ log "7. versions and the report"
   echo "wrk=$(wrk -v 2>&1 | head -1)"
   echo "vips=$(vipsthumbnail --vips-version)"
   echo "duration=$DUR connections=$CONNS rows_small=$ROWS_SMALL rows_big=$ROWS_BIG deep=$DEEP quick=$QUICK"
+  echo "delay_ms=$DELAY_MS"
 } >"$RAW/env.txt"
 python3 "$ROOT/bench/report.py" "$RAW" >"$RAW/results.md"
+"$CACHE/chart-venv/bin/python" "$ROOT/bench/chart.py" "$RAW" "$RAW/results.png"
 if [ "$QUICK" = 1 ]; then
   cat "$RAW/results.md"
   python3 "$ROOT/bench/report.py" --check "$RAW"
 else
   cp "$RAW/results.md" "$ROOT/bench/results.md"
+  cp "$RAW/results.png" "$ROOT/bench/results.png"
   cat "$ROOT/bench/results.md"
 fi
