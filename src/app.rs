@@ -46,6 +46,9 @@ fn router(state: &Arc<AppState>) -> Route {
         .nest("/", api)
         .nest("/docs", docs.with(Compression::new()))
         .at("/openapi.json", spec.with(Compression::new()));
+    if state.settings.server.metrics {
+        route = route.at("/metrics", poem::get(metrics));
+    }
     let storage = &state.settings.storage;
     if storage.backend() == StorageBackend::Local {
         let store = LocalStore::new(&storage.local_dir, &storage.public_base_url);
@@ -57,6 +60,15 @@ fn router(state: &Arc<AppState>) -> Route {
         );
     }
     route
+}
+
+/// `GET /metrics`, in the Prometheus text format (version 0.0.4).
+#[poem::handler]
+async fn metrics(state: poem::web::Data<&Arc<AppState>>) -> Response {
+    Response::builder()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .header(poem::http::header::CACHE_CONTROL, "no-store")
+        .body(state.render_metrics().await)
 }
 
 /// A bound server, ready to run.

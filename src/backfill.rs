@@ -18,6 +18,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
+use postgres::types::Type;
 
 use crate::{
     blocking,
@@ -90,12 +91,12 @@ pub async fn run(
     let want_medium = settings.medium_px > 0;
     let rows: Vec<Row> = db
         .run(move |c| {
-            Ok(c.query(
+            Ok(c.query_typed(
                 "SELECT id, filename, url FROM photographs \
                      WHERE placeholder IS NULL OR color IS NULL \
                         OR ($1 AND thumbnail_url IS NULL) OR ($2 AND medium_url IS NULL) \
                      ORDER BY id",
-                &[&want_thumb, &want_medium],
+                &[(&want_thumb, Type::BOOL), (&want_medium, Type::BOOL)],
             )?
             .iter()
             .map(|r| Row {

@@ -144,6 +144,17 @@ impl PageCache {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Pages cached and their weighed bytes (moka's counts, brought up to date first).
+    pub async fn stats(&self) -> (u64, u64) {
+        match &self.pages {
+            Some(p) => {
+                p.run_pending_tasks().await;
+                (p.entry_count(), p.weighted_size())
+            }
+            None => (0, 0),
+        }
+    }
+
     /// A live cached page, if there is one.
     pub async fn get(&self, key: &PageKey) -> Option<Arc<Page>> {
         let key = (self.generation(), key.clone());

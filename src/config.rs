@@ -61,6 +61,8 @@ pub struct ServerSettings {
     /// How long a connection may stay open with no request in flight (before its first
     /// request, or between two) before it is closed.
     pub keep_alive_timeout_secs: u64,
+    /// Serve `GET /metrics` (Prometheus text format).
+    pub metrics: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +82,13 @@ pub struct DatabaseSettings {
     pub reprobe_interval_ms: u64,
     /// Apply pending migrations at start-up (and when the database comes back).
     pub migrate_on_start: bool,
+    /// Listen for changes to `photographs` (PostgreSQL `LISTEN`), so that every replica drops
+    /// its cached pages within a second of any write. False: pages refresh within
+    /// `cache.ttl_secs`.
+    pub listen: bool,
+    /// Where the listening connection goes when `url` is a transaction-mode pooler (which
+    /// delivers no notifications): a direct or session-mode URL. None: `url`.
+    pub listen_url: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -236,6 +245,7 @@ impl Default for Settings {
                 max_connections: 0,
                 header_read_timeout_secs: 10,
                 keep_alive_timeout_secs: 5,
+                metrics: true,
             },
             database: DatabaseSettings {
                 url: None,
@@ -245,6 +255,8 @@ impl Default for Settings {
                 connect_timeout_ms: 2000,
                 reprobe_interval_ms: 1000,
                 migrate_on_start: true,
+                listen: true,
+                listen_url: None,
             },
             cache: CacheSettings {
                 max_bytes: 32 << 20,
@@ -354,6 +366,9 @@ impl Settings {
         if blank(&self.database.url) {
             self.database.url = None;
         }
+        if blank(&self.database.listen_url) {
+            self.database.listen_url = None;
+        }
         if blank(&self.auth.admin_api_key) {
             self.auth.admin_api_key = None;
         }
@@ -411,6 +426,14 @@ impl Settings {
             // The parser's message never echoes the URL, so no password leaks here.
             return invalid(
                 "database.url (DATABASE_URL)",
+                &format!("is not a PostgreSQL URL: {e}"),
+            );
+        }
+        if let Some(url) = &self.database.listen_url
+            && let Err(e) = url.expose().parse::<postgres::Config>()
+        {
+            return invalid(
+                "database.listen_url (APP_DATABASE__LISTEN_URL)",
                 &format!("is not a PostgreSQL URL: {e}"),
             );
         }

@@ -13,7 +13,7 @@
 use std::{
     sync::{
         Arc, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -131,6 +131,8 @@ struct Inner {
     /// handlers are not cancelled when their client hangs up, so without this bound the work of
     /// departed clients piled up: 17 s of queue after a burst of slow queries (measured).
     queue_timeout: Duration,
+    /// Callers queueing for a permit now (`db_pool_waiting`).
+    waiting: AtomicUsize,
 }
 
 /// What [`Db::ping`] learnt.
@@ -200,6 +202,22 @@ fn is_refusal(e: &std::io::Error) -> bool {
     )
 }
 
+/// Counts a caller as waiting for as long as it lives (also when its future is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Waiting<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Inner {
     /// Dropping the last pool handle closes its connections, and a sync `postgres::Client`
     /// closes by blocking on its own runtime: on a tokio worker thread that panics inside a
@@ -241,8 +259,17 @@ impl Db {
                 reprobe_interval: Duration::from_millis(s.reprobe_interval_ms),
                 permits: Arc::new(Semaphore::new(s.pool_max_size as usize)),
                 queue_timeout: Duration::from_millis(s.queue_timeout_ms),
+                waiting: AtomicUsize::new(0),
             }),
         })
+    }
+
+    /// Connections the pool holds, how many of them are idle, and how many callers are
+    /// queueing for one.
+    pub fn pool_stats(&self) -> (u32, u32, usize) {
+        let state = self.inner.pool.as_ref().map(r2d2::Pool::state);
+        let (open, idle) = state.map_or((0, 0), |s| (s.connections, s.idle_connections));
+        (open, idle, self.inner.waiting.load(Ordering::Relaxed))
     }
 
     /// `host:port/dbname` of the database, safe to log.
@@ -278,10 +305,12 @@ impl Db {
         let pool = self.pool();
         let inner = self.inner.clone();
         let queued = self.inner.permits.clone().acquire_owned();
+        let waiting = Waiting::new(&self.inner.waiting);
         let permit = match tokio::time::timeout(queue_timeout, queued).await {
             Ok(permit) => permit.expect("never closed"),
             Err(_) => return Err(DbError::Busy(queue_timeout)),
         };
+        drop(waiting);
         let result = blocking::run(move || {
             // Held until the work ends, even if the caller has gone away meanwhile.
             let _permit = permit;
@@ -414,7 +443,7 @@ fn addresses(cfg: &postgres::Config) -> Vec<Address> {
         .collect()
 }
 
-fn describe(cfg: &postgres::Config) -> String {
+pub(crate) fn describe(cfg: &postgres::Config) -> String {
     use postgres::config::Host;
     let host = match cfg.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),

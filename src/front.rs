@@ -25,6 +25,7 @@ use tracing::Instrument;
 use crate::{api::error::ApiError, state::AppState};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_DATA_SOURCE: HeaderName = HeaderName::from_static("x-data-source");
 
 /// Headers a browser may read on a cross-origin response.
 const EXPOSE: &str = "etag, x-total-count, x-data-source, link, retry-after, x-request-id";
@@ -177,6 +178,7 @@ fn route_of(path: &str) -> (&'static str, &'static str) {
         "/api/health" => ("/api/health", READ),
         "/api/portfolio" => ("/api/portfolio", READ),
         "/api/categories" => ("/api/categories", READ),
+        "/metrics" => ("/metrics", READ),
         p if p
             .strip_prefix("/api/images/")
             .is_some_and(|id| !id.contains('/')) =>
@@ -210,6 +212,12 @@ impl<E: Endpoint> Endpoint for Front<E> {
             allow(&mut r, HeaderValue::from_static("*"));
             let status = r.status();
             r.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            self.count(
+                "/api/images",
+                status,
+                r.headers().get(&X_DATA_SOURCE),
+                started.elapsed(),
+            );
             log_request(
                 req.method(),
                 req.uri(),
@@ -237,8 +245,31 @@ impl<E: Endpoint> Endpoint for Front<E> {
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        self.count(
+            route_of(uri.path()).0,
+            response.status(),
+            response.headers().get(&X_DATA_SOURCE),
+            started.elapsed(),
+        );
         span.in_scope(|| log_request(&method, &uri, response.status(), started.elapsed(), None));
         Ok(response)
+    }
+}
+
+impl<E> Front<E> {
+    /// `http_requests_total`, its latency, and listing answers by `X-Data-Source`.
+    fn count(
+        &self,
+        route: &str,
+        status: StatusCode,
+        source: Option<&HeaderValue>,
+        elapsed: Duration,
+    ) {
+        let m = &self.state.metrics;
+        m.request(route, status.as_u16(), elapsed);
+        if let Some(source) = source.and_then(|s| s.to_str().ok()) {
+            m.answers.with_label_values(&[source]).inc();
+        }
     }
 }
 

@@ -33,8 +33,12 @@ pub mod journal;
 pub mod listing;
 /// Managing photos after upload: one photo, its category, deleting it with its objects.
 pub mod manage;
+/// `GET /metrics`: Prometheus counters, histograms and gauges.
+pub mod metrics;
 /// Domain values with their rules: photo, file name, category, page key.
 pub mod model;
+/// LISTEN/NOTIFY: every replica drops its cached pages when `photographs` changes.
+pub mod notify;
 /// `portfolio-server reconcile`: objects without rows, rows without objects.
 pub mod reconcile;
 /// The listener: HTTP/1.1 connections with a header deadline and a cap.

@@ -26,6 +26,7 @@ use crate::{
     cache::{Page, PageCache},
     config::CacheSettings,
     db::{self, Db},
+    metrics::Metrics,
     model::{PageKey, Photo},
 };
 
@@ -204,6 +205,7 @@ pub struct Listing {
     categories: Mutex<Option<(Instant, u64, bytes::Bytes)>>,
     /// How long the categories are kept (`cache.ttl_secs`; 0 keeps nothing).
     categories_ttl: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// The copy in memory follows writes within a second; the file on disk (for a restart during an
@@ -212,7 +214,12 @@ pub struct Listing {
 const COPY_SAVE_EVERY: Duration = Duration::from_secs(10);
 
 impl Listing {
-    pub fn new(db: Option<Db>, cache: PageCache, settings: &CacheSettings) -> Listing {
+    pub fn new(
+        db: Option<Db>,
+        cache: PageCache,
+        settings: &CacheSettings,
+        metrics: Arc<Metrics>,
+    ) -> Listing {
         let copy = match &db {
             Some(_) if settings.copy_max_rows > 0 => read_copy(&settings.copy_path),
             _ => None,
@@ -243,7 +250,18 @@ impl Listing {
             } else {
                 Duration::from_secs(settings.ttl_secs)
             },
+            metrics,
         }
+    }
+
+    /// The metrics every part of this server reports to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Pages in the page cache and their bytes (approximate, as moka counts).
+    pub async fn cache_stats(&self) -> (u64, u64) {
+        self.cache.stats().await
     }
 
     /// The count of writes so far (see [`Listing::keep_categories`]).
@@ -322,7 +340,7 @@ impl Listing {
                     "SELECT {} FROM photographs ORDER BY id LIMIT $1",
                     db::PHOTO_COLUMNS
                 );
-                let rows = c.query(&sql, &[&limit])?;
+                let rows = c.query_typed(&sql, &[(&limit, postgres::types::Type::INT8)])?;
                 Ok(rows.iter().map(db::photo_from_row).collect::<Vec<_>>())
             })
             .await;
@@ -401,7 +419,11 @@ impl Listing {
     pub async fn ready(&self, key: &PageKey) -> Option<(Arc<Page>, Source)> {
         match &self.db {
             None => Some((self.fallback.page(key), Source::Fallback)),
-            Some(_) => self.cache.get(key).await.map(|p| (p, Source::Database)),
+            Some(_) => {
+                let page = self.cache.get(key).await?;
+                self.metrics.cache_hits.inc();
+                Some((page, Source::Database))
+            }
         }
     }
 
@@ -419,8 +441,10 @@ impl Listing {
             return Ok((self.fallback.page(key), Source::Fallback));
         };
         if let Some(page) = self.cache.get(key).await {
+            self.metrics.cache_hits.inc();
             return Ok((page, Source::Database));
         }
+        self.metrics.cache_misses.inc();
         // While the database is known to be down, don't make every request wait out a
         // checkout timeout: the background probe will notice when it is back.
         let mut busy = false;

@@ -16,6 +16,8 @@
 
 use std::sync::Arc;
 
+use postgres::types::Type;
+
 use crate::{
     db::{DbError, PHOTO_COLUMNS, PgConn, photo_from_row},
     imaging::Variant,
@@ -72,9 +74,11 @@ impl Uploader {
             format!("UPDATE photographs SET category = $2 WHERE id = $1 RETURNING {PHOTO_COLUMNS}");
         let updated = db
             .run(move |c| {
-                Ok(c.query_opt(&sql, &[&id, &category.as_str()])?
-                    .as_ref()
-                    .map(photo_from_row))
+                Ok(
+                    c.query_typed(&sql, &[(&id, Type::INT4), (&category.as_str(), Type::TEXT)])?
+                        .first()
+                        .map(photo_from_row),
+                )
             })
             .await?
             .ok_or(ManageError::NotFound)?;
@@ -152,7 +156,7 @@ impl Uploader {
         let db = self.writable_db()?;
         let rows = db
             .run(|c| {
-                Ok(c.query(
+                Ok(c.query_typed(
                     "SELECT lower(category), count(*) FROM photographs GROUP BY lower(category) \
                  ORDER BY lower(category)",
                     &[],
@@ -181,7 +185,9 @@ impl Uploader {
 
 fn fetch(c: &mut PgConn, id: i32) -> Result<Option<Photo>, DbError> {
     let sql = format!("SELECT {PHOTO_COLUMNS} FROM photographs WHERE id = $1");
-    Ok(c.query_opt(&sql, &[&id])?.as_ref().map(photo_from_row))
+    Ok(c.query_typed(&sql, &[(&id, Type::INT4)])?
+        .first()
+        .map(photo_from_row))
 }
 
 enum DeleteFailure {

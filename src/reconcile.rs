@@ -83,7 +83,7 @@ pub async fn run(
     type Row = (i32, String, String, Option<String>, Option<String>);
     let rows: Vec<Row> = db
         .run(|c| {
-            Ok(c.query(
+            Ok(c.query_typed(
                 "SELECT id, filename, url, thumbnail_url, medium_url FROM photographs ORDER BY id",
                 &[],
             )?

@@ -8,6 +8,7 @@ use crate::{
     config::Settings,
     db::{Db, DbError},
     listing::Listing,
+    metrics::Metrics,
     storage::{self, Monitored, ObjectStore, StorageState},
     upload::Uploader,
 };
@@ -28,6 +29,8 @@ pub struct AppState {
     pub fast_listings: AtomicU64,
     /// Requests whose handling has ended, answered or abandoned by their client.
     pub requests_finished: AtomicU64,
+    /// What `GET /metrics` reports (the listing's, shared by every part).
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -68,7 +71,12 @@ impl AppState {
                 Some(db)
             }
         };
-        let store = Arc::new(Monitored::new(store));
+        let metrics = Arc::new(Metrics::new());
+        let backend = settings.storage.backend().to_string();
+        let store = Arc::new(
+            Monitored::new(store)
+                .counting_errors(metrics.storage_errors.with_label_values(&[&backend])),
+        );
         check_storage(&settings, &store).await;
         if settings.auth.admin_api_key.is_none() {
             tracing::warn!("ADMIN_API_KEY is not set: uploads will be refused");
@@ -86,8 +94,18 @@ impl AppState {
             db.clone(),
             PageCache::new(&settings.cache),
             &settings.cache,
+            metrics.clone(),
         ));
         listing.spawn_copier();
+        if let (Some(url), true) = (&settings.database.url, settings.database.listen) {
+            let listen_url = settings.database.listen_url.as_ref().unwrap_or(url);
+            crate::notify::spawn(
+                Arc::downgrade(&listing),
+                listen_url.expose(),
+                url.expose(),
+                std::time::Duration::from_millis(settings.database.connect_timeout_ms),
+            );
+        }
         let uploader = Uploader::new(
             db.clone(),
             store.clone(),
@@ -109,7 +127,33 @@ impl AppState {
             cache_control,
             fast_listings: AtomicU64::new(0),
             requests_finished: AtomicU64::new(0),
+            metrics,
         }))
+    }
+}
+
+impl AppState {
+    /// `GET /metrics`: the gauges read now, then every metric as Prometheus text.
+    pub async fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        let (entries, bytes) = self.listing.cache_stats().await;
+        m.cache_entries.set(entries as i64);
+        m.cache_bytes.set(bytes as i64);
+        match &self.db {
+            Some(db) => {
+                let (open, idle, waiting) = db.pool_stats();
+                m.pool_connections
+                    .with_label_values(&["in_use"])
+                    .set(i64::from(open.saturating_sub(idle)));
+                m.pool_connections
+                    .with_label_values(&["idle"])
+                    .set(i64::from(idle));
+                m.pool_waiting.set(waiting as i64);
+                m.db_up.set(i64::from(db.is_available()));
+            }
+            None => m.db_up.set(0),
+        }
+        m.render()
     }
 }
 

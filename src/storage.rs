@@ -144,6 +144,8 @@ pub struct Monitored {
     state: Mutex<(StorageState, Instant)>,
     /// A background re-check is running: one at a time, however many ask.
     checking: AtomicBool,
+    /// Counts every call that failed (`storage_errors_total`), if set.
+    errors: Option<prometheus::IntCounter>,
 }
 
 impl Monitored {
@@ -152,7 +154,14 @@ impl Monitored {
             inner,
             state: Mutex::new((StorageState::Unchecked, Instant::now())),
             checking: AtomicBool::new(false),
+            errors: None,
         }
+    }
+
+    /// Counts each failed call on `errors`.
+    pub fn counting_errors(mut self, errors: prometheus::IntCounter) -> Monitored {
+        self.errors = Some(errors);
+        self
     }
 
     /// Runs [`ObjectStore::check`] on a blocking thread unless one is already running.
@@ -174,6 +183,11 @@ impl Monitored {
     }
 
     fn record<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if result.is_err()
+            && let Some(errors) = &self.errors
+        {
+            errors.inc();
+        }
         if let Some(state) = StorageState::after(&result) {
             *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (state, Instant::now());
         }
@@ -243,6 +257,12 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// `Cache-Control` of every object written to a remote store, as `/media` sends for local files:
+/// a key never changes content (a new photo gets a new key), so browsers and CDNs may keep it
+/// for a year without revalidating. Supabase stores the header with the object and serves it
+/// back (without it, it serves `no-cache`).
+pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 /// Percent-encodes a key (or bucket name) as one URL path segment.
 pub fn encode_key(key: &str) -> String {
@@ -542,6 +562,7 @@ impl ObjectStore for SupabaseStore {
             .post(&self.object_url("", key))
             .authed(self)
             .header("x-upsert", "false")
+            .header("cache-control", IMMUTABLE)
             .content_type("image/jpeg")
             .send(bytes)
             .map_err(transport)?;

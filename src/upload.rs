@@ -31,7 +31,7 @@ use std::{
     time::Duration,
 };
 
-use postgres::error::SqlState;
+use postgres::{error::SqlState, types::Type};
 use tokio::{
     io::{AsyncRead, AsyncReadExt},
     sync::Semaphore,
@@ -180,6 +180,21 @@ impl Uploader {
         raw_category: Option<&str>,
         bytes: Vec<u8>,
     ) -> Result<Photo, UploadError> {
+        let result = self.upload_counted(raw_name, raw_category, bytes).await;
+        self.listing
+            .metrics()
+            .uploads
+            .with_label_values(&[crate::metrics::upload_outcome(&result)])
+            .inc();
+        result
+    }
+
+    async fn upload_counted(
+        &self,
+        raw_name: &str,
+        raw_category: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<Photo, UploadError> {
         let name = FileName::parse(raw_name)?;
         let category = Category::parse(
             raw_category.unwrap_or(Category::DEFAULT),
@@ -208,10 +223,12 @@ impl Uploader {
         let taken = {
             let key = name.as_str().to_string();
             db.run(move |c| {
-                Ok(
-                    c.query_opt("SELECT 1 FROM photograph_names WHERE name = $1", &[&key])?
-                        .is_some(),
-                )
+                Ok(!c
+                    .query_typed(
+                        "SELECT 1 FROM photograph_names WHERE name = $1",
+                        &[(&key, Type::TEXT)],
+                    )?
+                    .is_empty())
             })
             .await?
         };
@@ -225,6 +242,10 @@ impl Uploader {
             let processed =
                 blocking::run_low_priority(move || imaging::process(&bytes, &info, &settings))
                     .await??;
+            self.listing
+                .metrics()
+                .image_seconds
+                .observe(started.elapsed().as_secs_f64());
             tracing::debug!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 reencoded = processed.reencoded,
@@ -993,6 +1014,6 @@ fn fetch_photo(c: &mut PgConn, id: i32) -> Result<Option<Photo>, DbError> {
         "SELECT {} FROM photographs WHERE id = $1",
         crate::db::PHOTO_COLUMNS
     );
-    let row = c.query_opt(&sql, &[&id])?;
-    Ok(row.as_ref().map(photo_from_row))
+    let rows = c.query_typed(&sql, &[(&id, Type::INT4)])?;
+    Ok(rows.first().map(photo_from_row))
 }

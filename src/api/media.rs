@@ -39,7 +39,7 @@ pub async fn media(
     let etag = format!("\"{:x}-{:x}\"", meta.len(), modified);
     let mut builder = Response::builder()
         .header(header::ETAG, &etag)
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+        .header(header::CACHE_CONTROL, crate::storage::IMMUTABLE);
     let not_modified = req
         .headers()
         .get(header::IF_NONE_MATCH)

@@ -19,7 +19,7 @@ pub(crate) fn start(
 }
 
 /// As [`start`], with every line the server logs, then and later.
-fn start_logging(
+pub(crate) fn start_logging(
     dir: &std::path::Path,
     env: &[(&str, &str)],
 ) -> (std::process::Child, u16, Arc<Mutex<Vec<String>>>) {

@@ -40,6 +40,8 @@ pub struct FakeStorage {
     pub deletes: AtomicUsize,
     /// Bucket checks (`GET /storage/v1/bucket/{id}`) answered.
     pub bucket_checks: AtomicUsize,
+    /// "bucket/key" -> the `cache-control` it was uploaded with, served back on public GETs.
+    pub cache_control: Mutex<HashMap<String, String>>,
 }
 
 fn error(status: &str, error: &str, message: &str, code: &str) -> Response {
@@ -131,6 +133,12 @@ async fn upload(
         );
     }
     objects.insert(path.clone(), body);
+    if let Some(cc) = req.header("cache-control") {
+        fake.cache_control
+            .lock()
+            .unwrap()
+            .insert(path.clone(), cc.to_string());
+    }
     fake.landed.fetch_add(1, Ordering::SeqCst);
     if fake.gateway_504.load(Ordering::SeqCst) {
         return (
@@ -194,12 +202,26 @@ async fn download(
     Path((bucket, key)): Path<(String, String)>,
     fake: Data<&Arc<FakeStorage>>,
 ) -> Response {
-    if let Some(denied) = check_auth(req) {
+    // `GET /storage/v1/object/public/{bucket}/{key}`: no auth, and the object's stored
+    // cache-control (`no-cache` when it was uploaded without one), as the real server answers.
+    let (path, public) = match (bucket.as_str(), key.split_once('/')) {
+        ("public", Some((b, k))) => (format!("{b}/{k}"), true),
+        _ => (format!("{bucket}/{key}"), false),
+    };
+    if !public && let Some(denied) = check_auth(req) {
         return denied;
     }
-    match fake.objects.lock().unwrap().get(&format!("{bucket}/{key}")) {
+    let cache_control = fake
+        .cache_control
+        .lock()
+        .unwrap()
+        .get(&path)
+        .cloned()
+        .unwrap_or_else(|| "no-cache".into());
+    match fake.objects.lock().unwrap().get(&path) {
         Some(bytes) => Response::builder()
             .content_type("image/jpeg")
+            .header("cache-control", cache_control)
             .body(bytes.clone()),
         None => error("404", "not_found", "Object not found", "NoSuchKey"),
     }

@@ -501,6 +501,9 @@ pub fn settings(db_url: Option<&str>) -> Settings {
     s.database.checkout_timeout_ms = 500;
     s.database.connect_timeout_ms = 500;
     s.database.reprobe_interval_ms = 100;
+    // In-process apps do not listen for changes unless a test asks (tests/api/replicas.rs): many
+    // tests change rows with SQL and check what the cache answers meanwhile.
+    s.database.listen = false;
     s.server.cors_origins = vec!["https://portfolio.example".into()];
     // Never the working directory's data/media: the start-up storage check writes a probe file.
     s.storage.local_dir = std::env::temp_dir().join("portfolio-test-media");

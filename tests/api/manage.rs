@@ -336,6 +336,9 @@ async fn a_delete_that_never_committed_keeps_the_photo_whole() {
     proxy.restore();
     assert_eq!(names(&db), ["kept.jpg"]);
     assert_eq!(files_in(media.path()), objects_of("", &["kept.jpg"]));
+    // The next delete needs the database back up for the app (its re-probe), or it is a 503.
+    let back = app.state.db.clone().unwrap();
+    assert!(wait(10, || back.is_available()).await);
 
     // The COMMIT went through but its answer was lost: asked again, the row is gone, so the
     // delete succeeded and its objects go.

@@ -76,6 +76,29 @@ async fn an_upload_lands_in_the_bucket_with_its_public_url() {
         photo
     );
     assert_eq!(rows(&t.db), 1);
+
+    // Keys never change content: the photo and its variants are stored immutable, and served
+    // so from the public URL (without it Supabase serves `no-cache`).
+    let immutable = "public, max-age=31536000, immutable";
+    let cc = t.fake.cache_control.lock().unwrap().clone();
+    for key in objects_of("images/", &["beach-day.jpg"]) {
+        assert_eq!(cc.get(&key).map(String::as_str), Some(immutable), "{key}");
+    }
+    let url = r.json()["url"].as_str().unwrap().to_string();
+    let fetched = tokio::task::spawn_blocking(move || {
+        let mut r = ureq::get(&url).call().unwrap();
+        let cc = r
+            .headers()
+            .get("cache-control")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        (cc, r.body_mut().read_to_vec().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(fetched, (immutable.to_string(), photo));
 }
 
 #[tokio::test(flavor = "multi_thread")]

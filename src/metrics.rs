@@ -1,0 +1,219 @@
+//! `GET /metrics` in the Prometheus text format: what an operator watches on a replica.
+//!
+//! Counters and histograms are updated where things happen; gauges that describe a state (the
+//! page cache's size, the pool, whether the database is up) are read when scraped. Each
+//! [`crate::state::AppState`] has its own registry, so tests (many apps in one process) see only
+//! their own counts. The `prometheus` crate writes the format; the names follow its conventions
+//! (`_total` for counters, base units: seconds, bytes).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// HTTP latency buckets, in seconds: a cached page is tens of microseconds, an upload seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Image pipeline buckets, in seconds (a 24 MP photo takes about half a second on two cores).
+const IMAGE_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0];
+
+pub struct Metrics {
+    registry: Registry,
+    /// `http_requests_total{route, status}`.
+    pub requests: IntCounterVec,
+    /// `http_request_duration_seconds{route}`.
+    pub latency: HistogramVec,
+    /// `listing_answers_total{source}`: listing answers by `X-Data-Source`.
+    pub answers: IntCounterVec,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_entries: IntGauge,
+    pub cache_bytes: IntGauge,
+    /// `db_pool_connections{state="in_use"|"idle"}`.
+    pub pool_connections: IntGaugeVec,
+    /// Requests waiting for a database connection.
+    pub pool_waiting: IntGauge,
+    pub db_up: IntGauge,
+    /// `uploads_total{outcome}`: one per photo, single or in a batch.
+    pub uploads: IntCounterVec,
+    /// `storage_errors_total{backend}`.
+    pub storage_errors: IntCounterVec,
+    /// Decoding, resizing and encoding one photo and its variants.
+    pub image_seconds: Histogram,
+    /// Notifications of changes received from PostgreSQL (src/notify.rs).
+    pub notifications: IntCounter,
+    /// 1 while the listener is connected and proven to receive notifications.
+    pub listening: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("registered once");
+    m
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let m = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("registered once");
+    m
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let m = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("registered once");
+    m
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time from the request's arrival to its response, by route",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(latency.clone()))
+            .expect("registered once");
+        let image_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "image_pipeline_seconds",
+                "Time to make one uploaded photo web-sized, with its variants and placeholder",
+            )
+            .buckets(IMAGE_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        r.register(Box::new(image_seconds.clone()))
+            .expect("registered once");
+        let pool_connections = IntGaugeVec::new(
+            Opts::new(
+                "db_pool_connections",
+                "Pooled database connections, by state",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(pool_connections.clone()))
+            .expect("registered once");
+        Metrics {
+            requests: counter_vec(
+                &r,
+                "http_requests_total",
+                "HTTP requests answered, by route and status",
+                &["route", "status"],
+            ),
+            latency,
+            answers: counter_vec(
+                &r,
+                "listing_answers_total",
+                "Listing answers by where their data came from (X-Data-Source)",
+                &["source"],
+            ),
+            cache_hits: counter(
+                &r,
+                "page_cache_hits_total",
+                "Listing pages answered from the page cache",
+            ),
+            cache_misses: counter(
+                &r,
+                "page_cache_misses_total",
+                "Listing pages not in the page cache (loaded, or answered from a copy)",
+            ),
+            cache_entries: gauge(&r, "page_cache_entries", "Pages in the page cache"),
+            cache_bytes: gauge(&r, "page_cache_bytes", "Bytes of pages in the page cache"),
+            pool_connections,
+            pool_waiting: gauge(
+                &r,
+                "db_pool_waiting",
+                "Requests waiting for a database connection",
+            ),
+            db_up: gauge(
+                &r,
+                "db_up",
+                "1 while the database answers and is migrated, else 0",
+            ),
+            uploads: counter_vec(
+                &r,
+                "uploads_total",
+                "Photos uploaded or refused, by outcome",
+                &["outcome"],
+            ),
+            storage_errors: counter_vec(
+                &r,
+                "storage_errors_total",
+                "Object storage requests that failed, by backend",
+                &["backend"],
+            ),
+            image_seconds,
+            notifications: counter(
+                &r,
+                "db_notifications_total",
+                "Change notifications received from PostgreSQL",
+            ),
+            listening: gauge(
+                &r,
+                "db_listening",
+                "1 while this process receives change notifications, else 0",
+            ),
+            registry: r,
+        }
+    }
+
+    /// One answered request.
+    pub fn request(&self, route: &str, status: u16, elapsed: std::time::Duration) {
+        let buf = itoa_status(status);
+        let status = std::str::from_utf8(&buf).unwrap_or("0");
+        self.requests.with_label_values(&[route, status]).inc();
+        self.latency
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to memory cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// A status code's three digits, without allocating.
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+/// The outcome label of one photo's upload.
+pub fn upload_outcome(
+    result: &Result<crate::model::Photo, crate::upload::UploadError>,
+) -> &'static str {
+    use crate::upload::UploadError as E;
+    match result {
+        Ok(_) => "created",
+        Err(E::Duplicate(_)) => "duplicate",
+        Err(
+            E::Invalid(_) | E::Rejected(_) | E::BadForm(_) | E::MissingField(_) | E::TooLarge(_),
+        ) => "invalid",
+        Err(E::DatabaseUnavailable(_)) => "database_unavailable",
+        Err(E::Storage(_)) => "storage_failed",
+        Err(E::Database(_) | E::Internal(_)) => "failed",
+    }
+}

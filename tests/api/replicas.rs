@@ -1,0 +1,254 @@
+//! Several replicas on one database: each process listens for changes to `photographs`
+//! (src/notify.rs), so an upload through one, or a row changed directly in SQL, shows on every
+//! other within a second, even though their page caches keep pages for an hour here.
+
+use std::{
+    process::Child,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    binary::{start_logging, terminate},
+    helpers::{Form, TestDb, jpeg},
+};
+
+/// Pages are kept for an hour: only a notification can make a replica see a change in time.
+const TTL: &str = "3600";
+const KEY: &str = "replica-key";
+
+pub(crate) struct Replica {
+    pub(crate) port: u16,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    pub(crate) fn start(db_url: &str, media: &std::path::Path, extra: &[(&str, &str)]) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = vec![
+            ("DATABASE_URL", db_url),
+            ("ADMIN_API_KEY", KEY),
+            ("APP_CACHE__TTL_SECS", TTL),
+            ("APP_STORAGE__LOCAL_DIR", media.to_str().unwrap()),
+        ];
+        env.extend_from_slice(extra);
+        let (child, port, log) = start_logging(dir.path(), &env);
+        Replica {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until the log has said `text` `times` times in all.
+    pub(crate) fn wait_for_log(&self, text: &str, times: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let n = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(text))
+                .count();
+            if n >= times {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log did not say {text:?} {times} times within {secs} s: {:#?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn logged(&self, text: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(text)).count()
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        names_at(self.port)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            terminate(&mut self.child);
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// The filenames and categories of the first page, as `name:category`.
+pub(crate) fn names_at(port: u16) -> Vec<String> {
+    let mut r = agent()
+        .get(&format!("http://127.0.0.1:{port}/api/images?limit=100"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: serde_json::Value = r.body_mut().read_json().unwrap();
+    body.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["filename"].as_str().unwrap(),
+                p["category"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Polls `names` until `done` holds; fails if that takes longer than `within` after `since`.
+pub(crate) fn shows_within(
+    what: &str,
+    since: Instant,
+    within: Duration,
+    names: impl Fn() -> Vec<String>,
+    done: impl Fn(&[String]) -> bool,
+) {
+    loop {
+        let now = names();
+        if done(&now) {
+            return;
+        }
+        assert!(
+            since.elapsed() < within,
+            "{what}: not seen within {within:?}; the page still says {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub(crate) fn upload(port: u16, name: &str) {
+    let form = Form::new()
+        .file("file", name, jpeg(64, 48, None))
+        .text("category", "nature");
+    let mut r = agent()
+        .post(&format!("http://127.0.0.1:{port}/api/upload"))
+        .header("X-API-Key", KEY)
+        .header("Content-Type", &Form::content_type())
+        .send(&form.body()[..])
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_eq!(status, 201, "{}", r.body_mut().read_to_string().unwrap());
+}
+
+/// The backends of this database's listeners.
+fn listeners(db: &TestDb) -> usize {
+    db.rows(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+         AND application_name = 'portfolio-server listener'",
+        db.name
+    ))[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const LISTENING: &str = "listening for changes to photographs";
+
+#[test]
+fn replicas_see_each_others_uploads_and_direct_sql_within_a_second() {
+    let db = TestDb::new();
+    let media = tempfile::tempdir().unwrap();
+    let a = Replica::start(&db.url, media.path(), &[]);
+    let b = Replica::start(&db.url, media.path(), &[]);
+    a.wait_for_log(LISTENING, 1, 20);
+    b.wait_for_log(LISTENING, 1, 20);
+    // Both have the empty first page cached.
+    assert!(a.names().is_empty() && b.names().is_empty());
+
+    upload(a.port, "through-a.jpg");
+    let t = Instant::now();
+    shows_within(
+        "an upload through A, on B",
+        t,
+        SECOND,
+        || b.names(),
+        |n| n == ["through-a.jpg:nature"],
+    );
+
+    db.execute("UPDATE photographs SET category = 'city' WHERE filename = 'through-a.jpg'");
+    let t = Instant::now();
+    for r in [&a, &b] {
+        shows_within(
+            "an SQL UPDATE",
+            t,
+            SECOND,
+            || r.names(),
+            |n| n == ["through-a.jpg:city"],
+        );
+    }
+
+    db.execute("DELETE FROM photographs WHERE filename = 'through-a.jpg'");
+    let t = Instant::now();
+    for r in [&a, &b] {
+        shows_within("an SQL DELETE", t, SECOND, || r.names(), |n| n.is_empty());
+    }
+}
+
+#[test]
+fn a_killed_listener_reconnects_by_itself_and_nothing_stays_stale() {
+    let db = TestDb::new();
+    let media = tempfile::tempdir().unwrap();
+    let a = Replica::start(&db.url, media.path(), &[]);
+    a.wait_for_log(LISTENING, 1, 20);
+    db.seed(1);
+    shows_within(
+        "a seeded row",
+        Instant::now(),
+        SECOND,
+        || a.names(),
+        |n| n == ["photo-1.jpg:city"],
+    );
+
+    // Kill the listening session, and change a row before it can be back: that notification
+    // is lost with the session, so only the invalidation on reconnecting can bring it.
+    assert_eq!(listeners(&db), 1);
+    db.execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' \
+         AND application_name = 'portfolio-server listener'; \
+         UPDATE photographs SET category = 'missed'",
+        db.name
+    ));
+    let t = Instant::now();
+    a.wait_for_log("lost the connection that listens for changes", 1, 10);
+    a.wait_for_log(LISTENING, 2, 10);
+    shows_within(
+        "a change made while the listener was away",
+        t,
+        Duration::from_secs(5),
+        || a.names(),
+        |n| n == ["photo-1.jpg:missed"],
+    );
+    assert_eq!(listeners(&db), 1, "one listening session again, not two");
+
+    // And it listens again: a change after the reconnection shows within a second.
+    db.execute("UPDATE photographs SET category = 'after'");
+    let t = Instant::now();
+    shows_within(
+        "a change after reconnecting",
+        t,
+        SECOND,
+        || a.names(),
+        |n| n == ["photo-1.jpg:after"],
+    );
+    assert_eq!(a.logged("notifications do not arrive"), 0);
+}
