@@ -118,7 +118,7 @@ pub struct AuthSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StorageSettings {
-    /// Where uploaded photos go: `local` (a folder) or `supabase`. Unset: `supabase` when
+    /// Where uploaded photos go: `local` (a folder), `supabase` or `s3`. Unset: `supabase` when
     /// `supabase_url` and `supabase_key` are both set, else `local` (see [`Self::backend`]).
     pub backend: Option<StorageBackend>,
     /// Folder for the `local` backend.
@@ -131,8 +131,26 @@ pub struct StorageSettings {
     pub supabase_key: Option<Secret>,
     /// Supabase Storage bucket.
     pub supabase_bucket: String,
-    /// Most seconds one request to Supabase may take.
+    /// Most seconds one request to Supabase or S3 may take.
     pub timeout_secs: u64,
+    /// S3 bucket (backend `s3`).
+    pub s3_bucket: Option<String>,
+    /// S3 region (`AWS_REGION`); R2 takes `auto`.
+    pub s3_region: String,
+    /// S3 endpoint (`AWS_ENDPOINT_URL`). None: AWS, `https://s3.{region}.amazonaws.com`.
+    pub s3_endpoint: Option<String>,
+    /// Path-style URLs (`endpoint/bucket/key`), as MinIO and SeaweedFS need; false:
+    /// virtual-host style (`bucket.endpoint/key`), as AWS prefers.
+    pub s3_path_style: bool,
+    /// `AWS_ACCESS_KEY_ID`.
+    pub s3_access_key_id: Option<String>,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub s3_secret_access_key: Option<Secret>,
+    /// `AWS_SESSION_TOKEN`, for temporary credentials.
+    pub s3_session_token: Option<Secret>,
+    /// Where photos are read publicly (a CDN, R2's public bucket URL); the key is appended.
+    /// None: the bucket's own URL, which must then allow public reads.
+    pub s3_public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -188,6 +206,7 @@ pub struct LogSettings {
 pub enum StorageBackend {
     Local,
     Supabase,
+    S3,
 }
 
 impl fmt::Display for StorageBackend {
@@ -195,6 +214,7 @@ impl fmt::Display for StorageBackend {
         f.write_str(match self {
             StorageBackend::Local => "local",
             StorageBackend::Supabase => "supabase",
+            StorageBackend::S3 => "s3",
         })
     }
 }
@@ -277,6 +297,14 @@ impl Default for Settings {
                 supabase_url: None,
                 supabase_key: None,
                 supabase_bucket: "images".into(),
+                s3_bucket: None,
+                s3_region: "us-east-1".into(),
+                s3_endpoint: None,
+                s3_path_style: false,
+                s3_access_key_id: None,
+                s3_secret_access_key: None,
+                s3_session_token: None,
+                s3_public_url: None,
                 timeout_secs: 60,
             },
             upload: UploadSettings {
@@ -375,6 +403,22 @@ impl Settings {
         if blank(&self.storage.supabase_key) {
             self.storage.supabase_key = None;
         }
+        if blank(&self.storage.s3_secret_access_key) {
+            self.storage.s3_secret_access_key = None;
+        }
+        if blank(&self.storage.s3_session_token) {
+            self.storage.s3_session_token = None;
+        }
+        for v in [
+            &mut self.storage.s3_bucket,
+            &mut self.storage.s3_endpoint,
+            &mut self.storage.s3_access_key_id,
+            &mut self.storage.s3_public_url,
+        ] {
+            if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                *v = None;
+            }
+        }
         if self
             .storage
             .supabase_url
@@ -465,7 +509,8 @@ impl Settings {
         }
         let (url, key) = (&self.storage.supabase_url, &self.storage.supabase_key);
         match (self.storage.backend, url.is_some(), key.is_some()) {
-            (Some(StorageBackend::Supabase), true, true) | (Some(StorageBackend::Local), ..) => {}
+            (Some(StorageBackend::Supabase), true, true)
+            | (Some(StorageBackend::Local | StorageBackend::S3), ..) => {}
             (Some(StorageBackend::Supabase), ..) => {
                 return invalid(
                     "storage.backend",
@@ -496,6 +541,32 @@ impl Settings {
                 "storage.supabase_url (SUPABASE_URL)",
                 "must start with https:// (e.g. https://xyzcompany.supabase.co)",
             );
+        }
+        if self.storage.backend() == StorageBackend::S3 {
+            let st = &self.storage;
+            if st.s3_bucket.is_none() {
+                return invalid(
+                    "storage.s3_bucket",
+                    "is required with storage.backend = \"s3\"",
+                );
+            }
+            if st.s3_access_key_id.is_none() || st.s3_secret_access_key.is_none() {
+                return invalid(
+                    "storage.s3_access_key_id (AWS_ACCESS_KEY_ID)",
+                    "and storage.s3_secret_access_key (AWS_SECRET_ACCESS_KEY) are both required \
+                     with storage.backend = \"s3\"",
+                );
+            }
+            for (key, value) in [
+                ("storage.s3_endpoint (AWS_ENDPOINT_URL)", &st.s3_endpoint),
+                ("storage.s3_public_url", &st.s3_public_url),
+            ] {
+                if let Some(u) = value
+                    && !(u.starts_with("http://") || u.starts_with("https://"))
+                {
+                    return invalid(key, "must start with https:// or http://");
+                }
+            }
         }
         Ok(())
     }
@@ -584,8 +655,13 @@ fn name_variable(_: &Profile, keys: &[&str]) -> String {
     )
 }
 
-/// The original server's variable names and the keys they set.
+/// The original server's variable names, and AWS's conventional ones, and the keys they set.
 const LEGACY: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "storage.s3_access_key_id"),
+    ("AWS_SECRET_ACCESS_KEY", "storage.s3_secret_access_key"),
+    ("AWS_SESSION_TOKEN", "storage.s3_session_token"),
+    ("AWS_REGION", "storage.s3_region"),
+    ("AWS_ENDPOINT_URL", "storage.s3_endpoint"),
     ("DATABASE_URL", "database.url"),
     ("ADMIN_API_KEY", "auth.admin_api_key"),
     ("SUPABASE_URL", "storage.supabase_url"),

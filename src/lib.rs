@@ -41,6 +41,8 @@ pub mod model;
 pub mod notify;
 /// `portfolio-server reconcile`: objects without rows, rows without objects.
 pub mod reconcile;
+/// The S3-compatible object store.
+pub mod s3;
 /// The listener: HTTP/1.1 connections with a header deadline and a cap.
 pub mod server;
 /// What every request can reach, built once at start-up.

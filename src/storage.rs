@@ -248,6 +248,65 @@ pub fn from_settings(s: &StorageSettings) -> Box<dyn ObjectStore> {
             &s.supabase_bucket,
             Duration::from_secs(s.timeout_secs.max(1)),
         )),
+        StorageBackend::S3 => {
+            let region = s.s3_region.as_str();
+            let aws = format!("https://s3.{region}.amazonaws.com");
+            let config = crate::s3::S3Config {
+                endpoint: s.s3_endpoint.as_deref().unwrap_or(&aws),
+                path_style: s.s3_path_style,
+                bucket: s
+                    .s3_bucket
+                    .as_deref()
+                    .expect("checked by Settings::validate"),
+                region,
+                access_key_id: s
+                    .s3_access_key_id
+                    .as_deref()
+                    .expect("checked by Settings::validate"),
+                secret_access_key: s
+                    .s3_secret_access_key
+                    .as_ref()
+                    .expect("checked by Settings::validate"),
+                session_token: s.s3_session_token.as_ref(),
+                public_url: s.s3_public_url.as_deref(),
+                timeout: Duration::from_secs(s.timeout_secs.max(1)),
+            };
+            match crate::s3::S3Store::new(&config) {
+                Ok(store) => Box::new(store),
+                // Only an endpoint the URL parser refuses gets here: say so at every upload.
+                Err(e) => Box::new(Misconfigured(e)),
+            }
+        }
+    }
+}
+
+/// A store whose settings could not be used: every call fails with why.
+struct Misconfigured(String);
+
+impl ObjectStore for Misconfigured {
+    fn put_new(&self, _: &str, _: &[u8]) -> Result<Put, StorageError> {
+        Err(self.error())
+    }
+    fn delete(&self, _: &str) -> Result<(), StorageError> {
+        Err(self.error())
+    }
+    fn exists(&self, _: &str) -> Result<bool, StorageError> {
+        Err(self.error())
+    }
+    fn public_url(&self, key: &str) -> String {
+        key.to_string()
+    }
+    fn check(&self) -> Result<(), StorageError> {
+        Err(self.error())
+    }
+}
+
+impl Misconfigured {
+    fn error(&self) -> StorageError {
+        StorageError::Rejected {
+            status: 0,
+            message: self.0.clone(),
+        }
     }
 }
 
@@ -466,7 +525,7 @@ impl ObjectStore for LocalStore {
 // ---------------------------------------------------------------------------------------------
 
 /// The largest object read back (`variants backfill`): far above any accepted upload.
-const MAX_OBJECT_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_OBJECT_BYTES: u64 = 256 << 20;
 
 /// Supabase Storage over its REST API.
 ///

@@ -16,5 +16,6 @@ mod pipeline;
 mod pooler;
 mod reconcile;
 mod replicas;
+mod s3;
 mod supabase;
 mod uploads;

@@ -286,9 +286,10 @@ async fn when_the_database_fails_after_the_object_is_stored_the_object_is_delete
 }
 
 /// The real Supabase client, with the database cut off right after a successful put.
-struct CutAfterPut {
-    inner: Box<dyn portfolio_server::storage::ObjectStore>,
-    proxy: Arc<ToggleProxy>,
+/// A store that cuts the database off right after each write.
+pub(crate) struct CutAfterPut {
+    pub(crate) inner: Box<dyn portfolio_server::storage::ObjectStore>,
+    pub(crate) proxy: Arc<ToggleProxy>,
 }
 
 impl portfolio_server::storage::ObjectStore for CutAfterPut {

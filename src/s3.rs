@@ -1,0 +1,348 @@
+//! The S3-compatible backend (`storage.backend = "s3"`): AWS S3, Cloudflare R2, MinIO,
+//! SeaweedFS, Backblaze B2.
+//!
+//! - Requests are signed by `rusty-s3` (AWS Signature V4, as pre-signed URLs whose signed headers
+//!   this client then sends) and sent with `ureq`, like the Supabase backend.
+//! - Create-only: every write is `PUT` with `If-None-Match: *`, so an existing key is never
+//!   overwritten (`412 Precondition Failed` is [`Put::AlreadyExists`]). Some servers ignore
+//!   the condition and overwrite (Garage, older MinIO, s3rver). [`ObjectStore::check`] proves
+//!   the server honours it, by writing a probe key twice, and uploads are refused until it has.
+//! - Objects are written `Cache-Control: public, max-age=31536000, immutable`: a key never
+//!   changes content.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+
+use crate::{
+    config::Secret,
+    storage::{IMMUTABLE, MAX_OBJECT_BYTES, ObjectInfo, ObjectStore, Put, StorageError},
+};
+
+/// How long a signed URL stays valid: it is used at once.
+const SIGNED_FOR: Duration = Duration::from_secs(300);
+
+pub struct S3Store {
+    bucket: Bucket,
+    credentials: Credentials,
+    /// Where objects are read publicly, ending in `/`.
+    public_prefix: String,
+    agent: ureq::Agent,
+    timeout: Duration,
+    /// The server was seen refusing a second create of one key.
+    conditional_proven: AtomicBool,
+}
+
+/// What the settings give the backend.
+pub struct S3Config<'a> {
+    pub endpoint: &'a str,
+    pub path_style: bool,
+    pub bucket: &'a str,
+    pub region: &'a str,
+    pub access_key_id: &'a str,
+    pub secret_access_key: &'a Secret,
+    pub session_token: Option<&'a Secret>,
+    pub public_url: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+impl S3Store {
+    /// Fails only on an endpoint that is not an http(s) URL (checked with the settings).
+    pub fn new(c: &S3Config<'_>) -> Result<S3Store, String> {
+        let endpoint: url::Url = c
+            .endpoint
+            .parse()
+            .map_err(|e| format!("storage.s3_endpoint is not a URL: {e}"))?;
+        let style = if c.path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket = Bucket::new(endpoint, style, c.bucket.to_string(), c.region.to_string())
+            .map_err(|e| format!("storage.s3_endpoint and storage.s3_bucket: {e}"))?;
+        let credentials = match c.session_token {
+            Some(token) => Credentials::new_with_token(
+                c.access_key_id,
+                c.secret_access_key.expose(),
+                token.expose(),
+            ),
+            None => Credentials::new(c.access_key_id, c.secret_access_key.expose()),
+        };
+        let public_prefix = match c.public_url {
+            Some(u) => format!("{}/", u.trim_end_matches('/')),
+            None => bucket.base_url().to_string(),
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(c.timeout))
+            .build()
+            .into();
+        Ok(S3Store {
+            bucket,
+            credentials,
+            public_prefix,
+            agent,
+            timeout: c.timeout,
+            conditional_proven: AtomicBool::new(false),
+        })
+    }
+
+    /// `PUT` with `If-None-Match: *`, the object's type and its cache lifetime.
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+        let mut action = self.bucket.put_object(Some(&self.credentials), key);
+        let headers = [
+            ("if-none-match", "*"),
+            ("content-type", "image/jpeg"),
+            ("cache-control", IMMUTABLE),
+        ];
+        for (name, value) in headers {
+            action.headers_mut().insert(name, value);
+        }
+        let url = action.sign(SIGNED_FOR);
+        let mut request = self.agent.put(url.as_str());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let mut resp = request.send(bytes).map_err(transport)?;
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => Ok(Put::Created),
+            // 409: a concurrent conditional write of the same key is under way (AWS). Either
+            // way the key is someone else's: never treat it as ours to delete.
+            412 | 409 => Ok(Put::AlreadyExists),
+            _ => Err(rejected(status, &body_text(&mut resp))),
+        }
+    }
+
+    /// Proves the server refuses to overwrite: a probe key written twice must be refused the
+    /// second time. The probe is deleted either way.
+    fn prove_conditional_writes(&self) -> Result<(), StorageError> {
+        let key = format!(
+            ".probe-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let first = self.put_if_absent(&key, b"probe");
+        let second = first
+            .as_ref()
+            .ok()
+            .map(|_| self.put_if_absent(&key, b"probe, again"));
+        let _ = self.delete(&key);
+        match (first?, second.expect("ran after a first write")?) {
+            (Put::Created, Put::AlreadyExists) => {
+                self.conditional_proven.store(true, Ordering::Release);
+                Ok(())
+            }
+            (Put::Created, Put::Created) => Err(StorageError::Rejected {
+                status: 0,
+                message: "this S3 server ignores If-None-Match: * and overwrote an existing \
+                          object: uploads are refused, since they could replace a photo. Use a \
+                          server that honours conditional writes (AWS S3, Cloudflare R2, \
+                          MinIO since 2024-11, SeaweedFS)"
+                    .into(),
+            }),
+            (Put::AlreadyExists, _) => Err(StorageError::Rejected {
+                status: 412,
+                message: "the probe key already existed".into(),
+            }),
+        }
+    }
+}
+
+fn transport(e: ureq::Error) -> StorageError {
+    StorageError::Unavailable(e.to_string())
+}
+
+fn body_text(resp: &mut ureq::http::Response<ureq::Body>) -> String {
+    resp.body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default()
+}
+
+/// An S3 error answer: its `<Code>` and `<Message>`, or the status alone.
+fn rejected(status: u16, body: &str) -> StorageError {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = body.find(&open)? + open.len();
+        let end = body[start..].find(&format!("</{name}>"))? + start;
+        Some(body[start..end].trim().to_string())
+    };
+    let message = match (tag("Code"), tag("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        (None, Some(message)) => message,
+        (None, None) => format!("HTTP {status}"),
+    };
+    StorageError::Rejected {
+        status: if status == 403 || status == 401 {
+            403
+        } else {
+            status
+        },
+        message,
+    }
+}
+
+impl ObjectStore for S3Store {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+        if !self.conditional_proven.load(Ordering::Acquire) {
+            self.prove_conditional_writes()?;
+        }
+        self.put_if_absent(key, bytes)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let url = self
+            .bucket
+            .delete_object(Some(&self.credentials), key)
+            .sign(SIGNED_FOR);
+        let mut resp = self.agent.delete(url.as_str()).call().map_err(transport)?;
+        match resp.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            status => Err(rejected(status, &body_text(&mut resp))),
+        }
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        let url = self
+            .bucket
+            .head_object(Some(&self.credentials), key)
+            .sign(SIGNED_FOR);
+        let resp = self.agent.head(url.as_str()).call().map_err(transport)?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(true),
+            404 => Ok(false),
+            // A HEAD answer has no body, so no reason: say what it usually means.
+            status @ (401 | 403) => Err(StorageError::Rejected {
+                status: 403,
+                message: format!(
+                    "access denied (HTTP {status}): check storage.s3_access_key_id and \
+                     storage.s3_secret_access_key (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) \
+                     and the bucket's permissions"
+                ),
+            }),
+            status => Err(rejected(status, "")),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let url = self
+            .bucket
+            .get_object(Some(&self.credentials), key)
+            .sign(SIGNED_FOR);
+        let mut resp = self.agent.get(url.as_str()).call().map_err(transport)?;
+        match resp.status().as_u16() {
+            200..=299 => resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_OBJECT_BYTES)
+                .read_to_vec()
+                .map(Some)
+                .map_err(transport),
+            404 => Ok(None),
+            status => Err(rejected(status, &body_text(&mut resp))),
+        }
+    }
+
+    fn public_url(&self, key: &str) -> String {
+        format!("{}{}", self.public_prefix, crate::storage::encode_key(key))
+    }
+
+    fn settle_time(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The credentials and bucket (a one-key listing), then conditional writes (see the module).
+    fn check(&self) -> Result<(), StorageError> {
+        let mut list = self.bucket.list_objects_v2(Some(&self.credentials));
+        list.with_max_keys(1);
+        let url = list.sign(SIGNED_FOR);
+        let mut resp = self
+            .agent
+            .get(url.as_str())
+            .config()
+            .timeout_global(Some(self.timeout.min(Duration::from_secs(5))))
+            .build()
+            .call()
+            .map_err(transport)?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(rejected(status, &body_text(&mut resp)));
+        }
+        self.prove_conditional_writes()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "S3 bucket `{}` at {} (region {})",
+            self.bucket.name(),
+            self.bucket.base_url(),
+            self.bucket.region()
+        )
+    }
+
+    /// `ListObjectsV2`, 1,000 keys a page. Keys with `/` or starting with `.` are not this
+    /// server's (it writes neither) and are left out.
+    fn list(&self, progress: &mut dyn FnMut(usize)) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut list = self.bucket.list_objects_v2(Some(&self.credentials));
+            if let Some(t) = &token {
+                list.with_continuation_token(t.clone());
+            }
+            let url = list.sign(SIGNED_FOR);
+            let mut resp = self.agent.get(url.as_str()).call().map_err(transport)?;
+            let status = resp.status().as_u16();
+            let body = body_text_unbounded(&mut resp)?;
+            if !(200..300).contains(&status) {
+                return Err(rejected(status, &body));
+            }
+            let page = rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|e| {
+                StorageError::Rejected {
+                    status,
+                    message: format!("unreadable listing: {e}"),
+                }
+            })?;
+            for item in page.contents {
+                if item.key.contains('/') || item.key.starts_with('.') {
+                    continue;
+                }
+                let modified = humantime_rfc3339(&item.last_modified);
+                out.push(ObjectInfo {
+                    key: item.key,
+                    modified,
+                });
+            }
+            progress(out.len());
+            match page.next_continuation_token {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+fn body_text_unbounded(
+    resp: &mut ureq::http::Response<ureq::Body>,
+) -> Result<String, StorageError> {
+    resp.body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .map_err(transport)
+}
+
+/// `2026-01-01T12:00:00.000Z` as a time, or None.
+fn humantime_rfc3339(s: &str) -> Option<std::time::SystemTime> {
+    let t: jiff::Timestamp = s.parse().ok()?;
+    Some(std::time::SystemTime::from(t))
+}
