@@ -1001,4 +1001,68 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn s3_takes_the_aws_variables_and_names_what_is_missing() {
+        Jail::expect_with(|jail| {
+            jail.set_env("APP_STORAGE__BACKEND", "s3");
+            jail.set_env("APP_STORAGE__S3_BUCKET", "photos");
+            jail.set_env("AWS_ACCESS_KEY_ID", "AKIA123");
+            jail.set_env("AWS_SECRET_ACCESS_KEY", "s3cr3t");
+            jail.set_env("AWS_REGION", "eu-west-3");
+            jail.set_env("AWS_ENDPOINT_URL", "http://minio:9000");
+            let s = load_in(jail).unwrap();
+            assert_eq!(s.storage.backend(), StorageBackend::S3);
+            assert_eq!(s.storage.s3_access_key_id.as_deref(), Some("AKIA123"));
+            assert_eq!(s.storage.s3_region, "eu-west-3");
+            assert_eq!(s.storage.s3_endpoint.as_deref(), Some("http://minio:9000"));
+            assert!(!format!("{s:?}").contains("s3cr3t"), "the secret is redacted");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("APP_STORAGE__BACKEND", "s3");
+            jail.set_env("AWS_ACCESS_KEY_ID", "AKIA123");
+            jail.set_env("AWS_SECRET_ACCESS_KEY", "s3cr3t");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("storage.s3_bucket"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("APP_STORAGE__BACKEND", "s3");
+            jail.set_env("APP_STORAGE__S3_BUCKET", "photos");
+            jail.set_env("AWS_ACCESS_KEY_ID", "AKIA123");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("APP_STORAGE__BACKEND", "s3");
+            jail.set_env("APP_STORAGE__S3_BUCKET", "photos");
+            jail.set_env("AWS_ACCESS_KEY_ID", "AKIA123");
+            jail.set_env("AWS_SECRET_ACCESS_KEY", "s3cr3t");
+            jail.set_env("AWS_ENDPOINT_URL", "minio:9000");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("AWS_ENDPOINT_URL"), "{err}");
+            Ok(())
+        });
+        // AWS variables alone never switch the backend: the original's deployments keep theirs.
+        Jail::expect_with(|jail| {
+            jail.set_env("AWS_ACCESS_KEY_ID", "AKIA123");
+            let s = load_in(jail).unwrap();
+            assert_eq!(s.storage.backend(), StorageBackend::Local);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_listener_url_is_checked_and_blank_means_unset() {
+        Jail::expect_with(|jail| {
+            jail.set_env("APP_DATABASE__LISTEN_URL", "");
+            assert_eq!(load_in(jail).unwrap().database.listen_url, None);
+            jail.set_env("APP_DATABASE__LISTEN_URL", "mysql://nope");
+            let err = load_in(jail).unwrap_err().to_string();
+            assert!(err.contains("APP_DATABASE__LISTEN_URL"), "{err}");
+            Ok(())
+        });
+    }
 }

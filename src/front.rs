@@ -265,11 +265,12 @@ impl<E> Front<E> {
         source: Option<&HeaderValue>,
         elapsed: Duration,
     ) {
-        let m = &self.state.metrics;
-        m.request(route, status.as_u16(), elapsed);
-        if let Some(source) = source.and_then(|s| s.to_str().ok()) {
-            m.answers.with_label_values(&[source]).inc();
-        }
+        self.state.metrics.request(
+            route,
+            status.as_u16(),
+            source.map(HeaderValue::as_bytes),
+            elapsed,
+        );
     }
 }
 

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A/B of two builds on the cached listing page, in one run, so that the machine's drift between
+# runs (about ±10 % here) does not decide the answer: both binaries serve the same throwaway
+# database and take turns under the same wrk load.
+#
+#   bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]     (default 3 rounds of 10 s each)
+#
+# Needs what bench/run.sh installs (wrk, PostgreSQL); run that once first. Prints each round and
+# the median of each build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+A=$(realpath "$1"); B=$(realpath "$2"); ROUNDS=${3:-3}
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+WORK=$(mktemp -d /tmp/portfolio-ab.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" stop -m immediate >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PGPORT=$(free_port)
+mkdir -p "$WORK/pg" && chown postgres "$WORK/pg"
+runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust -E UTF8 >/dev/null
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
+  -o "-p $PGPORT -k $WORK/pg -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+URL=postgres://postgres@127.0.0.1:$PGPORT/postgres
+DATABASE_URL=$URL "$B" migrate 2>/dev/null
+psql -h 127.0.0.1 -p "$PGPORT" -U postgres -q -c "INSERT INTO photographs (filename, url, category, width, height)
+  SELECT 'photo-' || i || '.jpg', 'https://cdn.example/photo-' || i || '.jpg', 'nature', 4000, 3000
+  FROM generate_series(1, 10000) AS i"
+
+start() { # binary port
+  (cd "$WORK" && exec env -i PATH="$PATH" HOME="$WORK" PORT="$2" APP_SERVER__HOST=127.0.0.1 \
+     DATABASE_URL="$URL" APP_DATABASE__MIGRATE_ON_START=false "$1" >>"$WORK/server.log" 2>&1) &
+  PIDS+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$2/api/health" >/dev/null && return 0; sleep 0.1; done
+  echo "$1 did not start" >&2; cat "$WORK/server.log" >&2; exit 1
+}
+PA=$(free_port); PB=$(free_port)
+start "$A" "$PA"; start "$B" "$PB"
+PAGE="/api/images?limit=10&offset=0"
+curl -sf "http://127.0.0.1:$PA$PAGE" >"$WORK/a.json"; curl -sf "http://127.0.0.1:$PB$PAGE" >"$WORK/b.json"
+round() { # port expected
+  EXPECT_FILE=$2 wrk -t2 -c100 -d10s --latency -s "$ROOT/bench/check.lua" "http://127.0.0.1:$1$PAGE" \
+    | python3 -c 'import re,sys; t=sys.stdin.read(); ok=int(re.search(r"ok=(\d+)",t).group(1)); s=float(re.search(r"in ([\d.]+)s",t).group(1)); bad=re.search(r"bad=(\d+)",t).group(1); p99=re.search(r"^\s+99%\s+(\S+)",t,re.M).group(1); print(f"{ok/s:.0f} {p99} {bad}")'
+}
+ra=(); rb=()
+for i in $(seq "$ROUNDS"); do
+  a=$(round "$PA" "$WORK/a.json"); b=$(round "$PB" "$WORK/b.json")
+  echo "round $i: A $a | B $b   (good req/s, p99, bad)"
+  ra+=("${a%% *}"); rb+=("${b%% *}")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+ma=$(median "${ra[@]}"); mb=$(median "${rb[@]}")
+echo "median: A $ma req/s, B $mb req/s, B/A $(python3 -c "print(f'{$mb/$ma:.3f}')")"
