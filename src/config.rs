@@ -1016,7 +1016,10 @@ mod tests {
             assert_eq!(s.storage.s3_access_key_id.as_deref(), Some("AKIA123"));
             assert_eq!(s.storage.s3_region, "eu-west-3");
             assert_eq!(s.storage.s3_endpoint.as_deref(), Some("http://minio:9000"));
-            assert!(!format!("{s:?}").contains("s3cr3t"), "the secret is redacted");
+            assert!(
+                !format!("{s:?}").contains("s3cr3t"),
+                "the secret is redacted"
+            );
             Ok(())
         });
         Jail::expect_with(|jail| {
