@@ -254,6 +254,11 @@ impl Listing {
         }
     }
 
+    /// Rows in the table copy kept for outages, if there is one.
+    pub fn copy_rows(&self) -> Option<usize> {
+        self.copy().map(|c| c.len())
+    }
+
     /// The metrics every part of this server reports to.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub notifications: IntCounter,
     /// 1 while the listener is connected and proven to receive notifications.
     pub listening: IntGauge,
+    /// Rows in the copy of the table kept for outages (0: none).
+    pub copy_rows: IntGauge,
     /// The listing's own series, resolved once: looking a series up by its labels (a hash and
     /// a lock) on every cached page cost about 3 % of its throughput (bench/ab.sh).
     listing: ListingSeries,
@@ -183,6 +185,11 @@ impl Metrics {
                 &r,
                 "db_listening",
                 "1 while this process receives change notifications, else 0",
+            ),
+            copy_rows: gauge(
+                &r,
+                "table_copy_rows",
+                "Rows in the copy of the table that answers during an outage (0: none)",
             ),
             registry: r,
         }

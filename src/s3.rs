@@ -181,14 +181,7 @@ fn rejected(status: u16, body: &str) -> StorageError {
         (None, Some(message)) => message,
         (None, None) => format!("HTTP {status}"),
     };
-    StorageError::Rejected {
-        status: if status == 403 || status == 401 {
-            403
-        } else {
-            status
-        },
-        message,
-    }
+    StorageError::Rejected { status, message }
 }
 
 impl ObjectStore for S3Store {
@@ -222,7 +215,7 @@ impl ObjectStore for S3Store {
             404 => Ok(false),
             // A HEAD answer has no body, so no reason: say what it usually means.
             status @ (401 | 403) => Err(StorageError::Rejected {
-                status: 403,
+                status,
                 message: format!(
                     "access denied (HTTP {status}): check storage.s3_access_key_id and \
                      storage.s3_secret_access_key (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) \
@@ -345,4 +338,63 @@ fn body_text_unbounded(
 fn humantime_rfc3339(s: &str) -> Option<std::time::SystemTime> {
     let t: jiff::Timestamp = s.parse().ok()?;
     Some(std::time::SystemTime::from(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(e: StorageError) -> (u16, String) {
+        match e {
+            StorageError::Rejected { status, message } => (status, message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_error_answer_gives_its_code_and_message_and_keeps_its_status() {
+        let body = "<?xml version=\"1.0\"?>\n<Error><Code>SignatureDoesNotMatch</Code>\
+                    <Message> The signature does not match. </Message><Key>a.jpg</Key></Error>";
+        assert_eq!(
+            message(rejected(403, body)),
+            (
+                403,
+                "SignatureDoesNotMatch: The signature does not match.".into()
+            )
+        );
+        assert_eq!(
+            message(rejected(401, "<Error><Code>AccessDenied</Code></Error>")),
+            (401, "AccessDenied".into())
+        );
+        assert_eq!(
+            message(rejected(500, "<Message>slow down</Message>")),
+            (500, "slow down".into())
+        );
+    }
+
+    #[test]
+    fn an_answer_without_both_tags_gives_the_status() {
+        for body in [
+            "",
+            "<html>502 Bad Gateway</html>",
+            "<Code>cut off",
+            "</Code><Code>",
+        ] {
+            assert_eq!(
+                message(rejected(502, body)),
+                (502, "HTTP 502".into()),
+                "{body:?}"
+            );
+        }
+        // A closing tag before the opening one is not a value.
+        assert_eq!(
+            message(rejected(400, "</Code>x<Code>InvalidKey</Code>")).1,
+            "InvalidKey"
+        );
+        // Not ASCII: found and cut on character boundaries.
+        assert_eq!(
+            message(rejected(400, "<Code>Ungültig</Code><Message>é</Message>")).1,
+            "Ungültig: é"
+        );
+    }
 }

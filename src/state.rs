@@ -138,6 +138,8 @@ impl AppState {
         let m = &self.metrics;
         let (entries, bytes) = self.listing.cache_stats().await;
         m.cache_entries.set(entries as i64);
+        m.copy_rows
+            .set(self.listing.copy_rows().unwrap_or(0) as i64);
         m.cache_bytes.set(bytes as i64);
         match &self.db {
             Some(db) => {

@@ -127,7 +127,9 @@ impl StorageState {
             Ok(_) => Some(StorageState::Ok),
             Err(StorageError::Unavailable(m)) => Some(StorageState::Unreachable(m.clone())),
             Err(StorageError::Rejected { status, message }) => match status {
-                401 | 403 => Some(StorageState::Refused(message.clone())),
+                // 0: refused by this server's own judgement (an S3 server that overwrites, a
+                // setting it cannot use), which only a change of settings fixes.
+                0 | 401 | 403 => Some(StorageState::Refused(message.clone())),
                 500.. => Some(StorageState::Unreachable(format!(
                     "HTTP {status}: {message}"
                 ))),

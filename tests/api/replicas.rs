@@ -252,3 +252,39 @@ fn a_killed_listener_reconnects_by_itself_and_nothing_stays_stale() {
     );
     assert_eq!(a.logged("notifications do not arrive"), 0);
 }
+
+/// The copy of the table kept for outages follows the same notifications: a row added in SQL is
+/// in it within a couple of seconds, so an outage right after still shows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_outage_copy_follows_changes_made_elsewhere() {
+    use crate::helpers::{TestApp, ToggleProxy, settings};
+    let db = TestDb::new();
+    db.execute("SELECT 1"); // the database exists before the proxy points at it
+    let proxy = ToggleProxy::start(&db.url).await;
+    let mut s = settings(Some(&proxy.url_for(&db.url)));
+    s.database.listen = true;
+    s.database.listen_url = Some(portfolio_server::config::Secret::new(&db.url));
+    s.cache.copy_max_rows = 1000;
+    s.cache.copy_refresh_secs = 3600; // only a notification can bring the change in time
+    s.cache.ttl_secs = 3600;
+    let app = TestApp::spawn(s).await;
+    let copy_rows = |app: &TestApp| app.state.listing.copy_rows();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while copy_rows(&app) != Some(0) {
+        assert!(Instant::now() < deadline, "no copy of the empty table");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.seed(1);
+    let t = Instant::now();
+    while copy_rows(&app) != Some(1) {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the copy missed the new row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut_and_wait();
+    let r = app.get("/api/images").await;
+    assert_eq!(r.header("x-data-source"), Some("stale"));
+    assert_eq!(r.ids(), [1]);
+}

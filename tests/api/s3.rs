@@ -408,7 +408,7 @@ async fn a_wrong_secret_is_reported_at_start_up_and_an_upload_is_a_502_with_no_r
     let db = TestDb::new();
     let app = TestApp::spawn(b.settings(&db.url, "not-the-secret")).await;
     let h = app.get("/api/health").await.json();
-    assert_ne!(h["storage"], "ok", "{h}");
+    assert_eq!(h["storage"], "refused", "{h}");
     let r = app.upload("nope.jpg", jpeg(8, 8, None)).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     assert!(
@@ -481,6 +481,8 @@ async fn a_server_that_ignores_if_none_match_is_detected_and_no_upload_is_attemp
     assert!(e.contains("ignores If-None-Match"), "{e}");
 
     let app = TestApp::spawn(s).await;
+    let h = app.get("/api/health").await.json();
+    assert_eq!(h["storage"], "refused", "{h}");
     let r = app.upload("safe.jpg", jpeg(8, 8, None)).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     assert!(r.text().contains("ignores If-None-Match"), "{}", r.text());
