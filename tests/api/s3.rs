@@ -298,10 +298,20 @@ async fn an_upload_is_stored_create_only_immutable_and_publicly_readable() {
     let r = app.upload("beach-day.jpg", jpeg(50, 30, None)).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
     let bb = b.clone();
-    assert_eq!(off(move || bb.get("beach-day.jpg")).await, Some(photo));
+    assert_eq!(
+        off(move || bb.get("beach-day.jpg")).await,
+        Some(photo.clone())
+    );
     assert_eq!(rows(&db), ["beach-day.jpg"]);
 
-    // `reconcile` lists the bucket: the photo and its variants, no probe left behind.
+    // `reconcile` lists the bucket: the photo and its variants, no probe left behind, and not
+    // the keys this server never writes (a folder, a hidden file).
+    let bb = b.clone();
+    off(move || {
+        bb.put("other-app/x.jpg", b"not ours");
+        bb.put(".hidden.jpg", b"not ours");
+    })
+    .await;
     let storage = b.settings(&db.url, SECRET_KEY).storage;
     let listed = off(move || {
         let mut keys: Vec<String> = portfolio_server::storage::from_settings(&storage)
@@ -315,6 +325,18 @@ async fn an_upload_is_stored_create_only_immutable_and_publicly_readable() {
     })
     .await;
     assert_eq!(listed, objects_of("", &["beach-day.jpg"]));
+    // `variants backfill` reads photos back with the credentials (a private bucket works too).
+    let storage = b.settings(&db.url, SECRET_KEY).storage;
+    let (got, missing) = off(move || {
+        let store = portfolio_server::storage::from_settings(&storage);
+        (
+            store.get("beach-day.jpg").unwrap(),
+            store.get("missing.jpg").unwrap(),
+        )
+    })
+    .await;
+    assert_eq!(got.as_deref(), Some(&photo[..]));
+    assert_eq!(missing, None);
 
     // The health check reports the store.
     let h = app.get("/api/health").await.json();
