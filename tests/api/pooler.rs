@@ -23,8 +23,9 @@ struct Pgbouncer {
 }
 
 impl Drop for Pgbouncer {
+    /// Closing the watchdog's stdin stops pgbouncer (as this process exiting would).
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
 }
@@ -73,7 +74,12 @@ impl Pgbouncer {
             ),
         )
         .unwrap();
-        // pgbouncer refuses to run as root.
+        // A watchdog shell: pgbouncer runs until its stdin closes (the test ends, or this
+        // process dies however it dies). pgbouncer refuses to run as root.
+        let script = format!(
+            "'{bin}' '{ini}' & pid=$!; cat > /dev/null; kill $pid; wait $pid",
+            ini = ini.display()
+        );
         let is_root = Command::new("id")
             .arg("-u")
             .output()
@@ -85,13 +91,15 @@ impl Pgbouncer {
                 .status()
                 .unwrap();
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", &bin]);
+            c.args(["-u", "postgres", "--", "sh", "-c", &script]);
             c
         } else {
-            Command::new(&bin)
+            let mut c = Command::new("sh");
+            c.args(["-c", &script]);
+            c
         };
         let child = cmd
-            .arg(&ini)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
