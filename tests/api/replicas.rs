@@ -288,3 +288,52 @@ async fn the_outage_copy_follows_changes_made_elsewhere() {
     assert_eq!(r.header("x-data-source"), Some("stale"));
     assert_eq!(r.ids(), [1]);
 }
+
+/// One transaction that inserts, updates and deletes sends three notifications at its commit,
+/// which arrive together: all are counted, and the page is dropped once for them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_notifications_is_counted_and_drops_the_pages() {
+    use crate::helpers::{TestApp, settings};
+    let db = TestDb::new();
+    let mut s = settings(Some(&db.url));
+    s.database.listen = true;
+    s.cache.ttl_secs = 3600;
+    let app = TestApp::spawn(s).await;
+    let m = app.state.metrics.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.listening.get() != 1 {
+        assert!(Instant::now() < deadline, "not listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(app.get("/api/images").await.ids().is_empty()); // cached: only a notification
+    db.seed(2); // can bring these in
+    let t = Instant::now();
+    while app.get("/api/images").await.ids() != [1, 2] {
+        assert!(t.elapsed() < SECOND, "the seeded rows did not show");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = m.notifications.get();
+    db.execute(
+        "BEGIN; \
+         INSERT INTO photographs (filename, url, category, width, height) \
+           VALUES ('third.jpg', 'https://cdn.example/third.jpg', 'city', 10, 10); \
+         UPDATE photographs SET category = 'x' WHERE id = 1; \
+         DELETE FROM photographs WHERE id = 2; \
+         COMMIT",
+    );
+    let t = Instant::now();
+    while app.get("/api/images").await.ids() != [1, 3] {
+        assert!(t.elapsed() < SECOND, "the burst did not drop the page");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while m.notifications.get() < before + 3 {
+        assert!(
+            t.elapsed() < SECOND,
+            "counted {}",
+            m.notifications.get() - before
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(m.notifications.get(), before + 3);
+    assert_eq!(m.listening.get(), 1);
+}
