@@ -104,7 +104,7 @@ impl Uploader {
             Err(DeleteFailure::CommitUncertain { error, entry }) => {
                 // Ask again on another connection whether the row is gone.
                 tracing::warn!(id, error = %error, "the answer to a delete's COMMIT was lost");
-                let gone = matches!(db.run(move |c| fetch(c, id)).await, Ok(None));
+                let gone = row_is_gone(db, id).await;
                 if !gone {
                     if let Some(entry) = &entry {
                         journal.release(entry); // the resolver keeps or removes by the claim
@@ -181,6 +181,22 @@ impl Uploader {
             ))
         })
     }
+}
+
+/// Whether the row is gone, asked again after a lost COMMIT answer. The connection that lost it
+/// is usually broken with others, so a failed question is asked again, for up to about 1.5 s
+/// (measured under CI load: one attempt sometimes failed). Any doubt left counts as "not gone".
+async fn row_is_gone(db: &crate::db::Db, id: i32) -> bool {
+    let mut wait = std::time::Duration::from_millis(100);
+    for _ in 0..4 {
+        match db.run(move |c| fetch(c, id)).await {
+            Ok(found) => return found.is_none(),
+            Err(e) => tracing::debug!(id, error = %e, "re-checking a delete failed; asking again"),
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
+    false
 }
 
 fn fetch(c: &mut PgConn, id: i32) -> Result<Option<Photo>, DbError> {
