@@ -5,8 +5,9 @@
 //!   that was stopped picks up where it was, and a finished one finds nothing to do.
 //! - **Safe while the server serves**: each row is locked (`SELECT ... FOR UPDATE`) while its
 //!   variants are written and recorded, so a delete or a second backfill waits for it. Variant
-//!   keys are written create-only; one that exists already is the leftover of a run that died
-//!   between writing and recording it, and is replaced. Listings show the new fields once their
+//!   keys are written create-only: an object already at one is kept if it holds exactly the
+//!   bytes this run would write (a run that died between writing and recording it), and the
+//!   row fails otherwise (someone else's object is never replaced). Listings show the new fields once their
 //!   cached pages expire (`cache.ttl_secs`).
 //! - **Nothing lost**: the photo itself is only read, never rewritten. A row whose photo cannot
 //!   be read or decoded is reported and left as it was.
@@ -25,7 +26,7 @@ use crate::{
     config::ImageSettings,
     db::{Db, DbError},
     imaging::{self, Variant},
-    storage::{ObjectStore, Put, StorageError},
+    storage::ObjectStore,
 };
 
 /// A row that needs work.
@@ -213,8 +214,15 @@ async fn one(
         let (mut thumb, mut medium) = (None, None);
         for (variant, encoded) in &variants {
             let key = variant.key(&photo_key);
-            if let Err(e) = replace(&*store, &key, &encoded.bytes) {
-                return Ok(Outcome::Failed(format!("storing {key}: {e}")));
+            match crate::upload::put_variant(&*store, &key, &encoded.bytes) {
+                Ok(_) => {}
+                Err(crate::upload::VariantError::Occupied(_)) => {
+                    return Ok(Outcome::Failed(format!(
+                        "storage already holds `{key}`, which this server did not write; \
+                         remove it and run the backfill again"
+                    )));
+                }
+                Err(e) => return Ok(Outcome::Failed(format!("storing {key}: {e}"))),
             }
             let url = Some(store.public_url(&key));
             match variant {
@@ -231,21 +239,6 @@ async fn one(
         Ok(Outcome::Made)
     })
     .await
-}
-
-/// Create-only, except that a variant left by an earlier run is replaced (the row is locked, so
-/// no one else writes this key now).
-fn replace(store: &dyn ObjectStore, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
-    if store.put_new(key, bytes)? == Put::AlreadyExists {
-        store.delete(key)?;
-        if store.put_new(key, bytes)? == Put::AlreadyExists {
-            return Err(StorageError::Rejected {
-                status: 409,
-                message: "the key keeps reappearing".into(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Progress for people: an `indicatif` bar with rate and time left when stderr is a terminal;

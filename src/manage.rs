@@ -251,7 +251,12 @@ fn delete_row(
     let entry = match key_of(&url).filter(|_| !shared) {
         None => None,
         Some(key) => {
-            let mut also: Vec<String> = Variant::ALL.iter().map(|v| v.key(&key)).collect();
+            // Both key schemes, where the store takes the key (Supabase refuses `~` outright).
+            let mut also: Vec<String> = Variant::ALL
+                .iter()
+                .flat_map(|v| v.keys(&key))
+                .filter(|k| store.accepts_key(k))
+                .collect();
             for k in recorded.iter().flatten().filter_map(|u| key_of(u)) {
                 if !also.contains(&k) && k != key {
                     also.push(k);

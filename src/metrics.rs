@@ -269,6 +269,7 @@ pub fn upload_outcome(
     match result {
         Ok(_) => "created",
         Err(E::Duplicate(_)) => "duplicate",
+        Err(E::Occupied(_)) => "occupied",
         Err(
             E::Invalid(_) | E::Rejected(_) | E::BadForm(_) | E::MissingField(_) | E::TooLarge(_),
         ) => "invalid",

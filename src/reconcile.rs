@@ -109,7 +109,7 @@ pub async fn run(
         // A photo's variants are its own, recorded or not: one an interrupted backfill left
         // unrecorded is replaced by the next backfill, not deleted from under it.
         for variant in Variant::ALL {
-            referenced.insert(variant.key(&key));
+            referenced.extend(variant.keys(&key));
         }
         for v in [thumb, medium].into_iter().flatten() {
             referenced.extend(key_of(v));

@@ -120,14 +120,7 @@ impl S3Store {
     /// Proves the server refuses to overwrite: a probe key written twice must be refused the
     /// second time. The probe is deleted either way.
     fn prove_conditional_writes(&self) -> Result<(), StorageError> {
-        let key = format!(
-            ".probe-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default()
-        );
+        let key = crate::storage::probe_key();
         let first = self.put_if_absent(&key, b"probe");
         let second = first
             .as_ref()
@@ -139,14 +132,13 @@ impl S3Store {
                 self.conditional_proven.store(true, Ordering::Release);
                 Ok(())
             }
-            (Put::Created, Put::Created) => Err(StorageError::Rejected {
-                status: 0,
-                message: "this S3 server ignores If-None-Match: * and overwrote an existing \
+            (Put::Created, Put::Created) => Err(StorageError::Unusable(
+                "this S3 server ignores If-None-Match: * and overwrote an existing \
                           object: uploads are refused, since they could replace a photo. Use a \
                           server that honours conditional writes (AWS S3, Cloudflare R2, \
                           MinIO since 2024-11, SeaweedFS)"
                     .into(),
-            }),
+            )),
             (Put::AlreadyExists, _) => Err(StorageError::Rejected {
                 status: 412,
                 message: "the probe key already existed".into(),

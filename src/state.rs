@@ -5,7 +5,7 @@ use std::sync::{Arc, atomic::AtomicU64};
 
 use crate::{
     cache::PageCache,
-    config::Settings,
+    config::{Settings, StorageBackend},
     db::{Db, DbError},
     listing::Listing,
     metrics::Metrics,
@@ -77,7 +77,7 @@ impl AppState {
             Monitored::new(store)
                 .counting_errors(metrics.storage_errors.with_label_values(&[&backend])),
         );
-        check_storage(&settings, &store).await;
+        check_storage(&settings, &store);
         if settings.auth.admin_api_key.is_none() {
             tracing::warn!("ADMIN_API_KEY is not set: uploads will be refused");
         } else {
@@ -159,28 +159,49 @@ impl AppState {
     }
 }
 
-/// Logs where photos go, then checks the store with one cheap request and says plainly if it
-/// refuses us: a wrong Supabase key should show at start-up, not as a 502 at the first upload.
-async fn check_storage(settings: &Settings, store: &Arc<Monitored>) {
+/// Logs where photos go, then checks the store in the background (one cheap request, and a
+/// probe write on the remote backends) and says plainly if it refuses us: a wrong Supabase key
+/// should show at start-up, not as a 502 at the first upload. Nothing waits for the check: the
+/// listener opens at once, reads never touch storage, and `/api/health` says `checking` until
+/// it ends (a store that never answers holds up nothing but itself).
+fn check_storage(settings: &Settings, store: &Arc<Monitored>) {
+    let backend = settings.storage.backend();
     tracing::info!(
-        backend = %settings.storage.backend(),
+        backend = %backend,
         store = %store.describe(),
         url_prefix = %store.public_url(""),
         "storage"
     );
-    let s = store.clone();
-    let _ = crate::blocking::run(move || s.check()).await;
-    match store.state().0 {
-        StorageState::Ok => tracing::info!("storage check passed"),
-        StorageState::Refused(why) => tracing::error!(
-            reason = %why,
-            "storage REFUSED our credentials or bucket: uploads will fail until the storage \
-             settings (SUPABASE_KEY, SUPABASE_BUCKET) are fixed"
-        ),
-        StorageState::Unreachable(why) | StorageState::Failing(why) => tracing::warn!(
-            reason = %why,
-            "storage check failed: uploads will fail while this lasts"
-        ),
-        StorageState::Unchecked => {}
+    store.checking();
+    let store = store.clone();
+    tokio::spawn(async move {
+        let s = store.clone();
+        let _ = crate::blocking::run(move || s.check()).await;
+        match store.state().0 {
+            StorageState::Ok => tracing::info!("storage check passed"),
+            StorageState::Refused(why) => tracing::error!(
+                reason = %why,
+                "storage REFUSED our requests: uploads will fail until the storage settings ({}) \
+                 are fixed",
+                settings_to_check(backend)
+            ),
+            StorageState::Unreachable(why) | StorageState::Failing(why) => tracing::warn!(
+                reason = %why,
+                "storage check failed: uploads will fail while this lasts"
+            ),
+            StorageState::Unchecked | StorageState::Checking => {}
+        }
+    });
+}
+
+/// The settings (by their variables) that decide whether a backend accepts us.
+pub fn settings_to_check(backend: StorageBackend) -> &'static str {
+    match backend {
+        StorageBackend::Local => "APP_STORAGE__LOCAL_DIR: the folder must be writable",
+        StorageBackend::Supabase => "SUPABASE_URL, SUPABASE_KEY, SUPABASE_BUCKET",
+        StorageBackend::S3 => {
+            "APP_STORAGE__S3_BUCKET, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, \
+             AWS_ENDPOINT_URL, APP_STORAGE__S3_PATH_STYLE, and the bucket's permissions"
+        }
     }
 }

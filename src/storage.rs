@@ -27,12 +27,28 @@ pub enum Put {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// Could not talk to the storage service (connection refused, timeout, ...).
+    /// Could not talk to the storage service (connection refused, timeout, cut off, ...).
     #[error("storage unreachable: {0}")]
     Unavailable(String),
-    /// The storage service answered with an error; `message` is its own.
-    #[error("storage refused the request ({status}): {message}")]
+    /// The storage service refused the request as a whole (credentials, bucket, its own
+    /// failure): `status` is the HTTP status it meant (for Supabase, the one in its body) and
+    /// `message` its own words.
+    #[error("storage refused the request (HTTP {status}): {message}")]
     Rejected { status: u16, message: String },
+    /// The storage service refused this one object (too large, a key it does not take); other
+    /// objects would be stored.
+    #[error("storage refused the object (HTTP {status}): {message}")]
+    ObjectRefused { status: u16, message: String },
+    /// The service answered in a way this server cannot read (a listing it cannot parse).
+    #[error("storage answered in a way this server cannot read: {0}")]
+    Unreadable(String),
+    /// This server will not use the store as configured (it overwrites photos, its settings do
+    /// not make a URL): only a change of settings or of server fixes it.
+    #[error("storage cannot be used: {0}")]
+    Unusable(String),
+    /// The store cannot do this at all (read or list its objects).
+    #[error("this store cannot {0}")]
+    Unsupported(&'static str),
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
 }
@@ -46,13 +62,15 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn exists(&self, key: &str) -> Result<bool, StorageError>;
     /// The object's bytes, None if there is no such object (for `variants backfill`).
     fn get(&self, _key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        Err(StorageError::Rejected {
-            status: 501,
-            message: "this store cannot read its objects".into(),
-        })
+        Err(StorageError::Unsupported("read its objects"))
     }
     /// The public URL recorded for `key`.
     fn public_url(&self, key: &str) -> String;
+    /// Whether the store would take `key` at all (Supabase refuses many characters). Keys this
+    /// server makes are accepted everywhere; this sorts out keys of earlier schemes.
+    fn accepts_key(&self, key: &str) -> bool {
+        !key.is_empty()
+    }
     /// After a write failed in transit, how long it may still land on the other side.
     fn settle_time(&self) -> Duration {
         Duration::ZERO
@@ -63,10 +81,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
     /// Every object, for `portfolio-server reconcile`; `progress` is told the count so far.
     fn list(&self, _progress: &mut dyn FnMut(usize)) -> Result<Vec<ObjectInfo>, StorageError> {
-        Err(StorageError::Rejected {
-            status: 501,
-            message: "this store cannot list its objects".into(),
-        })
+        Err(StorageError::Unsupported("list its objects"))
     }
     /// What and where the store is, for the start-up log (never a secret).
     fn describe(&self) -> String {
@@ -92,13 +107,20 @@ pub struct ObjectInfo {
     pub modified: Option<std::time::SystemTime>,
 }
 
-/// The storage state `/api/health` reports: the outcome of the start-up check, updated by
-/// every later storage call.
+/// The storage state `/api/health` reports: what the last real operation found.
+///
+/// - Only a write decides that storage is `ok`: a successful upload, or a check (which writes
+///   a probe on the remote backends). A read that succeeds (the HEAD before an upload, a
+///   listing) proves nothing about writes, so it never turns a failure into `ok`.
+/// - Any call can show a failure: unreachable, refused credentials, a server error.
+/// - A refusal of one object (too large, a duplicate) says nothing about the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageState {
     /// Not checked yet.
     Unchecked,
-    /// The last call succeeded.
+    /// The start-up check is running (uploads and reads do not wait for it).
+    Checking,
+    /// The last write (or check) succeeded.
     Ok,
     /// Storage answered, but refused our credentials or bucket (fix the settings).
     Refused(String),
@@ -113,6 +135,7 @@ impl StorageState {
     pub fn word_and_reason(&self) -> (&'static str, Option<&str>) {
         match self {
             StorageState::Unchecked => ("unchecked", None),
+            StorageState::Checking => ("checking", None),
             StorageState::Ok => ("ok", None),
             StorageState::Refused(r) => ("refused", Some(r)),
             StorageState::Unreachable(r) => ("unreachable", Some(r)),
@@ -120,22 +143,40 @@ impl StorageState {
         }
     }
 
-    /// The state a call's outcome shows, or None when the outcome says nothing about the store
-    /// as a whole (a duplicate, one object too large, ...).
-    fn after<T>(result: &Result<T, StorageError>) -> Option<StorageState> {
+    /// The state a write's outcome (or a check's) shows, or None when it says nothing about
+    /// the store as a whole (one object refused).
+    fn after_write<T>(result: &Result<T, StorageError>) -> Option<StorageState> {
         match result {
             Ok(_) => Some(StorageState::Ok),
-            Err(StorageError::Unavailable(m)) => Some(StorageState::Unreachable(m.clone())),
-            Err(StorageError::Rejected { status, message }) => match status {
-                // 0: refused by this server's own judgement (an S3 server that overwrites, a
-                // setting it cannot use), which only a change of settings fixes.
-                0 | 401 | 403 => Some(StorageState::Refused(message.clone())),
+            // Any other refusal of a write (a missing bucket, a MIME type the bucket refuses,
+            // a region it does not serve) fails every upload until the settings change.
+            Err(StorageError::Rejected { status, message }) if *status < 500 => {
+                Some(StorageState::Refused(message.clone()))
+            }
+            Err(e) => Self::after_failure(e),
+        }
+    }
+
+    /// The state a read's outcome shows: only a failure says anything.
+    fn after_read<T>(result: &Result<T, StorageError>) -> Option<StorageState> {
+        result.as_ref().err().and_then(Self::after_failure)
+    }
+
+    fn after_failure(e: &StorageError) -> Option<StorageState> {
+        match e {
+            StorageError::Unavailable(m) => Some(StorageState::Unreachable(m.clone())),
+            StorageError::Rejected { status, message } => match status {
+                401 | 403 => Some(StorageState::Refused(message.clone())),
                 500.. => Some(StorageState::Unreachable(format!(
                     "HTTP {status}: {message}"
                 ))),
                 _ => None,
             },
-            Err(StorageError::Io(e)) => Some(StorageState::Failing(e.to_string())),
+            StorageError::Unusable(m) => Some(StorageState::Refused(m.clone())),
+            StorageError::Io(e) => Some(StorageState::Failing(e.to_string())),
+            StorageError::ObjectRefused { .. }
+            | StorageError::Unreadable(_)
+            | StorageError::Unsupported(_) => None,
         }
     }
 }
@@ -184,55 +225,79 @@ impl Monitored {
         (g.0.clone(), g.1.elapsed())
     }
 
-    fn record<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+    fn record<T>(
+        &self,
+        result: Result<T, StorageError>,
+        judge: fn(&Result<T, StorageError>) -> Option<StorageState>,
+    ) -> Result<T, StorageError> {
         if result.is_err()
             && let Some(errors) = &self.errors
         {
             errors.inc();
         }
-        if let Some(state) = StorageState::after(&result) {
-            *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (state, Instant::now());
+        if let Some(state) = judge(&result) {
+            self.set(state);
         }
         result
+    }
+
+    fn set(&self, state: StorageState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (state, Instant::now());
+    }
+
+    /// Marks the start-up check as running: health says `checking` until it ends.
+    pub fn checking(&self) {
+        self.set(StorageState::Checking);
     }
 }
 
 impl ObjectStore for Monitored {
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
-        self.record(self.inner.put_new(key, bytes))
+        self.record(self.inner.put_new(key, bytes), StorageState::after_write)
     }
     fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.record(self.inner.delete(key))
+        self.record(self.inner.delete(key), StorageState::after_read)
     }
     fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        self.record(self.inner.exists(key))
+        self.record(self.inner.exists(key), StorageState::after_read)
     }
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.record(self.inner.get(key))
+        self.record(self.inner.get(key), StorageState::after_read)
     }
     fn public_url(&self, key: &str) -> String {
         self.inner.public_url(key)
     }
+    fn accepts_key(&self, key: &str) -> bool {
+        self.inner.accepts_key(key)
+    }
     fn settle_time(&self) -> Duration {
         self.inner.settle_time()
     }
-    /// The check's outcome always replaces the state, a refused bucket included.
+    /// The check's outcome always replaces the state: any refusal of it is the store's.
     fn check(&self) -> Result<(), StorageError> {
         let result = self.inner.check();
         let state = match &result {
-            Err(StorageError::Rejected { status, message }) if *status < 500 => {
+            Err(StorageError::ObjectRefused { message, .. }) => {
                 StorageState::Refused(message.clone())
             }
-            other => StorageState::after(other).unwrap_or(StorageState::Ok),
+            other => StorageState::after_write(other)
+                .unwrap_or_else(|| StorageState::Refused(other_reason(other))),
         };
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (state, Instant::now());
+        self.set(state);
         result
     }
     fn describe(&self) -> String {
         self.inner.describe()
     }
     fn list(&self, progress: &mut dyn FnMut(usize)) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.inner.list(progress)
+        self.record(self.inner.list(progress), StorageState::after_read)
+    }
+}
+
+fn other_reason<T>(result: &Result<T, StorageError>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -305,11 +370,21 @@ impl ObjectStore for Misconfigured {
 
 impl Misconfigured {
     fn error(&self) -> StorageError {
-        StorageError::Rejected {
-            status: 0,
-            message: self.0.clone(),
-        }
+        StorageError::Unusable(self.0.clone())
     }
+}
+
+/// A key for a check's probe object: a leading `.` (never a photo's key, left out of listings),
+/// then only digits and `-`, which every backend takes.
+pub fn probe_key() -> String {
+    format!(
+        ".probe-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    )
 }
 
 /// Everything but RFC 3986's unreserved characters is percent-encoded in a path segment.
@@ -350,7 +425,7 @@ impl LocalStore {
 
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
         if key.is_empty() || key.contains(['/', '\\']) || key.starts_with('.') {
-            return Err(StorageError::Rejected {
+            return Err(StorageError::ObjectRefused {
                 status: 400,
                 message: format!("invalid key `{key}`"),
             });
@@ -467,6 +542,10 @@ impl ObjectStore for LocalStore {
 
     fn public_url(&self, key: &str) -> String {
         format!("{}/{}", self.public_base_url, encode_key(key))
+    }
+
+    fn accepts_key(&self, key: &str) -> bool {
+        self.path(key).is_ok()
     }
 
     /// The folder exists (or can be made) and a file can be written in it. Temporary files
@@ -616,8 +695,50 @@ fn reported(http_status: u16, body: &str) -> (u16, String) {
     (status, message)
 }
 
+/// Whether real Supabase Storage takes `key` (v1.70.6, `src/storage/limits.ts`; recorded in
+/// `shared/notes/supabase-storage.md`): not empty, only `A-Z a-z 0-9 _ / ! . * ' ( ) space & $
+/// = @ ; : + , ? -`, and no `..` path segment. Anything else is refused with 400 InvalidKey.
+pub fn supabase_accepts(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_/!.*'() &$=@;:+,?-".contains(&b))
+        && !key.split('/').any(|segment| segment == "..")
+}
+
+impl SupabaseStore {
+    /// Refuses, without a request, a key the server would refuse.
+    fn valid(&self, key: &str) -> Result<(), StorageError> {
+        if supabase_accepts(key) {
+            return Ok(());
+        }
+        Err(StorageError::ObjectRefused {
+            status: 400,
+            message: format!(
+                "Invalid key: {key} (Supabase Storage accepts only letters, digits, spaces and \
+                 _/!.*'()&$=@;:+,?- in object keys)"
+            ),
+        })
+    }
+}
+
+/// The error a Supabase error answer means: the refusal of one object (a key it does not
+/// take, too large) or of the request as a whole.
+fn refusal(http_status: u16, body: &str) -> StorageError {
+    let (status, message) = reported(http_status, body);
+    let code = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|j| j["code"].as_str().map(str::to_string));
+    match code.as_deref() {
+        Some("InvalidKey" | "EntityTooLarge") => StorageError::ObjectRefused { status, message },
+        _ if status == 413 => StorageError::ObjectRefused { status, message },
+        _ => StorageError::Rejected { status, message },
+    }
+}
+
 impl ObjectStore for SupabaseStore {
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+        self.valid(key)?;
         let mut resp = self
             .agent
             .post(&self.object_url("", key))
@@ -632,14 +753,17 @@ impl ObjectStore for SupabaseStore {
             return Ok(Put::Created);
         }
         let body = resp.body_mut().read_to_string().unwrap_or_default();
-        let (status, message) = reported(http, &body);
-        if status == 409 || http == 409 {
+        if reported(http, &body).0 == 409 || http == 409 {
             return Ok(Put::AlreadyExists);
         }
-        Err(StorageError::Rejected { status, message })
+        Err(refusal(http, &body))
     }
 
+    /// A key Supabase refuses cannot name an object: deleting it is done already.
     fn delete(&self, key: &str) -> Result<(), StorageError> {
+        if !supabase_accepts(key) {
+            return Ok(());
+        }
         let url = format!(
             "{}/storage/v1/object/{}",
             self.base,
@@ -659,11 +783,14 @@ impl ObjectStore for SupabaseStore {
         let body = resp.body_mut().read_to_string().unwrap_or_default();
         match reported(http, &body) {
             (404, _) => Ok(()),
-            (status, message) => Err(StorageError::Rejected { status, message }),
+            _ => Err(refusal(http, &body)),
         }
     }
 
     fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        if !supabase_accepts(key) {
+            return Ok(false);
+        }
         let mut resp = self
             .agent
             .head(&self.object_url("", key))
@@ -678,12 +805,15 @@ impl ObjectStore for SupabaseStore {
         match reported(http, &body) {
             (404, _) => Ok(false),
             (400, _) if body.is_empty() => Ok(false), // HEAD errors carry no body
-            (status, message) => Err(StorageError::Rejected { status, message }),
+            _ => Err(refusal(http, &body)),
         }
     }
 
     /// `GET /storage/v1/object/{bucket}/{key}` with the service key (works on private buckets).
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        if !supabase_accepts(key) {
+            return Ok(None);
+        }
         let mut resp = self
             .agent
             .get(&self.object_url("", key))
@@ -703,7 +833,7 @@ impl ObjectStore for SupabaseStore {
         let body = resp.body_mut().read_to_string().unwrap_or_default();
         match reported(http, &body) {
             (404, _) => Ok(None),
-            (status, message) => Err(StorageError::Rejected { status, message }),
+            _ => Err(refusal(http, &body)),
         }
     }
 
@@ -715,8 +845,12 @@ impl ObjectStore for SupabaseStore {
         self.object_url("public/", key)
     }
 
-    /// `GET /storage/v1/bucket/{bucket}`: answers only with a valid service key, and only if the
-    /// bucket exists. At most 5 s, so a dead endpoint cannot hold up start-up.
+    fn accepts_key(&self, key: &str) -> bool {
+        supabase_accepts(key)
+    }
+
+    /// `GET /storage/v1/bucket/{bucket}` (answers only with a valid service key, and only if the
+    /// bucket exists; at most 5 s), then a probe object written and deleted.
     fn check(&self) -> Result<(), StorageError> {
         let url = format!(
             "{}/storage/v1/bucket/{}",
@@ -733,16 +867,23 @@ impl ObjectStore for SupabaseStore {
             .call()
             .map_err(transport)?;
         let http = resp.status().as_u16();
-        if (200..300).contains(&http) {
-            return Ok(());
+        if !(200..300).contains(&http) {
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            return match reported(http, &body) {
+                (404, _) => Err(StorageError::Rejected {
+                    status: 404,
+                    message: format!("bucket `{}` not found", self.bucket),
+                }),
+                _ => Err(refusal(http, &body)),
+            };
         }
-        let body = resp.body_mut().read_to_string().unwrap_or_default();
-        match reported(http, &body) {
-            (404, _) => Err(StorageError::Rejected {
-                status: 404,
-                message: format!("bucket `{}` not found", self.bucket),
-            }),
-            (status, message) => Err(StorageError::Rejected { status, message }),
+        // Reading the bucket proves the key can read; only a write proves uploads work (a
+        // bucket's MIME types or size limit, a key without write rights).
+        let probe = probe_key();
+        let written = self.put_new(&probe, b"probe");
+        let _ = self.delete(&probe);
+        match written? {
+            Put::Created | Put::AlreadyExists => Ok(()),
         }
     }
 
@@ -776,19 +917,18 @@ impl ObjectStore for SupabaseStore {
             let http = resp.status().as_u16();
             let body = resp.body_mut().read_to_string().unwrap_or_default();
             if !(200..300).contains(&http) {
-                let (status, message) = reported(http, &body);
-                return Err(StorageError::Rejected { status, message });
+                return Err(refusal(http, &body));
             }
-            let items: Vec<serde_json::Value> =
-                serde_json::from_str(&body).map_err(|e| StorageError::Rejected {
-                    status: 502,
-                    message: format!("unreadable listing: {e}"),
-                })?;
+            let items: Vec<serde_json::Value> = serde_json::from_str(&body)
+                .map_err(|e| StorageError::Unreadable(format!("a listing page: {e}")))?;
             let n = items.len();
             for item in items {
                 let (Some(name), false) = (item["name"].as_str(), item["id"].is_null()) else {
                     continue;
                 };
+                if name.starts_with('.') {
+                    continue; // a probe, never a photo
+                }
                 let modified = item["updated_at"]
                     .as_str()
                     .or(item["created_at"].as_str())
@@ -810,6 +950,247 @@ impl ObjectStore for SupabaseStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store whose every answer the test sets.
+    #[derive(Default)]
+    struct Scripted {
+        put: Mutex<Option<Result<Put, StorageError>>>,
+        read: Mutex<Option<Result<bool, StorageError>>>,
+        check: Mutex<Option<Result<(), StorageError>>>,
+    }
+
+    fn take<T>(slot: &Mutex<Option<Result<T, StorageError>>>) -> Result<T, StorageError> {
+        slot.lock().unwrap().take().expect("the test set an answer")
+    }
+
+    impl ObjectStore for Scripted {
+        fn put_new(&self, _: &str, _: &[u8]) -> Result<Put, StorageError> {
+            take(&self.put)
+        }
+        fn delete(&self, _: &str) -> Result<(), StorageError> {
+            take(&self.read).map(|_| ())
+        }
+        fn exists(&self, _: &str) -> Result<bool, StorageError> {
+            take(&self.read)
+        }
+        fn get(&self, _: &str) -> Result<Option<Vec<u8>>, StorageError> {
+            take(&self.read).map(|_| None)
+        }
+        fn list(&self, _: &mut dyn FnMut(usize)) -> Result<Vec<ObjectInfo>, StorageError> {
+            take(&self.read).map(|_| Vec::new())
+        }
+        fn public_url(&self, key: &str) -> String {
+            key.into()
+        }
+        fn check(&self) -> Result<(), StorageError> {
+            take(&self.check)
+        }
+    }
+
+    fn rejected(status: u16) -> StorageError {
+        StorageError::Rejected {
+            status,
+            message: format!("said {status}"),
+        }
+    }
+
+    fn word(m: &Monitored) -> String {
+        let (state, _) = m.state();
+        let (word, reason) = state.word_and_reason();
+        format!(
+            "{word}{}",
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        )
+    }
+
+    #[test]
+    fn only_writes_and_checks_make_storage_ok_and_any_call_can_show_a_failure() {
+        let inner = Arc::new(Scripted::default());
+        let m = Monitored::new(inner.clone());
+        assert_eq!(word(&m), "unchecked");
+        m.checking();
+        assert_eq!(word(&m), "checking");
+        let read = |r: Result<bool, StorageError>| *inner.read.lock().unwrap() = Some(r);
+        let put = |r: Result<Put, StorageError>| *inner.put.lock().unwrap() = Some(r);
+
+        // A missing bucket: the HEAD before the write says "no such key", the write is refused.
+        read(Ok(false));
+        assert!(!m.exists("a.jpg").unwrap());
+        assert_eq!(word(&m), "checking", "a read proves nothing about writes");
+        put(Err(rejected(404)));
+        assert!(m.put_new("a.jpg", b"").is_err());
+        assert_eq!(word(&m), "refused: said 404");
+        // A HEAD that finds an object (a 409 for the upload) does not hide the refusal, nor
+        // does any other read that succeeds.
+        for call in [
+            &|m: &Monitored| m.exists("b.jpg").map(|_| ()),
+            &|m: &Monitored| m.get("b.jpg").map(|_| ()),
+            &|m: &Monitored| m.delete("b.jpg"),
+            &|m: &Monitored| m.list(&mut |_| {}).map(|_| ()),
+        ] as [&dyn Fn(&Monitored) -> Result<(), StorageError>; 4]
+        {
+            read(Ok(true));
+            call(&m).unwrap();
+            assert_eq!(word(&m), "refused: said 404");
+        }
+        // Only a write that succeeds (a duplicate is an answer too) makes it ok.
+        put(Ok(Put::AlreadyExists));
+        m.put_new("a.jpg", b"").unwrap();
+        assert_eq!(word(&m), "ok");
+
+        // Failures of reads show.
+        for (answer, want) in [
+            (rejected(403), "refused: said 403"),
+            (rejected(401), "refused: said 401"),
+            (rejected(503), "unreachable: HTTP 503: said 503"),
+            (
+                StorageError::Unavailable("timed out".into()),
+                "unreachable: timed out",
+            ),
+            (
+                StorageError::Unusable("overwrites".into()),
+                "refused: overwrites",
+            ),
+            (
+                StorageError::Io(io::Error::other("disk full")),
+                "failing: disk full",
+            ),
+        ] {
+            put(Ok(Put::Created));
+            m.put_new("a.jpg", b"").unwrap();
+            read(Err(answer));
+            assert!(m.exists("a.jpg").is_err());
+            assert_eq!(word(&m), want);
+        }
+        // A refusal of one object, or of one read, says nothing about the store.
+        put(Ok(Put::Created));
+        m.put_new("a.jpg", b"").unwrap();
+        for answer in [
+            rejected(404),
+            rejected(400),
+            StorageError::ObjectRefused {
+                status: 413,
+                message: "too large".into(),
+            },
+            StorageError::Unreadable("a listing".into()),
+            StorageError::Unsupported("list its objects"),
+        ] {
+            read(Err(answer));
+            assert!(m.exists("a.jpg").is_err());
+            assert_eq!(word(&m), "ok");
+        }
+        put(Err(StorageError::ObjectRefused {
+            status: 413,
+            message: "too large".into(),
+        }));
+        assert!(m.put_new("big.jpg", b"").is_err());
+        assert_eq!(word(&m), "ok", "one photo too large");
+        // A write refused for any other reason below 500 is the store's refusal; 5xx and
+        // time-outs are unreachable.
+        for (answer, want) in [
+            (rejected(415), "refused: said 415"),
+            (rejected(400), "refused: said 400"),
+            (rejected(500), "unreachable: HTTP 500: said 500"),
+            (StorageError::Unavailable("cut".into()), "unreachable: cut"),
+        ] {
+            put(Err(answer));
+            assert!(m.put_new("a.jpg", b"").is_err());
+            assert_eq!(word(&m), want);
+        }
+    }
+
+    #[test]
+    fn a_check_always_decides_the_state() {
+        let inner = Arc::new(Scripted::default());
+        let m = Monitored::new(inner.clone());
+        let check = |r: Result<(), StorageError>| *inner.check.lock().unwrap() = Some(r);
+        for (answer, want) in [
+            (Ok(()), "ok"),
+            (Err(rejected(404)), "refused: said 404"),
+            (
+                Err(StorageError::ObjectRefused {
+                    status: 415,
+                    message: "mime type image/jpeg is not supported".into(),
+                }),
+                "refused: mime type image/jpeg is not supported",
+            ),
+            (
+                Err(StorageError::Unreadable("x".into())),
+                "refused: storage answered in a way this server cannot read: x",
+            ),
+            (Err(rejected(502)), "unreachable: HTTP 502: said 502"),
+            (Ok(()), "ok"),
+        ] {
+            let ok = answer.is_ok();
+            check(answer);
+            assert_eq!(m.check().is_ok(), ok);
+            assert_eq!(word(&m), want);
+        }
+    }
+
+    #[test]
+    fn supabase_refusals_of_one_object_are_told_from_refusals_of_the_store() {
+        let object = |body: &str| matches!(refusal(400, body), StorageError::ObjectRefused { .. });
+        assert!(object(
+            r#"{"statusCode":"400","error":"InvalidKey","message":"Invalid key: a~b","code":"InvalidKey"}"#
+        ));
+        assert!(object(
+            r#"{"statusCode":"413","error":"Payload too large","message":"The object exceeded the maximum allowed size","code":"EntityTooLarge"}"#
+        ));
+        assert!(object(r#"{"statusCode":"413","message":"too large"}"#));
+        assert!(matches!(
+            refusal(413, ""),
+            StorageError::ObjectRefused { status: 413, .. }
+        ));
+        for store_wide in [
+            r#"{"statusCode":"415","error":"invalid_mime_type","message":"mime type image/jpeg is not supported","code":"InvalidMimeType"}"#,
+            r#"{"statusCode":"404","error":"Bucket not found","message":"Bucket not found","code":"NoSuchBucket"}"#,
+            r#"{"statusCode":"403","error":"Unauthorized","message":"signature verification failed","code":"AccessDenied"}"#,
+            "",
+        ] {
+            assert!(
+                matches!(refusal(400, store_wide), StorageError::Rejected { .. }),
+                "{store_wide}"
+            );
+        }
+    }
+
+    #[test]
+    fn supabase_keys_are_checked_by_the_real_servers_rule() {
+        for good in [
+            "a.jpg",
+            "thumb--a.jpg",
+            "users/42/a.jpg",
+            ".probe-1-2",
+            "A-Z_0.9!*'() &$=@;:+,?-",
+            "a/./b",
+            "...",
+        ] {
+            assert!(supabase_accepts(good), "{good}");
+        }
+        for bad in [
+            "",
+            "thumb~a.jpg",
+            "{x}.jpg",
+            "a#b",
+            "a%b",
+            "[a]",
+            "a^b",
+            "a|b",
+            "a`b",
+            "caf\u{e9}",
+            "a\u{1}b",
+            "a\\b",
+            "a\"b",
+            "a<b",
+            "..",
+            "k/../x.jpg",
+            "../x",
+            "x/..",
+        ] {
+            assert!(!supabase_accepts(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn supabase_errors_are_read_from_the_body() {

@@ -66,6 +66,13 @@ pub enum UploadError {
     /// The name is taken, in the database or in storage. Nothing was changed.
     #[error("Duplicate filename: {0}")]
     Duplicate(FileName),
+    /// An object this server did not write holds a key the photo needs (one of its variants'):
+    /// nothing was stored and the object was left alone.
+    #[error(
+        "Storage already holds `{0}`, which this server did not write; nothing was stored. \
+         Remove that object or rename the photo"
+    )]
+    Occupied(String),
     #[error("{0}")]
     TooLarge(String),
     /// The database cannot take writes now (down, busy, or none configured).
@@ -826,8 +833,19 @@ fn write(
     let mut created = vec![name];
     for (_, key, bytes) in &variants {
         match put_variant(store, key, bytes) {
-            Ok(()) => created.push(key),
-            Err(e) => return Err(abandon(store, journal, entry, &created, e)),
+            Ok(true) => created.push(key),
+            Ok(false) => {}
+            Err(VariantError::Storage(e)) => {
+                return Err(abandon(store, journal, entry, &created, e));
+            }
+            Err(VariantError::Occupied(key)) => {
+                let refused = StorageError::Rejected {
+                    status: 409,
+                    message: format!("`{key}` is occupied"),
+                };
+                abandon(store, journal, entry, &created, refused);
+                return Err(UploadError::Occupied(key).into());
+            }
         }
     }
     if let Err(error) = tx.commit() {
@@ -852,22 +870,42 @@ fn write(
     })
 }
 
-/// Stores a variant. The caller holds the photo's name claim, and only a holder of the claim
-/// writes a variant's key, so an object already there is a leftover of an earlier attempt
-/// that died before it could remove it: it is replaced (removed, then created anew).
-fn put_variant(store: &dyn ObjectStore, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+/// Stores a variant, create-only like the photo. An object already at its key was not written
+/// by this upload: if it holds exactly these bytes it is this photo's variant from an earlier
+/// attempt (the encoding is deterministic) and serves as it is; anything else is someone
+/// else's and refuses the upload. Ok(true): this call created it.
+pub(crate) fn put_variant(
+    store: &dyn ObjectStore,
+    key: &str,
+    bytes: &[u8],
+) -> Result<bool, VariantError> {
     match store.put_new(key, bytes)? {
-        Put::Created => Ok(()),
-        Put::AlreadyExists => {
-            tracing::warn!(key, "replacing a variant left behind by an earlier attempt");
-            store.delete(key)?;
-            match store.put_new(key, bytes)? {
-                Put::Created => Ok(()),
-                Put::AlreadyExists => Err(StorageError::Rejected {
-                    status: 409,
-                    message: format!("`{key}` keeps reappearing"),
-                }),
+        Put::Created => Ok(true),
+        Put::AlreadyExists => match store.get(key) {
+            Ok(Some(there)) if there == bytes => {
+                tracing::info!(key, "a variant with these very bytes is already stored");
+                Ok(false)
             }
+            // Unreadable (the store cannot read, or failed): not provably ours either.
+            Ok(_) | Err(_) => Err(VariantError::Occupied(key.to_string())),
+        },
+    }
+}
+
+/// Why a variant was not stored.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum VariantError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("`{0}` holds an object this server did not write")]
+    Occupied(String),
+}
+
+impl From<VariantError> for UploadError {
+    fn from(e: VariantError) -> Self {
+        match e {
+            VariantError::Storage(e) => UploadError::Storage(e),
+            VariantError::Occupied(key) => UploadError::Occupied(key),
         }
     }
 }
@@ -927,7 +965,11 @@ fn outcome_unknown(e: &StorageError) -> bool {
     match e {
         StorageError::Unavailable(_) => true,
         StorageError::Rejected { status, .. } => *status >= 500,
-        StorageError::Io(_) => false,
+        StorageError::ObjectRefused { .. }
+        | StorageError::Unreadable(_)
+        | StorageError::Unusable(_)
+        | StorageError::Unsupported(_)
+        | StorageError::Io(_) => false,
     }
 }
 

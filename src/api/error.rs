@@ -22,7 +22,7 @@ use poem_openapi::{
 };
 
 use super::ErrorBody;
-use crate::{manage::ManageError, model::InvalidQuery, upload::UploadError};
+use crate::{manage::ManageError, model::InvalidQuery, storage::StorageError, upload::UploadError};
 
 pub const UNAUTHORIZED: &str = "Invalid or missing API key";
 pub const UPLOADS_DISABLED: &str =
@@ -97,9 +97,13 @@ impl<S> From<UploadError> for ApiError<S> {
                 StatusCode::BAD_REQUEST
             }
             UploadError::MissingField(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            UploadError::Duplicate(_) => StatusCode::CONFLICT,
+            UploadError::Duplicate(_) | UploadError::Occupied(_) => StatusCode::CONFLICT,
             UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UploadError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // The bucket's own size limit: the photo is too large for it, as for ours.
+            UploadError::Storage(StorageError::ObjectRefused { status: 413, .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             UploadError::Storage(s) => {
                 // Storage's own message helps the owner fix a bucket or a key; it names no path
                 // of ours.
@@ -400,10 +404,21 @@ mod tests {
         assert_eq!(s(UploadError::MissingField("file")), 422);
         let name = FileName::parse("a.jpg").unwrap();
         assert_eq!(s(UploadError::Duplicate(name)), 409);
+        assert_eq!(s(UploadError::Occupied("thumb--a.jpg".into())), 409);
         assert_eq!(s(UploadError::TooLarge("x".into())), 413);
         assert_eq!(s(UploadError::DatabaseUnavailable("x".into())), 503);
         let storage = crate::storage::StorageError::Unavailable("x".into());
         assert_eq!(s(storage.into()), 502);
+        let too_large = crate::storage::StorageError::ObjectRefused {
+            status: 413,
+            message: "The object exceeded the maximum allowed size".into(),
+        };
+        assert_eq!(s(too_large.into()), 413);
+        let bad_key = crate::storage::StorageError::ObjectRefused {
+            status: 400,
+            message: "Invalid key: a~b".into(),
+        };
+        assert_eq!(s(bad_key.into()), 502);
         assert_eq!(s(UploadError::Internal("x".into())), 500);
         assert_eq!(
             ApiError::<AnyStatus>::from(InvalidQuery("q".into())).status(),

@@ -46,20 +46,44 @@ impl Variant {
         }
     }
 
-    /// The variant's object key: `thumb~sunset.jpg` for the photo `sunset.jpg`. No photo's key
-    /// contains `~` (file names are reduced to letters, digits and `._-`), so a variant can never
-    /// take a photo's key, and the whole photo key follows, so `a.jpg` and `a.jpeg` differ.
+    /// The variant's object key: `thumb--sunset.jpg` for the photo `sunset.jpg`.
+    ///
+    /// - Every backend accepts it: letters, digits and `-._` are in real Supabase Storage's key
+    ///   set, S3's safe characters and any file system's names (`~`, the first scheme, is refused
+    ///   by Supabase: see [`Variant::legacy_key`]).
+    /// - No photo can take it: a photo's key never holds `--` ([`crate::model::FileName::parse`]
+    ///   collapses runs of `-`), so `thumb--x.jpg` is always a variant, never an upload.
+    /// - The whole photo key follows, so `a.jpg` and `a.jpeg` have different variants.
     pub fn key(self, photo_key: &str) -> String {
-        format!("{}~{photo_key}", self.name())
+        format!("{}{SEPARATOR}{photo_key}", self.name())
     }
 
-    /// The variant and photo key a variant's object key was made from.
+    /// The key the first two rounds wrote (`thumb~sunset.jpg`): still read, deleted and
+    /// reconciled on the stores that took it (local folders, S3), never written again.
+    pub fn legacy_key(self, photo_key: &str) -> String {
+        format!("{}{LEGACY_SEPARATOR}{photo_key}", self.name())
+    }
+
+    /// Both keys a variant of `photo_key` may have, the current one first.
+    pub fn keys(self, photo_key: &str) -> [String; 2] {
+        [self.key(photo_key), self.legacy_key(photo_key)]
+    }
+
+    /// The variant and photo key a variant's object key was made from, in either scheme.
     pub fn of_key(key: &str) -> Option<(Variant, &str)> {
-        let (name, photo) = key.split_once('~')?;
-        let variant = Variant::ALL.into_iter().find(|v| v.name() == name)?;
-        (!photo.is_empty()).then_some((variant, photo))
+        Variant::ALL.into_iter().find_map(|variant| {
+            [SEPARATOR, LEGACY_SEPARATOR].into_iter().find_map(|sep| {
+                let photo = key.strip_prefix(variant.name())?.strip_prefix(sep)?;
+                (!photo.is_empty()).then_some((variant, photo))
+            })
+        })
     }
 }
+
+/// Between a variant's name and its photo's key.
+const SEPARATOR: &str = "--";
+/// The same in the first scheme, which Supabase refuses.
+const LEGACY_SEPARATOR: &str = "~";
 
 /// The variants `settings` asks for, smallest first.
 pub fn variants_of(settings: &ImageSettings) -> Vec<Variant> {
@@ -582,18 +606,45 @@ mod tests {
 
     #[test]
     fn variant_keys_name_their_photo_and_never_a_photo() {
-        assert_eq!(Variant::Thumb.key("a.jpg"), "thumb~a.jpg");
-        assert_ne!(Variant::Thumb.key("a.jpg"), Variant::Thumb.key("a.jpeg"));
+        assert_eq!(Variant::Thumb.key("a.jpg"), "thumb--a.jpg");
+        assert_eq!(Variant::Medium.key("a.jpg"), "medium--a.jpg");
+        assert_eq!(Variant::Thumb.legacy_key("a.jpg"), "thumb~a.jpg");
         assert_eq!(
-            Variant::of_key("medium~a.jpg"),
-            Some((Variant::Medium, "a.jpg"))
+            Variant::Medium.keys("a.jpg"),
+            ["medium--a.jpg".to_string(), "medium~a.jpg".to_string()]
         );
-        assert_eq!(Variant::of_key("a.jpg"), None);
-        assert_eq!(Variant::of_key("large~a.jpg"), None);
-        assert_eq!(Variant::of_key("thumb~"), None);
-        for raw in ["thumb~a.jpg", "x~y.jpeg"] {
+        assert_ne!(Variant::Thumb.key("a.jpg"), Variant::Thumb.key("a.jpeg"));
+        for (key, want) in [
+            ("medium--a.jpg", Some((Variant::Medium, "a.jpg"))),
+            ("thumb--a.jpg", Some((Variant::Thumb, "a.jpg"))),
+            ("medium~a.jpg", Some((Variant::Medium, "a.jpg"))),
+            ("thumb~a--b.jpg", Some((Variant::Thumb, "a--b.jpg"))),
+            ("thumb--a~b.jpg", Some((Variant::Thumb, "a~b.jpg"))),
+            ("a.jpg", None),
+            ("thumb-a.jpg", None),
+            ("thumb.jpg", None),
+            ("large--a.jpg", None),
+            ("large~a.jpg", None),
+            ("xthumb--a.jpg", None),
+            ("thumb--", None),
+            ("thumb~", None),
+        ] {
+            assert_eq!(Variant::of_key(key), want, "{key}");
+        }
+        for raw in [
+            "thumb~a.jpg",
+            "thumb--a.jpg",
+            "medium--a.jpg",
+            "thumb - - a.jpg",
+            "thumb\u{2014}a.jpg",
+            "thumb\u{2013}\u{2013}a.jpg",
+            "x~y.jpeg",
+        ] {
             let name = crate::model::FileName::parse(raw).unwrap();
-            assert!(Variant::of_key(name.as_str()).is_none(), "{name:?}");
+            assert!(
+                Variant::of_key(name.as_str()).is_none(),
+                "{raw} -> {name:?}"
+            );
         }
     }
 

@@ -63,6 +63,21 @@ pub(crate) fn start_logging(
     (child, port, log)
 }
 
+/// Waits until a line the server logged contains `needle` (the start-up storage check runs in
+/// the background, so its lines may come after "listening").
+pub(crate) fn wait_for_line(log: &Mutex<Vec<String>>, needle: &str, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn strip_ansi(s: &str) -> String {
     let mut out = String::new();
     let mut chars = s.chars();
@@ -227,9 +242,12 @@ fn the_originals_dotenv_sends_uploads_to_supabase_and_says_so_at_start_up() {
             db.url
         ),
     );
-    let (mut child, port, lines) = start(dir.path(), &[]);
+    let (mut child, port, log) = start_logging(dir.path(), &[]);
     let (status, record) = upload(port, Some("original-admin-key"), "Sunset.jpg");
+    let checked = wait_for_line(&log, "storage check", 30);
     terminate(&mut child);
+    assert!(checked, "{:#?}", log.lock().unwrap());
+    let lines = log.lock().unwrap().clone();
     assert_eq!(status, 201, "{record}");
     assert_eq!(
         record["url"],
@@ -291,15 +309,18 @@ fn a_refused_storage_key_is_said_plainly_at_start_up_and_in_health() {
     let fake = std::sync::Arc::new(FakeStorage::default());
     let base = start_on_own_runtime(fake);
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, port, lines) = start(
+    let (mut child, port, log) = start_logging(
         dir.path(),
         &[
             ("SUPABASE_URL", &base),
             ("SUPABASE_KEY", "not-the-service-key"),
         ],
     );
+    let said = wait_for_line(&log, "storage REFUSED", 30);
     let (_, health) = get(port, "/api/health");
     terminate(&mut child);
+    assert!(said, "{:#?}", log.lock().unwrap());
+    let lines = log.lock().unwrap().clone();
     let all = lines.join("\n");
     assert!(
         lines

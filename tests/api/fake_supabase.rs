@@ -1,6 +1,12 @@
 //! An in-test HTTP server that answers as the real Supabase Storage does
-//! (`../shared/notes/supabase-storage.md`): every error is HTTP 400 with the true status as a
-//! string `statusCode` in the JSON body.
+//! (`../shared/notes/supabase-storage.md`), with every rule the notes record:
+//! - every error is HTTP 400 with the true status as a string `statusCode` in the JSON body;
+//!   a HEAD's error is a bare 400 with an empty body;
+//! - object keys: only `A-Z a-z 0-9 _ / ! . * ' ( ) space & $ = @ ; : + , ? -`, not empty, no
+//!   `..` segment, else 400 `InvalidKey` (on every object route, and for bulk deletes too:
+//!   stricter than recorded, so a key we should never send is caught);
+//! - the global 50 MiB limit and a bucket's `file_size_limit` (413 `EntityTooLarge`) and
+//!   `allowed_mime_types` (415 `InvalidMimeType`).
 
 use std::{
     collections::HashMap,
@@ -42,6 +48,39 @@ pub struct FakeStorage {
     pub bucket_checks: AtomicUsize,
     /// "bucket/key" -> the `cache-control` it was uploaded with, served back on public GETs.
     pub cache_control: Mutex<HashMap<String, String>>,
+    /// The bucket's `file_size_limit` in bytes (0: only the global 50 MiB).
+    pub file_size_limit: AtomicU64,
+    /// The bucket's `allowed_mime_types` (empty: any).
+    pub allowed_mime_types: Mutex<Vec<String>>,
+    /// Every key a request named that the real server refuses (none, if the client is right).
+    pub invalid_keys: Mutex<Vec<String>>,
+}
+
+/// The real server's `UPLOAD_FILE_SIZE_LIMIT` default.
+pub const GLOBAL_LIMIT: u64 = 50 << 20;
+
+/// Whether real Supabase Storage takes `key` (v1.70.6 `src/storage/limits.ts`, as recorded in
+/// the notes). Written here from the notes, not taken from the product.
+pub fn valid_key(key: &str) -> bool {
+    const ALLOWED: &str = "_/!.*'() &$=@;:+,?-";
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ALLOWED.contains(c))
+        && key.split('/').all(|segment| segment != "..")
+}
+
+fn invalid_key(fake: &FakeStorage, key: &str) -> Option<Response> {
+    if valid_key(key) {
+        return None;
+    }
+    fake.invalid_keys.lock().unwrap().push(key.to_string());
+    let message = if key.split('/').any(|s| s == "..") {
+        format!("Invalid key: {key} contains dot path segment")
+    } else {
+        format!("Invalid key: {key}")
+    };
+    Some(error("400", "InvalidKey", &message, "InvalidKey"))
 }
 
 fn error(status: &str, error: &str, message: &str, code: &str) -> Response {
@@ -92,6 +131,36 @@ async fn upload(
     }
     if bucket != BUCKET {
         return no_bucket();
+    }
+    if let Some(refused) = invalid_key(&fake, &key) {
+        return refused;
+    }
+    let size_limit = match fake.file_size_limit.load(Ordering::SeqCst) {
+        0 => GLOBAL_LIMIT,
+        n => n.min(GLOBAL_LIMIT),
+    };
+    if body.len() as u64 > size_limit {
+        return error(
+            "413",
+            "Payload too large",
+            "The object exceeded the maximum allowed size",
+            "EntityTooLarge",
+        );
+    }
+    let mime = req
+        .header("content-type")
+        .unwrap_or("application/x-www-form-urlencoded")
+        .to_string();
+    {
+        let allowed = fake.allowed_mime_types.lock().unwrap();
+        if !allowed.is_empty() && !allowed.contains(&mime) {
+            return error(
+                "415",
+                "invalid_mime_type",
+                &format!("mime type {mime} is not supported"),
+                "InvalidMimeType",
+            );
+        }
     }
     let delay = fake.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
@@ -156,7 +225,7 @@ async fn head(
     Path((bucket, key)): Path<(String, String)>,
     fake: Data<&Arc<FakeStorage>>,
 ) -> Response {
-    if check_auth(req).is_some() || bucket != BUCKET {
+    if check_auth(req).is_some() || bucket != BUCKET || invalid_key(&fake, &key).is_some() {
         return StatusCode::BAD_REQUEST.into_response();
     }
     let found = fake
@@ -183,6 +252,11 @@ async fn delete(
         return denied;
     }
     fake.deletes.fetch_add(1, Ordering::SeqCst);
+    for prefix in body["prefixes"].as_array().into_iter().flatten() {
+        if let Some(refused) = invalid_key(&fake, prefix.as_str().unwrap_or_default()) {
+            return refused;
+        }
+    }
     let mut objects = fake.objects.lock().unwrap();
     let mut deleted = Vec::new();
     for prefix in body["prefixes"].as_array().into_iter().flatten() {
@@ -210,6 +284,9 @@ async fn download(
     };
     if !public && let Some(denied) = check_auth(req) {
         return denied;
+    }
+    if let Some(refused) = invalid_key(&fake, path.split_once('/').map_or("", |(_, k)| k)) {
+        return refused;
     }
     let cache_control = fake
         .cache_control

@@ -28,6 +28,7 @@ use portfolio_server::{
     app::routes,
     config::{Secret, Settings},
     state::AppState,
+    storage::StorageState,
 };
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -585,6 +586,20 @@ impl TestApp {
     pub async fn spawn(settings: Settings) -> TestApp {
         init_test_log();
         let state = AppState::new(settings).await.expect("app state");
+        Self::checked(state).await
+    }
+
+    /// The app once its start-up storage check (which runs in the background) has ended, so
+    /// a test starts from a known storage state.
+    async fn checked(state: Arc<AppState>) -> TestApp {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(
+            state.store.state().0,
+            StorageState::Checking | StorageState::Unchecked
+        ) {
+            assert!(Instant::now() < deadline, "the storage check never ended");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let ep = routes(state.clone()).boxed();
         TestApp {
             state,
@@ -738,11 +753,7 @@ impl TestApp {
         let state = AppState::with_store(settings, store)
             .await
             .expect("app state");
-        let ep = routes(state.clone()).boxed();
-        TestApp {
-            state,
-            client: TestClient::new(ep),
-        }
+        Self::checked(state).await
     }
 
     /// POSTs `form` with a Content-Length and the given API key (None: no header).
@@ -837,12 +848,12 @@ impl TestApp {
 }
 
 /// The objects stored for photos `names` under the default image settings: each photo and its
-/// `thumb~` and `medium~` variants, sorted as [`files_in`] sorts (with `prefix` before each, as
+/// `thumb--` and `medium--` variants, sorted as [`files_in`] sorts (with `prefix` before each, as
 /// in "images/" for a bucket).
 pub fn objects_of(prefix: &str, names: &[&str]) -> Vec<String> {
     let mut all: Vec<String> = names
         .iter()
-        .flat_map(|n| [n.to_string(), format!("thumb~{n}"), format!("medium~{n}")])
+        .flat_map(|n| [n.to_string(), format!("thumb--{n}"), format!("medium--{n}")])
         .map(|k| format!("{prefix}{k}"))
         .collect();
     all.sort();

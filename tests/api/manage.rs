@@ -455,8 +455,8 @@ async fn a_delete_that_died_before_its_commit_keeps_the_photo_after_a_restart() 
         .record_with(
             "stays.jpg",
             &[
-                "thumb~stays.jpg".to_string(),
-                "medium~stays.jpg".to_string(),
+                "thumb--stays.jpg".to_string(),
+                "medium--stays.jpg".to_string(),
             ],
         )
         .unwrap();

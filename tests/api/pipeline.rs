@@ -246,7 +246,7 @@ async fn a_refused_second_variant_leaves_nothing_and_the_name_can_be_uploaded_ag
     let store = Arc::new(RefusesPrefix {
         inner: LocalStore::new(media.path(), "http://media.test/media"),
         // Variants are written smallest first: the thumb, then the medium.
-        prefix: "medium~",
+        prefix: "medium--",
         failing: AtomicBool::new(true),
     });
     let s = upload_settings(Some(&db.url), media.path());
@@ -285,7 +285,7 @@ async fn eventually(secs: u64, done: impl Fn() -> bool) -> bool {
 async fn a_supabase_5xx_on_a_variant_leaves_no_object_behind() {
     let db = TestDb::new();
     let fake = Arc::new(FakeStorage::default());
-    *fake.fail_prefix.lock().unwrap() = Some("medium~".into());
+    *fake.fail_prefix.lock().unwrap() = Some("medium--".into());
     let base = start_fake(fake.clone()).await;
     let mut s = upload_settings(Some(&db.url), &std::env::temp_dir());
     s.storage.backend = Some(StorageBackend::Supabase);
@@ -419,7 +419,7 @@ fn backfill_fills_old_rows_is_idempotent_and_resumes_after_being_killed() {
         "no leftovers"
     );
     for (i, name) in names.iter().enumerate() {
-        let thumb = std::fs::read(media.path().join(format!("thumb~{name}"))).unwrap();
+        let thumb = std::fs::read(media.path().join(format!("thumb--{name}"))).unwrap();
         assert_eq!(stored_size(&thumb), (400, 300));
         assert_clean(name, &thumb);
         assert_eq!(
@@ -432,13 +432,13 @@ fn backfill_fills_old_rows_is_idempotent_and_resumes_after_being_killed() {
     assert_eq!(
         urls[0],
         [
-            Some("http://media.test/media/thumb~old-00.jpg".into()),
-            Some("http://media.test/media/medium~old-00.jpg".into())
+            Some("http://media.test/media/thumb--old-00.jpg".into()),
+            Some("http://media.test/media/medium--old-00.jpg".into())
         ]
     );
 
     // Nothing left to do: a third run changes nothing.
-    let thumbs_before = std::fs::metadata(media.path().join("thumb~old-00.jpg"))
+    let thumbs_before = std::fs::metadata(media.path().join("thumb--old-00.jpg"))
         .unwrap()
         .modified()
         .unwrap();
@@ -448,7 +448,7 @@ fn backfill_fills_old_rows_is_idempotent_and_resumes_after_being_killed() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("0 photos need variants"));
     assert_eq!(
-        std::fs::metadata(media.path().join("thumb~old-00.jpg"))
+        std::fs::metadata(media.path().join("thumb--old-00.jpg"))
             .unwrap()
             .modified()
             .unwrap(),

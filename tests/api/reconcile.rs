@@ -65,8 +65,12 @@ fn reconcile_lists_orphans_and_missing_objects_and_deletes_only_old_unclaimed_or
         ("old-orphan.jpg", 48),
         ("new-orphan.jpg", 0),
         ("elsewhere.jpg", 100), // no row points at it, but a row claims the name
-        ("thumb~kept.jpg", 100), // a variant its row does not record (a killed backfill)
-        ("medium~old-orphan.jpg", 48), // a variant of a photo with no row
+        // Variants their row does not record (a killed backfill), in both key schemes.
+        ("thumb~kept.jpg", 100),
+        ("medium--kept.jpg", 100),
+        // Variants of a photo with no row, in both key schemes.
+        ("medium~old-orphan.jpg", 48),
+        ("thumb--old-orphan.jpg", 48),
     ] {
         std::fs::write(media.join(name), b"jpeg").unwrap();
         age(&media.join(name), hours);
@@ -90,11 +94,12 @@ fn reconcile_lists_orphans_and_missing_objects_and_deletes_only_old_unclaimed_or
             "orphan\tmedium~old-orphan.jpg\t2 days old",
             "orphan\tnew-orphan.jpg\t0 min old",
             "orphan\told-orphan.jpg\t2 days old",
+            "orphan\tthumb--old-orphan.jpg\t2 days old",
         ],
         "{out}"
     );
     assert!(
-        err.contains("7 objects, 4 rows (1 pointing elsewhere): 4 orphans"),
+        err.contains("9 objects, 4 rows (1 pointing elsewhere): 5 orphans"),
         "{err}"
     );
     assert!(err.contains("Dry run"), "{err}");
@@ -111,12 +116,13 @@ fn reconcile_lists_orphans_and_missing_objects_and_deletes_only_old_unclaimed_or
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("deleted\told-orphan.jpg"), "{out}");
     assert!(out.contains("deleted\tmedium~old-orphan.jpg"), "{out}");
+    assert!(out.contains("deleted\tthumb--old-orphan.jpg"), "{out}");
     assert!(
         out.contains("kept\telsewhere.jpg"),
         "a row claims the name: {out}"
     );
     assert!(
-        err.contains("Deleted 2, kept 1 (a row has the name), left 1 younger"),
+        err.contains("Deleted 3, kept 1 (a row has the name), left 1 younger"),
         "{err}"
     );
     let mut left: Vec<String> = std::fs::read_dir(&media)
@@ -130,6 +136,7 @@ fn reconcile_lists_orphans_and_missing_objects_and_deletes_only_old_unclaimed_or
             ".upload-1-2.tmp",
             "elsewhere.jpg",
             "kept.jpg",
+            "medium--kept.jpg",
             "new-orphan.jpg",
             "thumb~kept.jpg",
             "with space.jpg"

@@ -33,6 +33,9 @@ async fn setup(key: &str, bucket: &str, timeout_secs: u64) -> Setup {
     s.storage.supabase_bucket = bucket.into();
     s.storage.timeout_secs = timeout_secs;
     let app = TestApp::spawn(s).await;
+    // Counted from here: the start-up check writes and deletes a probe.
+    fake.landed.store(0, Ordering::SeqCst);
+    fake.deletes.store(0, Ordering::SeqCst);
     Setup {
         db,
         fake,
@@ -311,4 +314,238 @@ impl portfolio_server::storage::ObjectStore for CutAfterPut {
     fn public_url(&self, key: &str) -> String {
         self.inner.public_url(key)
     }
+}
+
+/// File names as people and tools make them: spaces, accents, scripts without Latin letters,
+/// every character Supabase refuses, the old variant separator, path tricks, a name too long.
+const HOSTILE_NAMES: &[&str] = &[
+    "Beach Day.jpg",
+    "Café Überfahrt.JPG",
+    "{x}.jpg",
+    "a~b.jpg",
+    "thumb~a.jpg",
+    "thumb--b.jpg",
+    "medium--thumb--c.jpeg",
+    "#1 [best] ^|`%.jpeg",
+    "..\\..\\etc.jpg",
+    "../../x.jpg",
+    "日本の夏.jpg",
+    "emoji 😀 party.jpg",
+    "a&b=c;d:e+f,g?h@i$j!k*l'm(n).jpg",
+    "tab\tname.jpg",
+    ".hidden.jpg",
+    "-dash.jpg",
+];
+
+#[test]
+fn every_key_the_server_makes_is_one_real_supabase_storage_accepts() {
+    use portfolio_server::{imaging::Variant, model::FileName, storage::probe_key};
+    let long = format!("{}.jpg", "ü{}".repeat(150));
+    let mut keys = vec![probe_key()];
+    for raw in HOSTILE_NAMES.iter().copied().chain([long.as_str()]) {
+        let Ok(name) = FileName::parse(raw) else {
+            continue; // refused with a 400, nothing stored
+        };
+        keys.push(name.to_string());
+        for v in Variant::ALL {
+            keys.push(v.key(name.as_str()));
+        }
+    }
+    assert!(keys.len() > 40, "{keys:?}");
+    for key in &keys {
+        assert!(
+            crate::fake_supabase::valid_key(key),
+            "real Supabase Storage refuses {key:?}"
+        );
+    }
+}
+
+/// The same through the server: uploads of every hostile name (one at a time and in a batch),
+/// then deletes, against a double that refuses what the real server refuses. No request named
+/// a key Supabase refuses, and nothing is left in the bucket.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_names_upload_and_delete_with_only_keys_supabase_accepts() {
+    use crate::helpers::{API_KEY, Form};
+    use poem::http::Method;
+    let t = setup(SERVICE_KEY, BUCKET, 5).await;
+    let mut ids = Vec::new();
+    let (mut created, mut refused) = (0, 0);
+    for raw in HOSTILE_NAMES {
+        let r = t.app.upload(raw, jpeg(24, 16, None)).await;
+        match r.status {
+            StatusCode::CREATED => {
+                created += 1;
+                ids.push(r.json()["id"].as_i64().unwrap());
+            }
+            // Two names that reduce to one key, or a name with nothing usable: never a 502.
+            StatusCode::CONFLICT | StatusCode::BAD_REQUEST => refused += 1,
+            other => panic!("{raw}: {other} {}", r.text()),
+        }
+    }
+    assert!(created >= 12, "{created} created, {refused} refused");
+    let mut form = Form::new().text("category", "street");
+    for raw in HOSTILE_NAMES {
+        form = form.file("files", &format!("batch {raw}"), jpeg(24, 16, None));
+    }
+    let r = t
+        .app
+        .post_form("/api/upload-batch", &form, Some(API_KEY))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let report = r.json();
+    for failed in report["failed"].as_array().unwrap() {
+        assert!(
+            !failed["error"].as_str().unwrap().contains("Storage"),
+            "{failed}"
+        );
+    }
+    for photo in report["uploaded"].as_array().unwrap() {
+        ids.push(photo["id"].as_i64().unwrap());
+    }
+    assert!(ids.len() >= 24, "{report}");
+    assert_eq!(
+        t.fake.invalid_keys.lock().unwrap().clone(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        stored(&t.fake).len(),
+        ids.len() * 3,
+        "each photo and its two variants"
+    );
+
+    for id in &ids {
+        let r = t
+            .app
+            .admin(
+                Method::DELETE,
+                &format!("/api/images/{id}"),
+                Some(API_KEY),
+                None,
+            )
+            .await;
+        assert!(r.status.is_success(), "{id}: {} {}", r.status, r.text());
+    }
+    assert_eq!(
+        t.fake.invalid_keys.lock().unwrap().clone(),
+        Vec::<String>::new()
+    );
+    assert_eq!(stored(&t.fake), Vec::<String>::new());
+    assert_eq!(rows(&t.db), 0);
+    assert_eq!(t.app.state.uploader.pending_cleanups(), 0);
+}
+
+/// A row of the original, whose key is whatever Supabase took, is deleted with its object, and
+/// the delete sends no key of the old variant scheme (`thumb~…`), which Supabase refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_of_the_original_is_deleted_without_sending_a_key_supabase_refuses() {
+    use crate::helpers::API_KEY;
+    use poem::http::Method;
+    let t = setup(SERVICE_KEY, BUCKET, 5).await;
+    let url = format!("{}/storage/v1/object/public/images/IMG%20001.JPG", t.base);
+    t.db.execute(&format!(
+        "INSERT INTO photographs (filename, url) VALUES ('IMG 001.JPG', '{url}')"
+    ));
+    t.fake
+        .objects
+        .lock()
+        .unwrap()
+        .insert("images/IMG 001.JPG".into(), b"original".to_vec());
+    let id = t.db.rows("SELECT id FROM photographs")[0][0]
+        .clone()
+        .unwrap();
+    let r = t
+        .app
+        .admin(
+            Method::DELETE,
+            &format!("/api/images/{id}"),
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert!(r.status.is_success(), "{} {}", r.status, r.text());
+    assert!(eventually(10, || stored(&t.fake).is_empty()).await);
+    assert_eq!(
+        t.fake.invalid_keys.lock().unwrap().clone(),
+        Vec::<String>::new()
+    );
+    assert_eq!(rows(&t.db), 0);
+}
+
+/// An object this server did not write at a variant's key: the upload is refused with a 409
+/// naming it, the object is untouched, and what the upload wrote is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_object_at_a_variant_key_refuses_the_upload_and_is_left_alone() {
+    let t = setup(SERVICE_KEY, BUCKET, 5).await;
+    let foreign = "images/medium--x.jpg";
+    t.fake
+        .objects
+        .lock()
+        .unwrap()
+        .insert(foreign.into(), b"someone else's".to_vec());
+    let r = t.app.upload("x.jpg", jpeg(24, 16, None)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("medium--x.jpg") && detail.contains("did not write"),
+        "{detail}"
+    );
+    assert_eq!(stored(&t.fake), [foreign]);
+    assert_eq!(t.fake.objects.lock().unwrap()[foreign], b"someone else's");
+    assert_eq!(rows(&t.db), 0);
+    assert_eq!(t.app.state.uploader.pending_cleanups(), 0);
+    let health = t.app.get("/api/health").await.json();
+    assert_eq!(health["storage"], "ok", "one object's conflict: {health}");
+
+    // Once it is gone the name can be uploaded.
+    t.fake.objects.lock().unwrap().remove(foreign);
+    let again = t.app.upload("x.jpg", jpeg(24, 16, None)).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+    assert_eq!(stored(&t.fake), objects_of("images/", &["x.jpg"]));
+}
+
+/// A bucket's `file_size_limit` refuses a photo: a 413 that says so, nothing kept, and storage
+/// stays `ok` (other photos fit).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_photo_over_the_buckets_size_limit_is_a_413_and_leaves_nothing() {
+    let t = setup(SERVICE_KEY, BUCKET, 5).await;
+    t.fake.file_size_limit.store(4_000, Ordering::SeqCst);
+    let big = crate::helpers::jpeg(400, 300, None);
+    assert!(big.len() > 4_000, "{}", big.len());
+    let r = t.app.upload("big.jpg", big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    assert!(r.text().contains("maximum allowed size"), "{}", r.text());
+    assert!(stored(&t.fake).is_empty());
+    assert_eq!(rows(&t.db), 0);
+    assert_eq!(t.app.state.uploader.pending_cleanups(), 0);
+    assert_eq!(t.app.get("/api/health").await.json()["storage"], "ok");
+    let small = t.app.upload("small.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(small.status, StatusCode::CREATED, "{}", small.text());
+}
+
+/// A bucket that takes no JPEGs (`allowed_mime_types`): the start-up check's probe write finds
+/// it, health says `refused` with the server's words, and uploads are 502 with nothing kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_that_refuses_jpegs_is_refused_in_health_from_the_start() {
+    let db = TestDb::new();
+    let fake = Arc::new(FakeStorage::default());
+    *fake.allowed_mime_types.lock().unwrap() = vec!["image/png".into()];
+    let base = start_fake(fake.clone()).await;
+    let mut s = upload_settings(Some(&db.url), &std::env::temp_dir());
+    s.storage.backend = Some(StorageBackend::Supabase);
+    s.storage.supabase_url = Some(base);
+    s.storage.supabase_key = Some(Secret::new(SERVICE_KEY));
+    let app = TestApp::spawn(s).await;
+    let health = app.get("/api/health").await.json();
+    assert_eq!(health["storage"], "refused", "{health}");
+    assert!(
+        health["storage_reason"]
+            .as_str()
+            .unwrap()
+            .contains("mime type image/jpeg is not supported"),
+        "{health}"
+    );
+    let r = app.upload("x.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(stored(&fake).is_empty());
+    assert_eq!(rows(&db), 0);
 }
