@@ -91,22 +91,33 @@ impl Journal {
     }
 
     /// Records `key` durably: when this returns, the entry survives a crash of the process or
-    /// the machine. It is the caller's (in flight) until removed or released.
+    /// the machine. It is the caller's (in flight) until removed or released. Should the
+    /// process die first, the resolver checks it once.
     pub fn record(&self, key: &str) -> io::Result<Entry> {
-        self.record_with(key, &[])
+        self.record_with(key, &[], Duration::ZERO)
     }
 
-    /// [`Journal::record`] for a photo with further objects `also` (its variants).
-    pub fn record_with(&self, key: &str, also: &[String]) -> io::Result<Entry> {
-        self.record_claimed(key, key, also)
+    /// [`Journal::record`] for a photo with further objects `also` (its variants), about to be
+    /// written to a store whose writes may land up to `settle` after their request failed:
+    /// should the process die with a write in flight, the resolver checks the entry at once,
+    /// then on the schedule of [`checks_after`], as it would after a live failure.
+    pub fn record_with(&self, key: &str, also: &[String], settle: Duration) -> io::Result<Entry> {
+        self.record_claimed(key, key, also, settle)
     }
 
     /// [`Journal::record_with`] for objects that go with the name `name` rather than `key`.
-    pub fn record_claimed(&self, key: &str, name: &str, also: &[String]) -> io::Result<Entry> {
+    pub fn record_claimed(
+        &self,
+        key: &str,
+        name: &str,
+        also: &[String],
+        settle: Duration,
+    ) -> io::Result<Entry> {
+        let now = now_ms();
         let file = self.dir.join(format!(
             "{}.{}-{}-{}.json",
-            key,
-            now_ms(),
+            file_stem(key),
+            now,
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
@@ -114,7 +125,10 @@ impl Journal {
             key: key.to_string(),
             also: also.to_vec(),
             claim: (name != key).then(|| name.to_string()),
-            checks: vec![now_ms()],
+            checks: checks_after(settle)
+                .iter()
+                .map(|d| now + d.as_millis() as u64)
+                .collect(),
             file,
         };
         self.in_flight
@@ -201,6 +215,33 @@ impl Journal {
         out.sort_by_key(|e| e.checks.first().copied().unwrap_or(0));
         Ok(out)
     }
+}
+
+/// When an entry whose write may still land is checked, from the moment its outcome became
+/// unknown: at once, then after 1, 2 and 10 of the store's time-outs (`settle`), so a write
+/// held by a slow gateway and landing late is removed by a later check. A store whose writes
+/// cannot land late (a local folder) is checked once.
+pub fn checks_after(settle: Duration) -> Vec<Duration> {
+    if settle.is_zero() {
+        vec![Duration::ZERO]
+    } else {
+        vec![Duration::ZERO, settle, settle * 2, settle * 10]
+    }
+}
+
+/// A key as part of a file name: letters, digits and `-._` kept, anything else (a `/` in a key
+/// of the original's, say) as `_`; at most 100 bytes. The entry's contents hold the key itself.
+fn file_stem(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect()
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -312,7 +353,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
         let also = vec!["thumb~v.jpg".to_string(), "medium~v.jpg".to_string()];
-        let e = j.record_with("v.jpg", &also).unwrap();
+        let e = j.record_with("v.jpg", &also, Duration::ZERO).unwrap();
         j.release(&e);
         let read = Journal::open(dir.path()).unwrap().entries().unwrap();
         assert_eq!(read.len(), 1);
@@ -330,6 +371,82 @@ mod tests {
             .find(|e| e.key == "old.jpg")
             .unwrap();
         assert!(old.also.is_empty());
+    }
+
+    #[test]
+    fn an_entry_whose_write_may_land_late_carries_every_check_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let before = now_ms();
+        let e = j
+            .record_with("late.jpg", &[], Duration::from_secs(60))
+            .unwrap();
+        let after = now_ms();
+        let offsets: Vec<u64> = e.checks.iter().map(|t| t - before).collect();
+        assert_eq!(offsets.len(), 4, "{offsets:?}");
+        for (got, want) in offsets.iter().zip([0, 60_000, 120_000, 600_000]) {
+            assert!(
+                (want..=want + (after - before)).contains(got),
+                "{offsets:?}"
+            );
+        }
+        // As written to disk: what a restarted process reads.
+        j.release(&e);
+        let read = Journal::open(dir.path()).unwrap().entries().unwrap();
+        assert_eq!(read[0].checks, e.checks);
+        assert_eq!(checks_after(Duration::ZERO), [Duration::ZERO]);
+        assert_eq!(j.record("local.jpg").unwrap().checks.len(), 1);
+    }
+
+    #[test]
+    fn objects_that_go_with_another_name_keep_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let other = j
+            .record_claimed("IMG_01.jpg", "sunset.jpg", &[], Duration::ZERO)
+            .unwrap();
+        assert_eq!(
+            (other.claim.as_deref(), other.name()),
+            (Some("sunset.jpg"), "sunset.jpg")
+        );
+        let same = j
+            .record_claimed("a.jpg", "a.jpg", &[], Duration::ZERO)
+            .unwrap();
+        assert_eq!((same.claim.as_deref(), same.name()), (None, "a.jpg"));
+        j.release(&other);
+        j.release(&same);
+        let read = Journal::open(dir.path()).unwrap().entries().unwrap();
+        let names: std::collections::BTreeSet<&str> = read.iter().map(Entry::name).collect();
+        assert_eq!(names, ["a.jpg", "sunset.jpg"].into());
+    }
+
+    #[test]
+    fn any_key_makes_a_file_name_in_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let long = "x".repeat(300);
+        for key in [
+            "users/42/a b.jpg",
+            "../../etc/passwd",
+            "caf\u{e9}~1.jpg",
+            &long,
+        ] {
+            let e = j.record(key).unwrap();
+            assert_eq!(e.file.parent(), Some(dir.path()), "{key}");
+            assert!(e.file.file_name().unwrap().len() < 160, "{key}");
+            j.release(&e);
+        }
+        let mut keys: Vec<String> = j.entries().unwrap().into_iter().map(|e| e.key).collect();
+        keys.sort();
+        let mut want = vec![
+            "users/42/a b.jpg".to_string(),
+            "../../etc/passwd".to_string(),
+            "caf\u{e9}~1.jpg".to_string(),
+            long.clone(),
+        ];
+        want.sort();
+        assert_eq!(keys, want);
+        assert_eq!(file_stem("a/b c~d.jpg"), "a_b_c_d.jpg");
     }
 
     #[test]

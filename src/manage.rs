@@ -263,11 +263,17 @@ fn delete_row(
                 }
             }
             let name = filename.to_lowercase();
-            Some(journal.record_claimed(&key, &name, &also).map_err(|e| {
-                ManageError::Upload(UploadError::Internal(format!(
-                    "cannot write the clean-up journal: {e}"
-                )))
-            })?)
+            // Deletes cannot land late in a harmful way: one check after a crash is enough.
+            let settle = std::time::Duration::ZERO;
+            Some(
+                journal
+                    .record_claimed(&key, &name, &also, settle)
+                    .map_err(|e| {
+                        ManageError::Upload(UploadError::Internal(format!(
+                            "cannot write the clean-up journal: {e}"
+                        )))
+                    })?,
+            )
         }
     };
     if let Err(e) = tx.execute("DELETE FROM photographs WHERE id = $1", &[&id]) {

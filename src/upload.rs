@@ -817,7 +817,7 @@ fn write(
     // From here on objects may exist under these keys: write that down first.
     let also: Vec<String> = variants.iter().map(|(_, key, _)| key.clone()).collect();
     let entry = journal
-        .record_with(name, &also)
+        .record_with(name, &also, store.settle_time())
         .map_err(|e| UploadError::Internal(format!("cannot write the clean-up journal: {e}")))?;
     match store.put_new(name, &processed.photo.bytes) {
         Ok(Put::Created) => {}
@@ -929,12 +929,7 @@ fn abandon(
         }
     }
     let checks: Vec<Duration> = if outcome_unknown(&error) {
-        let settle = store.settle_time();
-        if settle.is_zero() {
-            vec![Duration::ZERO]
-        } else {
-            vec![Duration::ZERO, settle, settle * 2, settle * 10]
-        }
+        crate::journal::checks_after(store.settle_time())
     } else if left_over {
         vec![Duration::ZERO]
     } else {

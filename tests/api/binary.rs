@@ -63,6 +63,17 @@ pub(crate) fn start_logging(
     (child, port, log)
 }
 
+/// Kills the server when a test ends, panicking or not: a server left running would hold the
+/// test's output pipe open.
+pub(crate) struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits until a line the server logged contains `needle` (the start-up storage check runs in
 /// the background, so its lines may come after "listening").
 pub(crate) fn wait_for_line(log: &Mutex<Vec<String>>, needle: &str, secs: u64) -> bool {
@@ -491,4 +502,79 @@ fn log_lines_carry_the_requests_span_also_from_blocking_threads() {
     {
         assert!(l.contains("trace-me-7") && l.contains("method=POST"), "{l}");
     }
+}
+
+/// SIGKILL while a storage server holds the answer to a photo's write, then a restart: the
+/// write lands after the restart's first check, and a later check of the journal entry (at 1,
+/// 2 and 10 store time-outs from the write) removes it. No orphan, no row, and the name can
+/// be uploaded again (an orphan would answer 409 for it forever).
+#[test]
+fn a_kill_with_a_write_in_flight_leaves_no_orphan_after_a_restart() {
+    use crate::fake_supabase::{FakeStorage, SERVICE_KEY, start_on_own_runtime};
+    use std::sync::atomic::Ordering::SeqCst;
+    let fake = Arc::new(FakeStorage::default());
+    let base = start_on_own_runtime(fake.clone());
+    let db = crate::helpers::TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("ADMIN_API_KEY", "original-admin-key"),
+        ("SUPABASE_URL", base.as_str()),
+        ("SUPABASE_KEY", SERVICE_KEY),
+        ("APP_STORAGE__TIMEOUT_SECS", "1"),
+    ];
+    let (first, port, log) = start_logging(dir.path(), &env);
+    let mut first = KillOnDrop(first);
+    assert!(
+        wait_for_line(&log, "storage check passed", 30),
+        "{:#?}",
+        log.lock().unwrap()
+    );
+    // The storage server holds the photo's write 2.5 s, then stores it whatever the client did.
+    *fake.delay_only.lock().unwrap() = Some("late.jpg".into());
+    fake.delay_ms.store(2_500, SeqCst);
+    std::thread::spawn(move || {
+        let _ = std::panic::catch_unwind(|| upload(port, Some("original-admin-key"), "late.jpg"));
+    });
+    let has = |key: &str| fake.objects.lock().unwrap().contains_key(key);
+    let until = |secs: u64, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while !done() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    };
+    let received = || {
+        fake.received
+            .lock()
+            .unwrap()
+            .contains(&"late.jpg".to_string())
+    };
+    assert!(until(20, &received), "the photo's write never arrived");
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert!(!has("images/late.jpg"), "the write is still held");
+
+    let (second, port, log) = start_logging(dir.path(), &env);
+    let mut second = KillOnDrop(second);
+    assert!(
+        until(20, &|| has("images/late.jpg")),
+        "the held write landed after the kill"
+    );
+    assert!(
+        until(30, &|| !has("images/late.jpg")),
+        "a later check removes the late write: {:#?}",
+        log.lock().unwrap()
+    );
+    assert!(db.rows("SELECT filename FROM photographs").is_empty());
+    fake.delay_ms.store(0, SeqCst);
+    let (status, record) = upload(port, Some("original-admin-key"), "late.jpg");
+    terminate(&mut second.0);
+    assert_eq!(status, 201, "{record}");
+    let mut stored: Vec<String> = fake.objects.lock().unwrap().keys().cloned().collect();
+    stored.sort();
+    assert_eq!(stored, crate::helpers::objects_of("images/", &["late.jpg"]));
 }

@@ -54,6 +54,10 @@ pub struct FakeStorage {
     pub allowed_mime_types: Mutex<Vec<String>>,
     /// Every key a request named that the real server refuses (none, if the client is right).
     pub invalid_keys: Mutex<Vec<String>>,
+    /// Keys of every upload received (refused ones included), in order.
+    pub received: Mutex<Vec<String>>,
+    /// When set, `delay_ms` holds only uploads of this key.
+    pub delay_only: Mutex<Option<String>>,
 }
 
 /// The real server's `UPLOAD_FILE_SIZE_LIMIT` default.
@@ -132,6 +136,7 @@ async fn upload(
     if bucket != BUCKET {
         return no_bucket();
     }
+    fake.received.lock().unwrap().push(key.clone());
     if let Some(refused) = invalid_key(&fake, &key) {
         return refused;
     }
@@ -162,7 +167,10 @@ async fn upload(
             );
         }
     }
-    let delay = fake.delay_ms.load(Ordering::SeqCst);
+    let delay = match fake.delay_only.lock().unwrap().as_deref() {
+        Some(only) if only != key => 0,
+        _ => fake.delay_ms.load(Ordering::SeqCst),
+    };
     if delay > 0 {
         // The write goes on server-side whether or not the client waits for the answer.
         let (fake, path) = (Arc::clone(&fake), format!("{bucket}/{key}"));

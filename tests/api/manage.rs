@@ -458,6 +458,7 @@ async fn a_delete_that_died_before_its_commit_keeps_the_photo_after_a_restart() 
                 "thumb--stays.jpg".to_string(),
                 "medium--stays.jpg".to_string(),
             ],
+            std::time::Duration::ZERO,
         )
         .unwrap();
     journal.release(&entry);
@@ -467,4 +468,36 @@ async fn a_delete_that_died_before_its_commit_keeps_the_photo_after_a_restart() 
     assert_eq!(files_in(media.path()), objects_of("", &["stays.jpg"]));
     assert_eq!(names(&db), ["stays.jpg"]);
     assert_eq!(listed(&second).await.len(), 1);
+}
+
+/// A row of the original whose object key is not its name (`IMG_0001.jpg` for the photo named
+/// `sunset.jpg`): a delete that died before its commit leaves an entry that goes with the
+/// *name*. After a restart the resolver finds the row still holding the name and keeps the
+/// object; had it gone by the key, no row would have claimed it and the photo would be lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_that_died_before_its_commit_keeps_a_photo_whose_key_is_not_its_name() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let s = upload_settings(Some(&db.url), media.path());
+    drop(TestApp::spawn(s.clone()).await); // migrates the database
+    let base = s.storage.public_base_url.trim_end_matches('/').to_string();
+    db.execute(&format!(
+        "INSERT INTO photographs (filename, url) VALUES ('Sunset.jpg', '{base}/IMG_0001.jpg')"
+    ));
+    std::fs::write(media.path().join("IMG_0001.jpg"), b"the original's photo").unwrap();
+    // What step 1 of the delete writes down, as manage's delete writes it.
+    let journal = portfolio_server::journal::Journal::open(&s.upload.journal_dir).unwrap();
+    let entry = journal
+        .record_claimed(
+            "IMG_0001.jpg",
+            "sunset.jpg",
+            &["thumb--IMG_0001.jpg".to_string()],
+            std::time::Duration::ZERO,
+        )
+        .unwrap();
+    journal.release(&entry);
+
+    let app = TestApp::spawn(s).await;
+    assert!(wait(10, || app.state.uploader.pending_cleanups() == 0).await);
+    assert_eq!(files_in(media.path()), ["IMG_0001.jpg"]);
+    assert_eq!(names(&db), ["Sunset.jpg"]);
 }
