@@ -567,8 +567,32 @@ impl Settings {
                     return invalid(key, "must start with https:// or http://");
                 }
             }
+            if let Some(endpoint) = &st.s3_endpoint
+                && !st.s3_path_style
+                && endpoint_is_an_address(endpoint)
+            {
+                return invalid(
+                    "storage.s3_path_style (APP_STORAGE__S3_PATH_STYLE)",
+                    "must be true with an endpoint that is an IP address or localhost (storage.\
+                     s3_endpoint): bucket names go in the path there, since `bucket.127.0.0.1` \
+                     is no host. Set APP_STORAGE__S3_PATH_STYLE=true",
+                );
+            }
         }
         Ok(())
+    }
+}
+
+/// Whether an endpoint URL's host is an IP address or `localhost`, where a bucket cannot be a
+/// subdomain.
+fn endpoint_is_an_address(endpoint: &str) -> bool {
+    match url::Url::parse(endpoint)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => true,
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -1000,6 +1024,36 @@ mod tests {
             assert!(!format!("{s:?}").contains("s3cr3t"));
             Ok(())
         });
+    }
+
+    #[test]
+    fn an_address_endpoint_needs_path_style_and_says_which_setting() {
+        for (endpoint, path_style, ok) in [
+            ("http://127.0.0.1:9000", false, false),
+            ("http://[::1]:9000", false, false),
+            ("http://LOCALHOST:9000", false, false),
+            ("http://127.0.0.1:9000", true, true),
+            ("http://minio:9000", false, true),
+            ("https://s3.eu-west-1.amazonaws.com", false, true),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env("APP_STORAGE__BACKEND", "s3");
+                jail.set_env("APP_STORAGE__S3_BUCKET", "photos");
+                jail.set_env("AWS_ACCESS_KEY_ID", "k");
+                jail.set_env("AWS_SECRET_ACCESS_KEY", "s");
+                jail.set_env("AWS_ENDPOINT_URL", endpoint);
+                jail.set_env("APP_STORAGE__S3_PATH_STYLE", path_style.to_string());
+                match load_in(jail) {
+                    Ok(_) => assert!(ok, "{endpoint} {path_style}"),
+                    Err(e) => {
+                        assert!(!ok, "{endpoint} {path_style}: {e}");
+                        let e = e.to_string();
+                        assert!(e.contains("APP_STORAGE__S3_PATH_STYLE=true"), "{e}");
+                    }
+                }
+                Ok(())
+            });
+        }
     }
 
     #[test]

@@ -133,6 +133,38 @@ struct Inner {
     queue_timeout: Duration,
     /// Callers queueing for a permit now (`db_pool_waiting`).
     waiting: AtomicUsize,
+    /// Told each time the database comes back, so other connections (the listener's) retry at
+    /// once instead of at the end of their back-off.
+    back: Arc<Back>,
+}
+
+/// A count of the times the database came back, and a way to wait for the next.
+#[derive(Default)]
+pub struct Back {
+    times: std::sync::Mutex<u64>,
+    changed: std::sync::Condvar,
+}
+
+impl Back {
+    /// How many times the database has come back so far.
+    pub fn times(&self) -> u64 {
+        *self.times.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tell(&self) {
+        *self.times.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits at most `d` for a return after the `seen`-th; whether one came.
+    pub fn wait_past(&self, seen: u64, d: Duration) -> bool {
+        let guard = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, d, |times| *times == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard != seen
+    }
 }
 
 /// What [`Db::ping`] learnt.
@@ -260,6 +292,7 @@ impl Db {
                 permits: Arc::new(Semaphore::new(s.pool_max_size as usize)),
                 queue_timeout: Duration::from_millis(s.queue_timeout_ms),
                 waiting: AtomicUsize::new(0),
+                back: Arc::new(Back::default()),
             }),
         })
     }
@@ -270,6 +303,11 @@ impl Db {
         let state = self.inner.pool.as_ref().map(r2d2::Pool::state);
         let (open, idle) = state.map_or((0, 0), |s| (s.connections, s.idle_connections));
         (open, idle, self.inner.waiting.load(Ordering::Relaxed))
+    }
+
+    /// Told each time the database comes back after being down.
+    pub fn back(&self) -> Arc<Back> {
+        self.inner.back.clone()
     }
 
     /// `host:port/dbname` of the database, safe to log.
@@ -371,6 +409,7 @@ impl Db {
                 }
                 if !self.inner.up.swap(true, Ordering::AcqRel) {
                     tracing::info!(database = %self.inner.target, "database connected");
+                    self.inner.back.tell();
                 }
                 true
             }

@@ -15,7 +15,7 @@
 //!   proof fails the log says so once, and pages refresh within `cache.ttl_secs`.
 
 use std::{
-    sync::Weak,
+    sync::{Arc, Weak},
     thread,
     time::{Duration, Instant},
 };
@@ -50,6 +50,7 @@ pub fn spawn(
     listen_url: &str,
     request_url: &str,
     connect_timeout: Duration,
+    back: Option<Arc<crate::db::Back>>,
 ) {
     let mut listen: postgres::Config = match listen_url.parse() {
         Ok(c) => c,
@@ -74,7 +75,7 @@ pub fn spawn(
     let target = crate::db::describe(&listen);
     let spawned = thread::Builder::new()
         .name("pg-listen".into())
-        .spawn(move || Listener::new(listing, listen, request, target).run());
+        .spawn(move || Listener::new(listing, listen, request, target, back).run());
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the listener thread: pages refresh within cache.ttl_secs");
     }
@@ -89,6 +90,15 @@ struct Listener {
     said_down: bool,
     said_unproven: bool,
     said_listening: bool,
+    /// The pool's news that the database is back: a back-off ends at once.
+    back: Option<Arc<crate::db::Back>>,
+}
+
+/// How a wait between attempts ended.
+enum Slept {
+    Full,
+    DatabaseBack,
+    ListingGone,
 }
 
 /// Why a session ended.
@@ -104,6 +114,7 @@ impl Listener {
         listen: postgres::Config,
         request: postgres::Config,
         target: String,
+        back: Option<Arc<crate::db::Back>>,
     ) -> Listener {
         Listener {
             listing,
@@ -113,6 +124,7 @@ impl Listener {
             said_down: false,
             said_unproven: false,
             said_listening: false,
+            back,
         }
     }
 
@@ -122,6 +134,10 @@ impl Listener {
             if self.listing.strong_count() == 0 {
                 return;
             }
+            // The pool's count of the database's returns before this attempt: should a connect
+            // fail, a later return ends the wait.
+            let before = self.back.as_ref().map(|b| b.times());
+            let mut seen_back = None;
             let wait = match self.session() {
                 Ok(Ended::Gone) => return,
                 Ok(Ended::Lost(e)) => {
@@ -137,6 +153,7 @@ impl Listener {
                 }
                 Err(Failure::Unproven) => RETRY_UNPROVEN,
                 Err(Failure::Connect(e)) => {
+                    seen_back = before;
                     if !self.said_down {
                         tracing::warn!(
                             database = %self.target,
@@ -150,22 +167,38 @@ impl Listener {
                     backoff
                 }
             };
-            if !self.sleep(wait) {
-                return;
+            match self.sleep(wait, seen_back) {
+                Slept::ListingGone => return,
+                Slept::Full => {}
+                Slept::DatabaseBack => backoff = Duration::from_millis(250),
             }
         }
     }
 
-    /// Sleeps `d`, waking every second to see whether the listing is gone (false).
-    fn sleep(&self, d: Duration) -> bool {
+    /// Sleeps `d`, waking every second to see whether the listing is gone, and at once when the
+    /// pool sees the database come back after `seen_back` returns (the back-off may have grown
+    /// to 30 s during an outage; queries work again within a probe interval).
+    fn sleep(&self, d: Duration, seen_back: Option<u64>) -> Slept {
         let until = Instant::now() + d;
         while Instant::now() < until {
             if self.listing.strong_count() == 0 {
-                return false;
+                return Slept::ListingGone;
             }
-            thread::sleep((until - Instant::now()).min(Duration::from_secs(1)));
+            let step = (until - Instant::now()).min(Duration::from_secs(1));
+            match (&self.back, seen_back) {
+                (Some(back), Some(seen)) => {
+                    if back.wait_past(seen, step) {
+                        return Slept::DatabaseBack;
+                    }
+                }
+                _ => thread::sleep(step),
+            }
         }
-        self.listing.strong_count() > 0
+        if self.listing.strong_count() > 0 {
+            Slept::Full
+        } else {
+            Slept::ListingGone
+        }
     }
 
     /// Connects, listens, proves delivery, then waits for notifications until the connection

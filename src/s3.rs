@@ -171,9 +171,17 @@ fn rejected(status: u16, body: &str) -> StorageError {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code,
         (None, Some(message)) => message,
-        (None, None) => format!("HTTP {status}"),
+        (None, None) => format!("{}, with no S3 error in the answer", reason(status)),
     };
     StorageError::Rejected { status, message }
+}
+
+/// The status's standard reason phrase (`Bad Gateway`), or `HTTP <n>` for an unknown one.
+fn reason(status: u16) -> String {
+    ureq::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .map_or_else(|| format!("HTTP {status}"), str::to_string)
 }
 
 impl ObjectStore for S3Store {
@@ -214,7 +222,14 @@ impl ObjectStore for S3Store {
                      and the bucket's permissions"
                 ),
             }),
-            status => Err(rejected(status, "")),
+            status => Err(StorageError::Rejected {
+                status,
+                message: format!(
+                    "{} to a HEAD request, which carries no reason; a wrong storage.s3_region \
+                     (AWS_REGION) or storage.s3_endpoint (AWS_ENDPOINT_URL) often gives one",
+                    reason(status)
+                ),
+            }),
         }
     }
 
@@ -291,17 +306,12 @@ impl ObjectStore for S3Store {
             if !(200..300).contains(&status) {
                 return Err(rejected(status, &body));
             }
-            let page = rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|e| {
-                StorageError::Rejected {
-                    status,
-                    message: format!("unreadable listing: {e}"),
-                }
-            })?;
+            let page = ListPage::parse(&body)?;
             for item in page.contents {
                 if item.key.contains('/') || item.key.starts_with('.') {
                     continue;
                 }
-                let modified = humantime_rfc3339(&item.last_modified);
+                let modified = item.last_modified.as_deref().and_then(humantime_rfc3339);
                 out.push(ObjectInfo {
                     key: item.key,
                     modified,
@@ -313,6 +323,31 @@ impl ObjectStore for S3Store {
                 None => return Ok(out),
             }
         }
+    }
+}
+
+/// One page of a `ListObjectsV2` answer, as far as a listing here needs it: keys and times.
+/// Every other element is ignored and may be missing (s3s-fs sends no `ETag`, some servers no
+/// `Size` or `StorageClass`), so a listing any S3 server sends can be read.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListPage {
+    #[serde(default)]
+    contents: Vec<ListItem>,
+    next_continuation_token: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListItem {
+    key: String,
+    last_modified: Option<String>,
+}
+
+impl ListPage {
+    fn parse(body: &str) -> Result<ListPage, StorageError> {
+        quick_xml::de::from_str(body)
+            .map_err(|e| StorageError::Unreadable(format!("a ListObjectsV2 page: {e}")))
     }
 }
 
@@ -340,6 +375,52 @@ mod tests {
         match e {
             StorageError::Rejected { status, message } => (status, message),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn listings_are_read_with_or_without_the_fields_a_server_leaves_out() {
+        // AWS and SeaweedFS: every field; a continuation token.
+        let aws = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>photos</Name>
+<KeyCount>2</KeyCount><MaxKeys>2</MaxKeys><IsTruncated>true</IsTruncated>
+<Contents><Key>a.jpg</Key><LastModified>2026-01-01T12:00:00.000Z</LastModified>
+<ETag>&quot;abc&quot;</ETag><Size>10</Size><StorageClass>STANDARD</StorageClass></Contents>
+<Contents><Key>thumb--a.jpg</Key><LastModified>2026-01-02T00:00:00Z</LastModified>
+<ETag>"d"</ETag><Size>3</Size></Contents>
+<NextContinuationToken>next-1</NextContinuationToken></ListBucketResult>"#;
+        let page = ListPage::parse(aws).unwrap();
+        let keys: Vec<&str> = page.contents.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["a.jpg", "thumb--a.jpg"]);
+        assert_eq!(page.next_continuation_token.as_deref(), Some("next-1"));
+        assert_eq!(
+            page.contents[0]
+                .last_modified
+                .as_deref()
+                .and_then(humantime_rfc3339),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(1_767_268_800))
+        );
+        // s3s-fs: no ETag; no LastModified tolerated too; the last page has no token.
+        let s3s = r#"<ListBucketResult><Contents><Key>b.jpg</Key><Size>1</Size></Contents>
+<Contents><Key>c.jpg</Key><LastModified>2026-01-01T00:00:00Z</LastModified></Contents>
+<IsTruncated>false</IsTruncated></ListBucketResult>"#;
+        let page = ListPage::parse(s3s).unwrap();
+        assert_eq!(page.contents.len(), 2);
+        assert_eq!(page.contents[0].last_modified, None);
+        assert_eq!(page.next_continuation_token, None);
+        // An empty bucket has no Contents at all.
+        let empty = "<ListBucketResult><KeyCount>0</KeyCount></ListBucketResult>";
+        assert!(ListPage::parse(empty).unwrap().contents.is_empty());
+        // A body that is no listing is unreadable, not a refusal.
+        for body in [
+            "",
+            "<html>oops</html",
+            "<ListBucketResult><Contents><Size>1</Size>",
+        ] {
+            assert!(
+                matches!(ListPage::parse(body), Err(StorageError::Unreadable(_))),
+                "{body:?}"
+            );
         }
     }
 
@@ -374,10 +455,14 @@ mod tests {
         ] {
             assert_eq!(
                 message(rejected(502, body)),
-                (502, "HTTP 502".into()),
+                (502, "Bad Gateway, with no S3 error in the answer".into()),
                 "{body:?}"
             );
         }
+        assert_eq!(
+            message(rejected(599, "")).1,
+            "HTTP 599, with no S3 error in the answer"
+        );
         // A closing tag before the opening one is not a value.
         assert_eq!(
             message(rejected(400, "</Code>x<Code>InvalidKey</Code>")).1,

@@ -59,14 +59,7 @@ impl AppState {
             Some(url) => {
                 let db = Db::new(url.expose(), &settings.database)?;
                 tracing::info!(database = %db.target(), "connecting to the database");
-                if !db.probe().await {
-                    tracing::warn!(
-                        database = %db.target(),
-                        "database not reachable at start-up; serving embedded data and retrying \
-                         every {} ms",
-                        settings.database.reprobe_interval_ms
-                    );
-                }
+                db.probe().await;
                 db.spawn_monitor();
                 Some(db)
             }
@@ -96,6 +89,24 @@ impl AppState {
             &settings.cache,
             metrics.clone(),
         ));
+        if let Some(db) = db.as_ref().filter(|db| !db.is_available()) {
+            // Say what is served: the saved copy of the table, or the photographs built in.
+            let serving = match listing.copy_rows() {
+                Some(rows) => format!(
+                    "the saved copy of the table ({rows} rows, {})",
+                    settings.cache.copy_path.display()
+                ),
+                None => format!(
+                    "the {} photographs built into the binary (no saved copy of the table)",
+                    crate::listing::Fallback::load().len()
+                ),
+            };
+            tracing::warn!(
+                database = %db.target(),
+                "database not reachable at start-up; serving {serving} and retrying every {} ms",
+                settings.database.reprobe_interval_ms
+            );
+        }
         listing.spawn_copier();
         if let (Some(url), true) = (&settings.database.url, settings.database.listen) {
             let listen_url = settings.database.listen_url.as_ref().unwrap_or(url);
@@ -104,6 +115,7 @@ impl AppState {
                 listen_url.expose(),
                 url.expose(),
                 std::time::Duration::from_millis(settings.database.connect_timeout_ms),
+                db.as_ref().map(Db::back),
             );
         }
         let uploader = Uploader::new(

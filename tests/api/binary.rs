@@ -578,3 +578,45 @@ fn a_kill_with_a_write_in_flight_leaves_no_orphan_after_a_restart() {
     stored.sort();
     assert_eq!(stored, crate::helpers::objects_of("images/", &["late.jpg"]));
 }
+
+/// Started while the database is down, the server says what it serves: its saved copy of the
+/// table when it has one, else the photographs built into the binary.
+#[test]
+fn a_start_during_an_outage_says_whether_it_serves_the_saved_copy() {
+    let db = crate::helpers::TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _, log) = start_logging(dir.path(), &[("DATABASE_URL", db.url.as_str())]);
+    let mut first = KillOnDrop(first);
+    assert!(wait_for_line(&log, "database connected", 30));
+    db.seed(3);
+    let copy = dir.path().join("data/photographs-copy.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&copy).is_ok_and(|c| c.contains("\"id\":3")) {
+        assert!(std::time::Instant::now() < deadline, "no copy written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    terminate(&mut first.0);
+
+    let down = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        crate::helpers::free_port()
+    );
+    let (second, _, lines) = start(dir.path(), &[("DATABASE_URL", down.as_str())]);
+    let _second = KillOnDrop(second);
+    let said = |lines: &[String], what: &str| {
+        lines
+            .iter()
+            .any(|l| l.contains("database not reachable at start-up") && l.contains(what))
+    };
+    assert!(
+        said(&lines, "serving the saved copy of the table (3 rows"),
+        "{lines:#?}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let (third, _, lines) = start(empty.path(), &[("DATABASE_URL", down.as_str())]);
+    let _third = KillOnDrop(third);
+    assert!(
+        said(&lines, "serving the 13 photographs built into the binary"),
+        "{lines:#?}"
+    );
+}

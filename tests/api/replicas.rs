@@ -337,3 +337,61 @@ async fn a_burst_of_notifications_is_counted_and_drops_the_pages() {
     assert_eq!(m.notifications.get(), before + 3);
     assert_eq!(m.listening.get(), 1);
 }
+
+/// A long outage grows the listener's back-off (to 30 s at most). When the pool sees the
+/// database again the listener is told and reconnects at once, not at the end of its wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listener_reconnects_as_soon_as_the_pool_sees_the_database_again() {
+    use crate::helpers::{TestApp, ToggleProxy, settings};
+    let db = TestDb::new();
+    let proxy = ToggleProxy::start(&db.url).await;
+    let mut s = settings(Some(&proxy.url_for(&db.url)));
+    s.database.listen = true;
+    s.database.reprobe_interval_ms = 200;
+    let app = TestApp::spawn(s).await;
+    let m = app.state.metrics.clone();
+    let until = |secs: u64, want: i64| {
+        let m = m.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            while m.listening.get() != want {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        }
+    };
+    assert!(until(10, 1).await, "not listening");
+    proxy.cut_and_wait();
+    assert!(until(10, 0).await, "the listener did not notice the outage");
+    // A request finds the database down (the pool learns of outages from its own calls).
+    let r = app.get("/api/images?limit=7&offset=3").await;
+    assert_ne!(
+        r.header("x-data-source"),
+        None,
+        "served without the database"
+    );
+    assert!(!app.state.db.as_ref().unwrap().is_available());
+    // Failed connects at about 0.25, 0.75, 1.75, 3.75 and 7.75 s: the next wait is 8 s.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    proxy.restore();
+    let pool = app.state.db.clone().unwrap();
+    let t = Instant::now();
+    while !pool.is_available() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the pool never saw it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let back = Instant::now();
+    assert!(until(6, 1).await, "the listener waited out its back-off");
+    // Without the news it would wait until about 15.75 s, 6 s or more after this point.
+    assert!(
+        back.elapsed() < Duration::from_secs(4),
+        "{:?} after the pool",
+        back.elapsed()
+    );
+}
