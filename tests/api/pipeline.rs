@@ -507,3 +507,75 @@ fn backfill_reports_rows_it_cannot_read_and_exits_non_zero() {
         "the others are left as they were"
     );
 }
+
+/// `variants backfill` with the original's `.env` against the Supabase double (which refuses
+/// what real Supabase refuses): rows of the original, one with a key in the original's own
+/// spelling, get variants under keys Supabase takes. A foreign object at a variant's key fails
+/// its row with a message, leaves the object alone, and the run exits non-zero.
+#[test]
+fn backfill_on_supabase_writes_only_keys_supabase_takes_and_never_replaces_a_foreign_object() {
+    use crate::fake_supabase::{FakeStorage, SERVICE_KEY, start_on_own_runtime};
+    let fake = Arc::new(FakeStorage::default());
+    let base = start_on_own_runtime(fake.clone());
+    let (db, dir) = (TestDb::new(), tempfile::tempdir().unwrap());
+    migrate(dir.path(), &db.url);
+    let public = format!("{base}/storage/v1/object/public/images");
+    for (name, key) in [
+        ("IMG 001.JPG", "IMG%20001.JPG"),
+        ("sunset.jpg", "sunset.jpg"),
+        ("taken.jpg", "taken.jpg"),
+    ] {
+        db.execute(&format!(
+            "INSERT INTO photographs (filename, url) VALUES ('{name}', '{public}/{key}')"
+        ));
+        let stored = name.replace("%20", " ");
+        fake.objects
+            .lock()
+            .unwrap()
+            .insert(format!("images/{stored}"), camera_photo(1600, 1200, 1));
+    }
+    fake.objects.lock().unwrap().insert(
+        "images/medium--taken.jpg".into(),
+        b"someone else's".to_vec(),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("SUPABASE_URL", &base)
+        .env("SUPABASE_KEY", SERVICE_KEY)
+        .args(["variants", "backfill"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "one row failed: {stderr}");
+    assert!(
+        stdout.contains("storage already holds `medium--taken.jpg`"),
+        "{stdout}"
+    );
+    assert_eq!(
+        fake.invalid_keys.lock().unwrap().clone(),
+        Vec::<String>::new()
+    );
+    let objects = fake.objects.lock().unwrap().clone();
+    assert_eq!(objects["images/medium--taken.jpg"], b"someone else's");
+    for key in [
+        "thumb--IMG 001.JPG",
+        "medium--IMG 001.JPG",
+        "thumb--sunset.jpg",
+    ] {
+        assert!(objects.contains_key(&format!("images/{key}")), "{key}");
+    }
+    let urls = db.rows("SELECT thumbnail_url, medium_url FROM photographs ORDER BY id");
+    assert_eq!(
+        urls[0],
+        [
+            Some(format!("{public}/thumb--IMG%20001.JPG")),
+            Some(format!("{public}/medium--IMG%20001.JPG"))
+        ]
+    );
+    assert_eq!(urls[2], [None, None], "the failed row is left as it was");
+}
