@@ -99,12 +99,14 @@ impl App {
             },
             header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
             keep_alive_timeout: Duration::from_secs(settings.server.keep_alive_timeout_secs),
+            send_stall_timeout: Duration::from_secs(settings.server.send_stall_timeout_secs),
         };
         tracing::info!(
             max_connections = limits.max_connections,
             open_files_limit = open_files,
             header_read_timeout_secs = settings.server.header_read_timeout_secs,
             keep_alive_timeout_secs = settings.server.keep_alive_timeout_secs,
+            send_stall_timeout_secs = settings.server.send_stall_timeout_secs,
             "connections"
         );
         let state = AppState::new(settings).await?;

@@ -61,6 +61,9 @@ pub struct ServerSettings {
     /// How long a connection may stay open with no request in flight (before its first
     /// request, or between two) before it is closed.
     pub keep_alive_timeout_secs: u64,
+    /// How long a response may go without the client taking any of it before the connection is
+    /// closed. A transfer that moves, however slowly, is never cut.
+    pub send_stall_timeout_secs: u64,
     /// Serve `GET /metrics` (Prometheus text format).
     pub metrics: bool,
 }
@@ -265,6 +268,7 @@ impl Default for Settings {
                 max_connections: 0,
                 header_read_timeout_secs: 10,
                 keep_alive_timeout_secs: 5,
+                send_stall_timeout_secs: 60,
                 metrics: true,
             },
             database: DatabaseSettings {
@@ -451,6 +455,9 @@ impl Settings {
         }
         if self.server.keep_alive_timeout_secs == 0 {
             return invalid("server.keep_alive_timeout_secs", "must be at least 1");
+        }
+        if self.server.send_stall_timeout_secs == 0 {
+            return invalid("server.send_stall_timeout_secs", "must be at least 1");
         }
         if self.database.pool_max_size == 0 {
             return invalid("database.pool_max_size", "must be at least 1");

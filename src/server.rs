@@ -9,6 +9,9 @@
 //!   `server.header_read_timeout_secs` of waiting for them (hyper's `header_read_timeout`). That
 //!   closes silent sockets, slowloris senders and idle keep-alive connections alike; a request
 //!   whose headers have arrived may take as long as it needs (a large batch upload).
+//! - **In flight until sent.** A request counts as in flight until its response body has been
+//!   sent whole, so a slow download is neither idle nor evicted. A response the client takes
+//!   none of for `server.send_stall_timeout_secs` is cut (a reader that stopped).
 //! - **A connection cap** (`server.max_connections`, by default what the open-files limit
 //!   allows). At the cap, the connection idle the longest (no request in flight) is closed to
 //!   make room: an attacker's silent sockets are evicted before a real client's request. Only
@@ -48,8 +51,11 @@ pub struct Limits {
     /// How long a connection may take to send a request's headers.
     pub header_read_timeout: Duration,
     /// How long a connection may stay open with no request in flight (before its first request,
-    /// or between two).
+    /// or between two). A response still being sent is in flight.
     pub keep_alive_timeout: Duration,
+    /// How long a response may be stuck (the client takes none of it) before the connection is
+    /// closed.
+    pub send_stall_timeout: Duration,
 }
 
 impl Limits {
@@ -80,6 +86,11 @@ struct Slot {
     idle_since: AtomicU64,
     /// Closes the connection gracefully: at once when idle, after the request in flight if not.
     close: Notify,
+    /// When a response body last gave hyper something to send, in ms like `idle_since`; 0
+    /// while no body is being sent.
+    progress_at: AtomicU64,
+    /// Closed because its response stalled: dropped at once, not after the response.
+    stalled: AtomicBool,
 }
 
 #[derive(Default)]
@@ -105,6 +116,8 @@ impl Registry {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(millis()),
             close: Notify::new(),
+            progress_at: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
         });
         let mut slots = self.slots.lock().expect("not poisoned");
         slots.insert(id, slot.clone());
@@ -160,6 +173,7 @@ where
     tokio::spawn(close_idle(
         Arc::downgrade(&registry),
         limits.keep_alive_timeout,
+        limits.send_stall_timeout,
     ));
     tokio::pin!(shutdown);
     let mut accept_errors = 0u32;
@@ -221,12 +235,15 @@ where
     Ok(())
 }
 
-/// Closes connections that have had no request in flight for `timeout`, checking every
-/// quarter of it (at most once a second). A connection that never sent a request counts as idle
-/// from when it was opened, so a silent socket goes the same way.
-async fn close_idle(registry: std::sync::Weak<Registry>, timeout: Duration) {
-    let every = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+/// Closes connections that have had no request in flight for `timeout`, and those whose
+/// response has not moved for `stall`, checking every quarter of the shorter (at most once a
+/// second). A connection that never sent a request counts as idle from when it was opened, so
+/// a silent socket goes the same way. A request is in flight until its response has been sent
+/// whole, so a slow download is never idle.
+async fn close_idle(registry: std::sync::Weak<Registry>, timeout: Duration, stall: Duration) {
+    let every = (timeout.min(stall) / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let limit = timeout.as_millis() as u64;
+    let stall_limit = stall.as_millis() as u64;
     loop {
         tokio::time::sleep(every).await;
         let Some(registry) = registry.upgrade() else {
@@ -239,8 +256,14 @@ async fn close_idle(registry: std::sync::Weak<Registry>, timeout: Duration) {
             .expect("not poisoned")
             .iter()
             .filter(|(_, s)| {
-                s.busy.load(Ordering::Acquire) == 0
-                    && now.saturating_sub(s.idle_since.load(Ordering::Relaxed)) >= limit
+                let idle = s.busy.load(Ordering::Acquire) == 0
+                    && now.saturating_sub(s.idle_since.load(Ordering::Relaxed)) >= limit;
+                let progress = s.progress_at.load(Ordering::Relaxed);
+                let stalled = progress > 0 && now.saturating_sub(progress) >= stall_limit;
+                if stalled {
+                    s.stalled.store(true, Ordering::Release);
+                }
+                idle || stalled
             })
             .map(|(id, s)| (*id, s.clone()))
             .collect();
@@ -314,7 +337,9 @@ async fn serve_connection<E: Endpoint<Output = Response> + 'static>(
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let (endpoint, slot) = (endpoint.clone(), slot.clone());
             async move {
-                let _busy = Busy::start(&slot);
+                // Held by the response body until it has been sent (or dropped): a response
+                // being sent is a request in flight, however long a slow reader takes.
+                let busy = Busy::start(slot);
                 let req: poem::Request = (
                     req,
                     LocalAddr(local.into()),
@@ -323,9 +348,10 @@ async fn serve_connection<E: Endpoint<Output = Response> + 'static>(
                 )
                     .into();
                 let resp = endpoint.get_response(req).await;
-                Ok::<_, Infallible>(hyper::Response::<
+                let resp = hyper::Response::<
                     http_body_util::combinators::BoxBody<bytes::Bytes, io::Error>,
-                >::from(resp))
+                >::from(resp);
+                Ok::<_, Infallible>(resp.map(|body| SendingBody::new(body, busy)))
             }
         })
     };
@@ -350,21 +376,67 @@ async fn serve_connection<E: Endpoint<Output = Response> + 'static>(
         }
         // Evicted, or the server is stopping. With no request in flight (waiting for headers,
         // perhaps a trickle of them) the connection just closes; a request in flight finishes
-        // first.
-        if slot.busy.load(Ordering::Acquire) == 0 {
+        // first, unless its response stalled (the client stopped reading).
+        if slot.busy.load(Ordering::Acquire) == 0 || slot.stalled.load(Ordering::Acquire) {
+            if slot.stalled.load(Ordering::Acquire) {
+                tracing::debug!(%remote, "closed a connection whose client stopped reading");
+            }
             return;
         }
         conn.as_mut().graceful_shutdown();
     }
 }
 
-/// Marks a connection busy while a request is in flight.
-struct Busy<'a>(&'a Slot);
+/// Marks a connection busy while a request is in flight: from its headers until its response
+/// has been sent whole (or abandoned).
+struct Busy(Arc<Slot>);
 
-impl<'a> Busy<'a> {
-    fn start(slot: &'a Slot) -> Busy<'a> {
+impl Busy {
+    fn start(slot: Arc<Slot>) -> Busy {
         slot.busy.fetch_add(1, Ordering::AcqRel);
         Busy(slot)
+    }
+}
+
+/// A response body that keeps its connection busy until it is done, and records when it last
+/// moved (for the stall time-out). hyper asks for the next frame only once the last has been
+/// written to the socket, so a client that stops reading stops the frames.
+struct SendingBody {
+    inner: http_body_util::combinators::BoxBody<bytes::Bytes, io::Error>,
+    busy: Busy,
+}
+
+impl SendingBody {
+    fn new(
+        inner: http_body_util::combinators::BoxBody<bytes::Bytes, io::Error>,
+        busy: Busy,
+    ) -> SendingBody {
+        busy.0.progress_at.store(millis().max(1), Ordering::Relaxed);
+        SendingBody { inner, busy }
+    }
+}
+
+impl hyper::body::Body for SendingBody {
+    type Data = bytes::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, io::Error>>> {
+        self.busy
+            .0
+            .progress_at
+            .store(millis().max(1), Ordering::Relaxed);
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -374,8 +446,9 @@ fn millis() -> u64 {
     START.elapsed().as_millis() as u64
 }
 
-impl Drop for Busy<'_> {
+impl Drop for Busy {
     fn drop(&mut self) {
+        self.0.progress_at.store(0, Ordering::Relaxed);
         self.0.idle_since.store(millis(), Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
