@@ -423,8 +423,13 @@ impl LocalStore {
         }
     }
 
+    /// The file of `key`: a single file name of at most 255 bytes without a NUL, not hidden.
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
-        if key.is_empty() || key.contains(['/', '\\']) || key.starts_with('.') {
+        if key.is_empty()
+            || key.len() > 255
+            || key.contains(['/', '\\', '\0'])
+            || key.starts_with('.')
+        {
             return Err(StorageError::ObjectRefused {
                 status: 400,
                 message: format!("invalid key `{key}`"),

@@ -470,3 +470,24 @@ async fn a_wrong_method_is_405_with_allow() {
         assert_eq!(r.json()["detail"], "Method Not Allowed");
     }
 }
+
+/// Names no file can have (a NUL byte, longer than a file name may be) are a 404 with a JSON
+/// body, never a 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn media_names_no_file_can_have_are_404_with_json() {
+    let media = tempfile::tempdir().unwrap();
+    std::fs::write(media.path().join("a.jpg"), b"jpeg").unwrap();
+    let app = TestApp::spawn(crate::helpers::upload_settings(None, media.path())).await;
+    let long = format!("/media/{}.jpg", "a".repeat(252));
+    for uri in [
+        "/media/%00",
+        "/media/a%00.jpg",
+        "/media/a.jpg%00",
+        long.as_str(),
+    ] {
+        let r = app.get(uri).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri}: {}", r.text());
+        assert_eq!(r.json()["detail"], "Not Found", "{uri}");
+    }
+    assert_eq!(app.get("/media/a.jpg").await.status, StatusCode::OK);
+}

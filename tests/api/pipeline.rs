@@ -579,3 +579,56 @@ fn backfill_on_supabase_writes_only_keys_supabase_takes_and_never_replaces_a_for
     );
     assert_eq!(urls[2], [None, None], "the failed row is left as it was");
 }
+
+/// A disk that fills up while a photo's variants are written: the upload is a 502 that says
+/// so, nothing is kept, and health says `failing` with the reason. (The clean-up of what was
+/// written, deletes that succeed, must not make it `ok` again.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_shows_in_health_after_the_failed_upload_cleans_up() {
+    struct FullAt {
+        inner: LocalStore,
+        prefix: &'static str,
+    }
+    impl ObjectStore for FullAt {
+        fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+            if key.starts_with(self.prefix) {
+                return Err(StorageError::Io(std::io::Error::from_raw_os_error(28))); // ENOSPC
+            }
+            self.inner.put_new(key, bytes)
+        }
+        fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.inner.delete(key)
+        }
+        fn exists(&self, key: &str) -> Result<bool, StorageError> {
+            self.inner.exists(key)
+        }
+        fn public_url(&self, key: &str) -> String {
+            self.inner.public_url(key)
+        }
+    }
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let store = Arc::new(FullAt {
+        inner: LocalStore::new(media.path(), "http://media.test/media"),
+        prefix: "medium--",
+    });
+    let app = TestApp::spawn_with_store(upload_settings(Some(&db.url), media.path()), store).await;
+    assert_eq!(app.get("/api/health").await.json()["storage"], "ok");
+    let r = app.upload("full.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("No space left on device"), "{}", r.text());
+    assert!(
+        files_in(media.path()).is_empty(),
+        "{:?}",
+        files_in(media.path())
+    );
+    assert_eq!(row_count(&db), "0");
+    let h = app.get("/api/health").await.json();
+    assert_eq!(h["storage"], "failing", "{h}");
+    assert!(
+        h["storage_reason"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{h}"
+    );
+}
