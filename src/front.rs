@@ -323,6 +323,9 @@ impl<E: Endpoint> Front<E> {
         {
             return response;
         }
+        if let Err(refused) = limit_json_body(&mut req).await {
+            return refused.into_response();
+        }
         req.extensions_mut().insert(self.state.clone());
         match std::panic::AssertUnwindSafe(self.inner.call(req))
             .catch_unwind()
@@ -332,6 +335,43 @@ impl<E: Endpoint> Front<E> {
             Ok(Err(e)) => ApiError::<()>::from(e).into_response(),
             Err(_) => ApiError::<()>::internal(&"handler panicked").into_response(),
         }
+    }
+}
+
+/// The largest JSON body (an edit is a few fields: a category of 50 characters).
+pub const JSON_BODY_LIMIT: usize = 64 * 1024;
+
+/// Bodies of the JSON routes (`PATCH`, `PUT`) are read here, at most [`JSON_BODY_LIMIT`]
+/// bytes: a larger declared length is a 413 before anything is read, and a chunked body is cut
+/// off at the limit. Uploads (multipart `POST`) have limits of their own.
+async fn limit_json_body(req: &mut Request) -> Result<(), ApiError<()>> {
+    if !(req.method() == Method::PATCH || req.method() == Method::PUT) {
+        return Ok(());
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("The request body is larger than the {JSON_BODY_LIMIT}-byte limit for JSON"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > JSON_BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    match req.take_body().into_bytes_limit(JSON_BODY_LIMIT).await {
+        Ok(bytes) => {
+            req.set_body(bytes);
+            Ok(())
+        }
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Cannot read the request body: {e}"),
+        )),
     }
 }
 

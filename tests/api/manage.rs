@@ -501,3 +501,70 @@ async fn a_delete_that_died_before_its_commit_keeps_a_photo_whose_key_is_not_its
     assert_eq!(files_in(media.path()), ["IMG_0001.jpg"]);
     assert_eq!(names(&db), ["Sunset.jpg"]);
 }
+
+/// JSON bodies are small: a declared 1 GiB body is a 413 at once (nothing is waited for), a
+/// chunked body of 1 MiB is cut off with a 413, and the row is unchanged. A normal edit works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patch_body_over_the_json_limit_is_a_413_before_it_is_read() {
+    use std::io::{Read, Write};
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let s = upload_settings(Some(&db.url), media.path());
+    let app = TestApp::spawn(s.clone()).await;
+    let id = app.upload("a.jpg", jpeg(30, 20, None)).await.json()["id"]
+        .as_i64()
+        .unwrap();
+
+    // Over TCP, so that only the headers are ever sent.
+    let server = portfolio_server::app::App::build(s).await.unwrap();
+    let addr = server.local_addr();
+    let running = tokio::spawn(server.run_until_stopped(std::future::pending()));
+    let head = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            c,
+            "PATCH /api/images/{id} HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n{{\"category\":\""
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    running.abort();
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("limit for JSON"), "{head}");
+
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+        std::iter::once(b"{\"category\":\"".to_vec())
+            .chain(std::iter::repeat_n(vec![b'x'; 64 * 1024], 16))
+            .map(|c| Ok(bytes::Bytes::from(c)))
+            .collect();
+    let r = app
+        .client
+        .patch(format!("/api/images/{id}"))
+        .header("x-api-key", API_KEY)
+        .header("content-type", "application/json")
+        .body(poem::Body::from_bytes_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
+    r.assert_status(StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        db.rows("SELECT category FROM photographs")[0][0].as_deref(),
+        Some("nature")
+    );
+    let ok = app
+        .admin(
+            Method::PATCH,
+            &format!("/api/images/{id}"),
+            Some(API_KEY),
+            Some(json!({"category": "street"})),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+}
