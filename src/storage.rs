@@ -580,17 +580,34 @@ impl ObjectStore for LocalStore {
     }
 
     /// Regular files directly in the folder; names starting with `.` (temporary files, probes)
-    /// and symbolic links are not objects.
+    /// and symbolic links are not objects, nor are names that are not UTF-8 (no key is; such
+    /// a file is logged, since nothing here can name it to delete it). A missing folder is an
+    /// error that names it: the setting is likely wrong.
     fn list(&self, progress: &mut dyn FnMut(usize)) -> Result<Vec<ObjectInfo>, StorageError> {
         let mut out = Vec::new();
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StorageError::Io(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the folder {} does not exist (storage.local_dir, \
+                         APP_STORAGE__LOCAL_DIR)",
+                        self.dir.display()
+                    ),
+                )));
+            }
             Err(e) => return Err(e.into()),
         };
         for entry in entries {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(name) = entry.file_name().into_string() else {
+                tracing::warn!(
+                    file = %entry.file_name().to_string_lossy(),
+                    "a file whose name is not UTF-8 is not an object; left alone"
+                );
+                continue;
+            };
             let meta = entry.metadata()?; // of the entry itself: a link is not followed
             if name.starts_with('.') || !meta.is_file() {
                 continue;

@@ -183,3 +183,44 @@ fn reconcile_pages_through_a_supabase_bucket() {
     assert!(out.contains("deleted\tp0000.jpg"), "{out}");
     assert_eq!(fake.objects.lock().unwrap().len(), 2499);
 }
+
+/// A file whose name is not UTF-8 cannot be any key: it is left alone and never reported as
+/// deleted. A storage folder that does not exist is an error naming it, not a clean bill.
+#[test]
+fn reconcile_leaves_names_it_cannot_hold_alone_and_says_when_the_folder_is_missing() {
+    use std::os::unix::ffi::OsStrExt;
+    let (db, dir) = (TestDb::new(), tempfile::tempdir().unwrap());
+    migrate(dir.path(), &db.url);
+    let media = dir.path().join("media");
+    std::fs::create_dir(&media).unwrap();
+    let odd = media.join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
+    std::fs::write(&odd, b"latin-1 name").unwrap();
+    age(&odd, 100);
+    std::fs::write(media.join("orphan.jpg"), b"no row").unwrap();
+    age(&media.join("orphan.jpg"), 100);
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("APP_STORAGE__LOCAL_DIR", media.to_str().unwrap()),
+        ("APP_STORAGE__PUBLIC_BASE_URL", "http://photos.test/media"),
+    ];
+    let (code, out, err) = reconcile(dir.path(), &env, &["--delete-orphans"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim().lines().collect::<Vec<_>>(),
+        ["orphan\torphan.jpg\t4 days old", "deleted\torphan.jpg"]
+    );
+    assert!(odd.exists(), "left alone");
+    assert!(!media.join("orphan.jpg").exists());
+
+    let missing = dir.path().join("no-such-folder");
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("APP_STORAGE__LOCAL_DIR", missing.to_str().unwrap()),
+    ];
+    let (code, _, err) = reconcile(dir.path(), &env, &[]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("no-such-folder") && err.contains("APP_STORAGE__LOCAL_DIR"),
+        "{err}"
+    );
+}
