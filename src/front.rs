@@ -224,6 +224,7 @@ impl<E: Endpoint> Endpoint for Front<E> {
                 status,
                 started.elapsed(),
                 Some(&id),
+                Some(&self.state.metrics.log_suppressed),
             );
             return Ok(r);
         }
@@ -251,7 +252,17 @@ impl<E: Endpoint> Endpoint for Front<E> {
             response.headers().get(&X_DATA_SOURCE),
             started.elapsed(),
         );
-        span.in_scope(|| log_request(&method, &uri, response.status(), started.elapsed(), None));
+        let suppressed = &self.state.metrics.log_suppressed;
+        span.in_scope(|| {
+            log_request(
+                &method,
+                &uri,
+                response.status(),
+                started.elapsed(),
+                None,
+                Some(suppressed),
+            )
+        });
         Ok(response)
     }
 }
@@ -429,17 +440,89 @@ fn add_vary_origin(response: &mut Response) {
 /// Successful reads are logged at DEBUG; errors, writes and slow requests at INFO or above, so a
 /// busy listing does not spend its time writing log lines. `RUST_LOG=portfolio_server=debug`
 /// shows every request.
+/// Client errors logged in one second at most; the rest are counted, and said in one line.
+const CLIENT_ERROR_LINES_PER_SECOND: u64 = 20;
+/// The longest URI a log line carries; the rest is summarised by its length.
+const LOGGED_URI_CHARS: usize = 200;
+
+/// A per-second budget of log lines for client errors (4xx), which anyone can cause at will:
+/// a flood of them must not flood the log.
+struct ClientErrorLines {
+    /// The second (since the first call) the budget is for.
+    second: AtomicU64,
+    used: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+static CLIENT_ERROR_LINES: ClientErrorLines = ClientErrorLines {
+    second: AtomicU64::new(0),
+    used: AtomicU64::new(0),
+    suppressed: AtomicU64::new(0),
+};
+
+impl ClientErrorLines {
+    /// Whether a line may be written now, and how many were left out in the second(s) before,
+    /// to be said first.
+    fn take(&self, now_second: u64) -> (bool, u64) {
+        let mut reported = 0;
+        let second = self.second.load(Ordering::Acquire);
+        if second != now_second
+            && self
+                .second
+                .compare_exchange(second, now_second, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.used.store(0, Ordering::Release);
+            reported = self.suppressed.swap(0, Ordering::AcqRel);
+        }
+        let allowed = self.used.fetch_add(1, Ordering::AcqRel) < CLIENT_ERROR_LINES_PER_SECOND;
+        if !allowed {
+            self.suppressed.fetch_add(1, Ordering::AcqRel);
+        }
+        (allowed, reported)
+    }
+}
+
+/// The URI as logged: at most [`LOGGED_URI_CHARS`] characters, then its full length.
+fn short_uri(uri: &Uri) -> std::borrow::Cow<'_, str> {
+    let full = uri.path_and_query().map_or("/", |p| p.as_str());
+    match full.char_indices().nth(LOGGED_URI_CHARS) {
+        None => full.into(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &full[..cut], full.len()).into(),
+    }
+}
+
 fn log_request(
     method: &Method,
     uri: &Uri,
     status: StatusCode,
     elapsed: Duration,
     id: Option<&HeaderValue>,
+    suppressed: Option<&prometheus::IntCounter>,
 ) {
     let ms = elapsed.as_secs_f64() * 1000.0;
     let status = status.as_u16();
     // Without a span (the hot path), the line names the request id itself.
     let id = id.and_then(|v| v.to_str().ok());
+    if (400..500).contains(&status) {
+        static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+        let (allowed, before) = CLIENT_ERROR_LINES.take(START.elapsed().as_secs());
+        if before > 0 {
+            tracing::info!(
+                target: "portfolio_server::http",
+                suppressed = before,
+                "{before} more client-error request lines suppressed (at most \
+                 {CLIENT_ERROR_LINES_PER_SECOND} a second are logged)"
+            );
+        }
+        if !allowed {
+            if let Some(counter) = suppressed {
+                counter.inc();
+            }
+            return;
+        }
+    }
+    let uri = short_uri(uri);
     if status >= 500 {
         tracing::warn!(target: "portfolio_server::http", %method, %uri, status, ms, id, "request");
     } else if status >= 400

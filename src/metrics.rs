@@ -53,6 +53,8 @@ pub struct Metrics {
     pub listening: IntGauge,
     /// Rows in the copy of the table kept for outages (0: none).
     pub copy_rows: IntGauge,
+    /// Request log lines of client errors left out by the log's rate limit.
+    pub log_suppressed: IntCounter,
     /// The listing's own series, resolved once: looking a series up by its labels (a hash and
     /// a lock) on every cached page cost about 3 % of its throughput (bench/ab.sh).
     listing: ListingSeries,
@@ -190,6 +192,11 @@ impl Metrics {
                 &r,
                 "table_copy_rows",
                 "Rows in the copy of the table that answers during an outage (0: none)",
+            ),
+            log_suppressed: counter(
+                &r,
+                "log_lines_suppressed_total",
+                "Request log lines of client errors (4xx) left out by the log's rate limit",
             ),
             registry: r,
         }

@@ -620,3 +620,58 @@ fn a_start_during_an_outage_says_whether_it_serves_the_saved_copy() {
         "{lines:#?}"
     );
 }
+
+/// Anyone can cause client errors at will: a flood of 404s with 5,000-character URIs writes a
+/// bounded number of short lines, says how many it left out, and counts them in `/metrics`.
+#[test]
+fn a_flood_of_client_errors_does_not_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, port, log) = start_logging(dir.path(), &[]);
+    let _child = KillOnDrop(child);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let long = "x".repeat(5_000);
+    let started = std::time::Instant::now();
+    let sent = 1_500;
+    for i in 0..sent {
+        let r = agent
+            .get(&format!("http://127.0.0.1:{port}/nothing-{i}?q={long}"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // The summary of the last second comes with the next client error.
+    std::thread::sleep(Duration::from_millis(1100));
+    let _ = agent.get(&format!("http://127.0.0.1:{port}/last")).call();
+    let (_, metrics) = get(port, "/metrics");
+    let lines = log.lock().unwrap().clone();
+    let logged = lines.iter().filter(|l| l.contains("status=404")).count() as u64;
+    assert!(
+        logged <= 20 * (seconds + 1),
+        "{logged} lines for {sent} requests in {seconds} s"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("more client-error request lines suppressed")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().all(|l| l.len() < 1_000),
+        "a line carried the whole URI"
+    );
+    let suppressed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("log_lines_suppressed_total "))
+        .expect("the counter")
+        .parse()
+        .unwrap();
+    assert!(
+        suppressed as u64 + logged >= sent,
+        "{suppressed} + {logged}"
+    );
+}
