@@ -722,6 +722,7 @@ async fn a_real_server_that_overwrites_is_refused_and_stays_refused() {
     let r = app.upload("safe.jpg", jpeg(8, 8, None)).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     assert!(r.text().contains("ignores If-None-Match"), "{}", r.text());
+    assert!(!r.text().contains("(0)"), "no fake status: {}", r.text());
     let bb = b.clone();
     off(move || bb.put("theirs.jpg", b"theirs")).await;
     let r = app.upload("theirs.jpg", jpeg(8, 8, None)).await;
@@ -838,4 +839,42 @@ fn a_store_that_never_answers_writes_holds_up_no_read() {
         "{elapsed:?}: {:#?}",
         log.lock().unwrap()
     );
+}
+
+/// The binary against a server that overwrites (moto 4): the start-up refusal names the S3
+/// settings, never Supabase's, and the reason never reads as an HTTP status 0.
+#[test]
+fn an_s3_refusal_at_start_up_names_the_s3_settings() {
+    use crate::binary::{KillOnDrop, start_logging, wait_for_line};
+    let b = TestBucket::new(Kind::Moto4);
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _, log) = start_logging(
+        dir.path(),
+        &[
+            ("APP_STORAGE__BACKEND", "s3"),
+            ("APP_STORAGE__S3_BUCKET", b.bucket.name()),
+            ("AWS_ENDPOINT_URL", b.endpoint.as_str()),
+            ("APP_STORAGE__S3_PATH_STYLE", "true"),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ],
+    );
+    let _child = KillOnDrop(child);
+    assert!(
+        wait_for_line(&log, "storage REFUSED", 30),
+        "{:#?}",
+        log.lock().unwrap()
+    );
+    let lines = log.lock().unwrap().clone();
+    let refused = lines
+        .iter()
+        .find(|l| l.contains("storage REFUSED"))
+        .unwrap();
+    assert!(
+        refused.contains("AWS_ACCESS_KEY_ID") && refused.contains("APP_STORAGE__S3_BUCKET"),
+        "{refused}"
+    );
+    assert!(refused.contains("ignores If-None-Match"), "{refused}");
+    assert!(!refused.contains("SUPABASE"), "{refused}");
+    assert!(!refused.contains("(0)"), "{refused}");
 }
