@@ -522,16 +522,16 @@ fn log_request(
             return;
         }
     }
-    let uri = short_uri(uri);
+    // `short_uri` runs only when the line is written: the hot path's debug line is usually off.
     if status >= 500 {
-        tracing::warn!(target: "portfolio_server::http", %method, %uri, status, ms, id, "request");
+        tracing::warn!(target: "portfolio_server::http", %method, uri = %short_uri(uri), status, ms, id, "request");
     } else if status >= 400
         || !(method == Method::GET || method == Method::HEAD || method == Method::OPTIONS)
         || elapsed > Duration::from_secs(1)
     {
-        tracing::info!(target: "portfolio_server::http", %method, %uri, status, ms, id, "request");
+        tracing::info!(target: "portfolio_server::http", %method, uri = %short_uri(uri), status, ms, id, "request");
     } else {
-        tracing::debug!(target: "portfolio_server::http", %method, %uri, status, ms, id, "request");
+        tracing::debug!(target: "portfolio_server::http", %method, uri = %short_uri(uri), status, ms, id, "request");
     }
 }
 
