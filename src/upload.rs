@@ -828,7 +828,10 @@ fn write(
             }
             return Err(UploadError::Duplicate(file.clone()).into());
         }
-        Err(e) => return Err(abandon(store, journal, entry, &[], e)),
+        Err(e) => {
+            abandon(store, journal, entry, &[], outcome_unknown(&e));
+            return Err(e.into());
+        }
     }
     let mut created = vec![name];
     for (_, key, bytes) in &variants {
@@ -836,14 +839,11 @@ fn write(
             Ok(true) => created.push(key),
             Ok(false) => {}
             Err(VariantError::Storage(e)) => {
-                return Err(abandon(store, journal, entry, &created, e));
+                abandon(store, journal, entry, &created, outcome_unknown(&e));
+                return Err(e.into());
             }
             Err(VariantError::Occupied(key)) => {
-                let refused = StorageError::Rejected {
-                    status: 409,
-                    message: format!("`{key}` is occupied"),
-                };
-                abandon(store, journal, entry, &created, refused);
+                abandon(store, journal, entry, &created, false);
                 return Err(UploadError::Occupied(key).into());
             }
         }
@@ -901,26 +901,17 @@ pub(crate) enum VariantError {
     Occupied(String),
 }
 
-impl From<VariantError> for UploadError {
-    fn from(e: VariantError) -> Self {
-        match e {
-            VariantError::Storage(e) => UploadError::Storage(e),
-            VariantError::Occupied(key) => UploadError::Occupied(key),
-        }
-    }
-}
-
 /// A storage write failed after the entry was recorded; the transaction is still open, so the
 /// name's claim is held. Objects written for sure (`created`) are removed now. A write whose
 /// outcome is unknown may still land: the entry is left to the resolver with checks after the
-/// store's timeouts, as is anything that could not be removed now.
+/// store's timeouts (`may_still_land`), as is anything that could not be removed now.
 fn abandon(
     store: &dyn ObjectStore,
     journal: &Journal,
     mut entry: Entry,
     created: &[&str],
-    error: StorageError,
-) -> WriteFailure {
+    may_still_land: bool,
+) {
     let mut left_over = false;
     for key in created {
         if let Err(e) = store.delete(key) {
@@ -928,7 +919,7 @@ fn abandon(
             left_over = true;
         }
     }
-    let checks: Vec<Duration> = if outcome_unknown(&error) {
+    let checks: Vec<Duration> = if may_still_land {
         crate::journal::checks_after(store.settle_time())
     } else if left_over {
         vec![Duration::ZERO]
@@ -943,7 +934,6 @@ fn abandon(
         }
         journal.release(&entry);
     }
-    error.into()
 }
 
 /// The name's claim (migration 0002) is taken by another row.
