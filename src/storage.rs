@@ -378,12 +378,13 @@ impl Misconfigured {
 /// then only digits and `-`, which every backend takes.
 pub fn probe_key() -> String {
     format!(
-        ".probe-{}-{}",
+        ".probe-{}-{}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
 
@@ -1264,6 +1265,59 @@ mod tests {
         assert_eq!(left, want);
         store.check().unwrap();
         assert_eq!(store.remove_dead_temp_files().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_probe_key_is_hidden_unique_and_taken_by_every_remote_backend() {
+        let (a, b) = (probe_key(), probe_key());
+        assert_ne!(a, b, "two probes never share a key");
+        let prefix = format!(".probe-{}-", std::process::id());
+        for key in [&a, &b] {
+            let rest = key.strip_prefix(&prefix).expect(key);
+            let (time, n) = rest.split_once('-').expect(key);
+            for part in [time, n] {
+                assert!(
+                    !part.is_empty() && part.bytes().all(|c| c.is_ascii_digit()),
+                    "{key}"
+                );
+            }
+            assert!(supabase_accepts(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_local_key_is_one_visible_file_name() {
+        let store = LocalStore::new(Path::new("/srv/media"), "http://x/media");
+        let longest = format!("{}.jpg", "a".repeat(251));
+        assert_eq!(longest.len(), 255);
+        for good in [
+            "a.jpg",
+            "thumb--a.jpg",
+            "thumb~a.jpg",
+            "a b.jpg",
+            longest.as_str(),
+        ] {
+            assert_eq!(
+                store.path(good).unwrap(),
+                Path::new("/srv/media").join(good),
+                "{good}"
+            );
+            assert!(store.accepts_key(good));
+        }
+        let too_long = format!("a{longest}");
+        let far_too_long = "a".repeat(300);
+        for bad in [
+            "",
+            too_long.as_str(),
+            far_too_long.as_str(),
+            "a/b.jpg",
+            "a\\b.jpg",
+            "a\0.jpg",
+            ".hidden.jpg",
+        ] {
+            assert!(store.path(bad).is_err(), "{bad:?}");
+            assert!(!store.accepts_key(bad));
+        }
     }
 
     #[test]
