@@ -1321,6 +1321,35 @@ mod tests {
     }
 
     #[test]
+    fn a_key_supabase_refuses_is_refused_here_without_a_request() {
+        // Nothing listens on port 1: a request would fail as unreachable.
+        let store = SupabaseStore::new(
+            "http://127.0.0.1:1",
+            Secret::new("k"),
+            "images",
+            Duration::from_secs(2),
+        );
+        match store.put_new("thumb~a.jpg", b"x") {
+            Err(StorageError::ObjectRefused {
+                status: 400,
+                message,
+            }) => {
+                assert!(message.starts_with("Invalid key: thumb~a.jpg"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A key that cannot name an object is absent, also without a request.
+        assert!(!store.exists("a~b.jpg").unwrap());
+        assert_eq!(store.get("a~b.jpg").unwrap(), None);
+        store.delete("a~b.jpg").unwrap();
+        // A key Supabase takes does go out (and finds nobody here).
+        assert!(matches!(
+            store.put_new("a.jpg", b"x"),
+            Err(StorageError::Unavailable(_))
+        ));
+    }
+
+    #[test]
     fn the_local_store_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path(), "http://x/media/");
