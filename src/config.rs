@@ -66,6 +66,10 @@ pub struct ServerSettings {
     pub send_stall_timeout_secs: u64,
     /// Serve `GET /metrics` (Prometheus text format).
     pub metrics: bool,
+    /// Proxies (addresses or networks, `10.0.0.0/8`) whose `X-Forwarded-For` names the client
+    /// that the wrong-key throttle counts. Empty: every request counts against its peer.
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,6 +121,11 @@ pub struct CacheSettings {
 pub struct AuthSettings {
     /// The `X-API-Key` that admin uploads must present. None: uploads are refused.
     pub admin_api_key: Option<Secret>,
+    /// Wrong keys one client address may send in a row before its admin requests are answered
+    /// 429 with `Retry-After`. 0: no throttle.
+    pub wrong_key_burst: u32,
+    /// After the burst, wrong keys an address may send a minute.
+    pub wrong_keys_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -270,6 +279,7 @@ impl Default for Settings {
                 keep_alive_timeout_secs: 5,
                 send_stall_timeout_secs: 60,
                 metrics: true,
+                trusted_proxies: Vec::new(),
             },
             database: DatabaseSettings {
                 url: None,
@@ -293,6 +303,8 @@ impl Default for Settings {
             },
             auth: AuthSettings {
                 admin_api_key: None,
+                wrong_key_burst: 10,
+                wrong_keys_per_minute: 5,
             },
             storage: StorageSettings {
                 backend: None,
@@ -449,6 +461,18 @@ impl Settings {
         };
         if !(1..=100).contains(&self.image.jpeg_quality) {
             return invalid("image.jpeg_quality", "must be 1 to 100");
+        }
+        if self.auth.wrong_key_burst > 10_000 {
+            return invalid(
+                "auth.wrong_key_burst",
+                "must be at most 10000 (0: no throttle)",
+            );
+        }
+        if self.auth.wrong_key_burst > 0 && self.auth.wrong_keys_per_minute == 0 {
+            return invalid(
+                "auth.wrong_keys_per_minute",
+                "must be at least 1 (to turn the throttle off, set auth.wrong_key_burst to 0)",
+            );
         }
         if self.server.header_read_timeout_secs == 0 {
             return invalid("server.header_read_timeout_secs", "must be at least 1");
@@ -660,6 +684,23 @@ fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String
     })
 }
 
+/// A list of addresses or networks, as [`list_or_comma_separated`]: `10.0.0.0/8, 192.0.2.1`.
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    list_or_comma_separated(d)?
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not an IP address or a network like `10.0.0.0/8`"
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// Maps an environment variable name to a settings key path, or None if it is not ours.
 fn key_for_var(name: &UncasedStr) -> Option<Uncased<'static>> {
     if let Some((_, key)) = LEGACY.iter().find(|(n, _)| *n == name.as_str()) {
@@ -824,6 +865,49 @@ mod tests {
             assert_eq!(s.cache.ttl_secs, 6, ".env beats TOML");
             assert_eq!(s.cache.http_max_age_secs, 7, "TOML beats defaults");
             assert_eq!(s.cache.max_bytes, 32 << 20, "defaults fill the rest");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_key_throttle_are_read_and_checked() {
+        Jail::expect_with(|jail| {
+            jail.set_env(
+                "APP_SERVER__TRUSTED_PROXIES",
+                "10.0.0.0/8, 192.0.2.1,,2001:db8::/32",
+            );
+            jail.set_env("APP_AUTH__WRONG_KEY_BURST", "3");
+            let s = load_in(jail).expect("loads");
+            let nets: Vec<String> = s
+                .server
+                .trusted_proxies
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            assert_eq!(nets, ["10.0.0.0/8", "192.0.2.1/32", "2001:db8::/32"]);
+            assert_eq!(s.auth.wrong_key_burst, 3);
+            assert_eq!(s.auth.wrong_keys_per_minute, 5);
+
+            jail.set_env("APP_SERVER__TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal");
+            let e = load_in(jail).unwrap_err().to_string();
+            assert!(e.contains("`proxy.internal` is not an IP address"), "{e}");
+            assert!(e.contains("APP_SERVER__TRUSTED_PROXIES"), "{e}");
+            jail.set_env("APP_SERVER__TRUSTED_PROXIES", "");
+
+            jail.set_env("APP_AUTH__WRONG_KEYS_PER_MINUTE", "0");
+            let e = load_in(jail).unwrap_err().to_string();
+            assert!(e.contains("auth.wrong_keys_per_minute"), "{e}");
+            jail.set_env("APP_AUTH__WRONG_KEY_BURST", "0");
+            assert!(
+                load_in(jail).is_ok(),
+                "no throttle: the rate does not matter"
+            );
+            jail.set_env("APP_AUTH__WRONG_KEY_BURST", "10001");
+            let e = load_in(jail).unwrap_err().to_string();
+            assert!(e.contains("auth.wrong_key_burst"), "{e}");
+            jail.set_env("APP_AUTH__WRONG_KEY_BURST", "10000");
+            jail.set_env("APP_AUTH__WRONG_KEYS_PER_MINUTE", "1");
+            assert!(load_in(jail).is_ok());
             Ok(())
         });
     }

@@ -51,5 +51,7 @@ pub mod state;
 pub mod storage;
 /// Logging set-up.
 pub mod telemetry;
+/// Wrong admin keys, throttled per client address.
+pub mod throttle;
 /// The upload use case, its sessions, and its never-lose, never-orphan write protocol.
 pub mod upload;

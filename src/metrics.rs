@@ -55,6 +55,9 @@ pub struct Metrics {
     pub copy_rows: IntGauge,
     /// Request log lines of client errors left out by the log's rate limit.
     pub log_suppressed: IntCounter,
+    /// `admin_key_refusals_total{reason="wrong"|"throttled"}`: admin requests refused for
+    /// their key, or before it was looked at because their address sent too many wrong ones.
+    pub key_refusals: IntCounterVec,
     /// The listing's own series, resolved once: looking a series up by its labels (a hash and
     /// a lock) on every cached page cost about 3 % of its throughput (bench/ab.sh).
     listing: ListingSeries,
@@ -197,6 +200,13 @@ impl Metrics {
                 &r,
                 "log_lines_suppressed_total",
                 "Request log lines of client errors (4xx) left out by the log's rate limit",
+            ),
+            key_refusals: counter_vec(
+                &r,
+                "admin_key_refusals_total",
+                "Admin requests refused: a wrong key (wrong), or an address held back after too \
+                 many wrong keys (throttled)",
+                &["reason"],
             ),
             registry: r,
         }

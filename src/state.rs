@@ -10,6 +10,7 @@ use crate::{
     listing::Listing,
     metrics::Metrics,
     storage::{self, Monitored, ObjectStore, StorageState},
+    throttle::KeyThrottle,
     upload::Uploader,
 };
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub requests_finished: AtomicU64,
     /// What `GET /metrics` reports (the listing's, shared by every part).
     pub metrics: Arc<Metrics>,
+    /// Wrong admin keys, counted per client address.
+    pub key_throttle: KeyThrottle,
 }
 
 impl AppState {
@@ -130,6 +133,11 @@ impl AppState {
             settings.cache.http_max_age_secs
         ))
         .expect("digits are a valid header value");
+        let key_throttle = KeyThrottle::new(
+            settings.auth.wrong_key_burst,
+            settings.auth.wrong_keys_per_minute,
+            settings.server.trusted_proxies.clone(),
+        );
         Ok(Arc::new(AppState {
             settings,
             db,
@@ -140,6 +148,7 @@ impl AppState {
             fast_listings: AtomicU64::new(0),
             requests_finished: AtomicU64::new(0),
             metrics,
+            key_throttle,
         }))
     }
 }

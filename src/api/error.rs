@@ -63,6 +63,19 @@ impl<S> ApiError<S> {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, UPLOADS_DISABLED)
     }
 
+    /// The client's address sent too many wrong admin keys; it may try again in `secs`.
+    pub fn throttled(secs: u32) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Too many wrong X-API-Key values from this address; no key is checked from it \
+                 for {secs} s"
+            ),
+        );
+        e.0.retry_after = Some(secs);
+        e
+    }
+
     /// The database is up but saturated.
     pub fn busy() -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, BUSY);
@@ -234,16 +247,16 @@ impl<S: Statuses> ApiResponse for ApiError<S> {
                         content_type: "application/json; charset=utf-8",
                         schema: ErrorBody::schema_ref(),
                     }],
-                    headers: if status == 503 {
-                        vec![MetaHeader {
-                            name: "Retry-After".into(),
-                            description: Some("Seconds to wait, when the database is busy".into()),
-                            required: false,
-                            deprecated: false,
-                            schema: u32::schema_ref(),
-                        }]
-                    } else {
-                        vec![]
+                    headers: match status {
+                        429 => vec![retry_after_header(
+                            "Seconds before a key is checked again",
+                            true,
+                        )],
+                        503 => vec![retry_after_header(
+                            "Seconds to wait, when the database is busy",
+                            false,
+                        )],
+                        _ => vec![],
                     },
                 })
                 .collect(),
@@ -252,6 +265,16 @@ impl<S: Statuses> ApiResponse for ApiError<S> {
 
     fn register(registry: &mut Registry) {
         ErrorBody::register(registry);
+    }
+}
+
+fn retry_after_header(description: &str, required: bool) -> MetaHeader {
+    MetaHeader {
+        name: "Retry-After".into(),
+        description: Some(description.into()),
+        required,
+        deprecated: false,
+        schema: u32::schema_ref(),
     }
 }
 
@@ -283,6 +306,12 @@ impl Statuses for ListErrors {
     ];
 }
 
+/// Every admin route: the address is held back after too many wrong keys.
+const THROTTLED: (u16, &str) = (
+    429,
+    "Too many wrong keys from this address: no key from it is checked for `Retry-After` seconds",
+);
+
 /// `POST /api/upload`.
 pub struct UploadErrors;
 impl Statuses for UploadErrors {
@@ -292,6 +321,7 @@ impl Statuses for UploadErrors {
             "Not a JPEG (by extension or content), unreadable, or a bad name, category or body",
         ),
         (401, "Missing or wrong `X-API-Key`"),
+        THROTTLED,
         (
             409,
             "A photo with this file name (case-insensitive) exists; it was not touched",
@@ -316,6 +346,7 @@ impl Statuses for BatchErrors {
     const LIST: &'static [(u16, &'static str)] = &[
         (400, "The body could not be parsed"),
         (401, "Missing or wrong `X-API-Key`"),
+        THROTTLED,
         (422, "No `files` field"),
         (503, "Uploads are disabled (no admin key)"),
     ];
@@ -330,6 +361,7 @@ impl Statuses for PhotoErrors {
             "A bad category, a body that is not the expected JSON, or a field that cannot be changed",
         ),
         (401, "Missing or wrong `X-API-Key`"),
+        THROTTLED,
         (404, "No photo has this id"),
         (422, "The id is not an integer"),
         (500, "An unexpected failure; nothing was changed"),

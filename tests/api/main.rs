@@ -18,4 +18,5 @@ mod reconcile;
 mod replicas;
 mod s3;
 mod supabase;
+mod throttle;
 mod uploads;
