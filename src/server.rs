@@ -19,6 +19,9 @@
 //!   log says so once per burst.
 //! - **The open-files soft limit** is raised to the hard limit at start-up.
 //! - `EMFILE` from `accept` backs off instead of spinning.
+//! - **JSON for hyper's own answers.** A request hyper cannot parse (400), a URI too long (414)
+//!   or headers too large (431) is answered by hyper before any route runs; [`JsonParseErrors`]
+//!   gives those answers the `{"detail": …}` body every other error has.
 //!
 //! HTTP/1.1 only: TLS and HTTP/2 end at the proxy in front (nginx, a load balancer, Fly, ...).
 
@@ -177,6 +180,8 @@ where
     ));
     tokio::pin!(shutdown);
     let mut accept_errors = 0u32;
+    // Lowered if the open-files limit is found lowered while running.
+    let mut max_connections = limits.max_connections;
     loop {
         let (stream, remote) = tokio::select! {
             _ = &mut shutdown => break,
@@ -192,16 +197,22 @@ where
                         tracing::warn!(error = %e, open = registry.open(), "cannot accept a connection");
                     }
                     accept_errors = accept_errors.saturating_add(1);
-                    if registry.evict_oldest_idle() {
-                        continue;
+                    let mut excess = 1;
+                    if e.raw_os_error() == Some(libc::EMFILE) {
+                        max_connections = cap_after_emfile(max_connections);
+                        excess = registry.open().saturating_sub(max_connections).max(1);
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Room for the connection waiting, and down to the cap.
+                    let evicted = (0..excess).take_while(|_| registry.evict_oldest_idle()).count();
+                    if evicted == 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     continue;
                 }
             },
         };
-        if registry.open() >= limits.max_connections && !registry.evict_oldest_idle() {
-            refuse(stream, &registry, limits.max_connections);
+        if registry.open() >= max_connections && !registry.evict_oldest_idle() {
+            refuse(stream, &registry, max_connections);
             continue;
         }
         if registry.refusing.swap(false, Ordering::AcqRel) {
@@ -233,6 +244,24 @@ where
         );
     }
     Ok(())
+}
+
+/// The connection cap once `accept` has run out of descriptors (EMFILE): the open-files limit
+/// may have been lowered since start-up (`prlimit`, a container runtime), leaving `cap` above
+/// what the process can open, with no room for the database, storage or spooled files. The
+/// soft limit is raised to the hard one again if it can be, and read back; the cap becomes
+/// what that allows, if lower.
+fn cap_after_emfile(cap: usize) -> usize {
+    let open_files = raise_open_files_limit();
+    let allowed = Limits::connections_allowed_by(open_files);
+    if allowed < cap {
+        tracing::warn!(
+            open_files_limit = open_files,
+            max_connections = allowed,
+            "the open-files limit is lower than at start-up: fewer connections are kept open"
+        );
+    }
+    cap.min(allowed)
 }
 
 /// Closes connections that have had no request in flight for `timeout`, and those whose
@@ -360,7 +389,8 @@ async fn serve_connection<E: Endpoint<Output = Response> + 'static>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let io = JsonParseErrors::new(stream, slot.clone());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
     loop {
@@ -451,5 +481,231 @@ impl Drop for Busy {
         self.0.progress_at.store(0, Ordering::Relaxed);
         self.0.idle_since.store(millis(), Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's socket, through which hyper's own answers to requests it cannot parse leave
+/// with the JSON body every other error has.
+///
+/// hyper answers a request head it cannot parse (400), a URI over 65,534 bytes (414) or a head
+/// over its buffer or with more than 100 headers (431) itself, before any service runs, with
+/// `content-length: 0` and no way to supply a body. Such an answer is recognised as it is
+/// written: one of those statuses, no `content-type` (every answer of ours has one) and no
+/// request in flight on the connection. It is replaced whole by the same status with
+/// `{"detail": …}`; hyper closes the connection after it, as it does today.
+struct JsonParseErrors {
+    inner: TcpStream,
+    slot: Arc<Slot>,
+    /// A replacement answer, and how much of it has been written.
+    pending: Option<(Vec<u8>, usize)>,
+}
+
+impl JsonParseErrors {
+    fn new(inner: TcpStream, slot: Arc<Slot>) -> JsonParseErrors {
+        JsonParseErrors {
+            inner,
+            slot,
+            pending: None,
+        }
+    }
+
+    /// Writes what is left of a replacement answer.
+    fn drain(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        use tokio::io::AsyncWrite;
+        while let Some((bytes, written)) = &mut self.pending {
+            if *written == bytes.len() {
+                self.pending = None;
+                break;
+            }
+            let n = std::task::ready!(
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..])
+            )?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    /// Takes `buf` as the replacement of hyper's own answer, if it is one.
+    fn replaced(&mut self, buf: &[u8]) -> bool {
+        if self.slot.busy.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        match json_parse_error(buf) {
+            Some(reply) => {
+                self.pending = Some((reply, 0));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The JSON answer that replaces `head` if it is one of hyper's bodiless parse-error answers.
+fn json_parse_error(head: &[u8]) -> Option<Vec<u8>> {
+    let head = std::str::from_utf8(head).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let detail = match status_line.strip_prefix("HTTP/1.1 ")?.get(..4)? {
+        "400 " => "The request is not valid HTTP/1.1 (its request line or a header is malformed)",
+        "414 " => "The URI is too long: at most 65,534 bytes",
+        "431 " => "The request's headers are too large (at most about 400 KB, and 100 headers)",
+        _ => return None,
+    };
+    let mut date = None;
+    for line in lines {
+        let (name, _) = line.split_once(':')?;
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" if line.ends_with(": 0") => {}
+            "connection" => {}
+            "date" => date = Some(line),
+            // Anything else (a content-type above all) means the answer is not hyper's.
+            _ => return None,
+        }
+    }
+    let body = serde_json::json!({ "detail": detail }).to_string();
+    let mut reply = format!(
+        "{status_line}\r\ncontent-type: application/json; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    if let Some(date) = date {
+        reply.push_str(date);
+        reply.push_str("\r\n");
+    }
+    reply.push_str("\r\n");
+    reply.push_str(&body);
+    Some(reply.into_bytes())
+}
+
+impl tokio::io::AsyncRead for JsonParseErrors {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for JsonParseErrors {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::task::ready!(self.drain(cx))?;
+        if self.replaced(buf) {
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::task::ready!(self.drain(cx))?;
+        // hyper's answer is one head and nothing else.
+        if let [head] = bufs
+            .iter()
+            .filter(|b| !b.is_empty())
+            .collect::<Vec<_>>()
+            .as_slice()
+            && self.replaced(head)
+        {
+            return std::task::Poll::Ready(Ok(head.len()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::ready!(self.drain(cx))?;
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::ready!(self.drain(cx))?;
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_parse_error;
+
+    const DATE: &str = "date: Thu, 03 Dec 2026 16:57:50 GMT";
+
+    fn hyper_answer(status: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\n{DATE}\r\n\r\n")
+            .into_bytes()
+    }
+
+    #[test]
+    fn hypers_parse_error_answers_get_a_json_body() {
+        for (status, word) in [
+            ("400 Bad Request", "malformed"),
+            ("414 URI Too Long", "65,534"),
+            ("431 Request Header Fields Too Large", "100 headers"),
+        ] {
+            let reply =
+                String::from_utf8(json_parse_error(&hyper_answer(status)).unwrap()).unwrap();
+            let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+            let lines: Vec<&str> = head.split("\r\n").collect();
+            assert_eq!(lines[0], format!("HTTP/1.1 {status}"));
+            assert!(lines.contains(&"content-type: application/json; charset=utf-8"));
+            assert!(lines.contains(&format!("content-length: {}", body.len()).as_str()));
+            assert!(lines.contains(&"connection: close"));
+            assert!(lines.contains(&DATE), "{head}");
+            let json: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert!(json["detail"].as_str().unwrap().contains(word), "{json}");
+        }
+        // No date: none is made up.
+        let bare = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let reply = String::from_utf8(json_parse_error(bare).unwrap()).unwrap();
+        assert!(!reply.contains("date:"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\n{\"detail\":\"The request is not valid HTTP/1.1 (its request line or a header is malformed)\"}"), "{reply}");
+    }
+
+    #[test]
+    fn every_other_write_is_left_alone() {
+        let untouched: [&[u8]; 8] = [
+            // Our own errors have a content-type (and a body).
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n",
+            // A status hyper does not make up, or a body.
+            &hyper_answer("404 Not Found"),
+            &hyper_answer("413 Payload Too Large"),
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 10\r\n\r\n",
+            // Not a whole head, or not one at all.
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n",
+            b"HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+            b"{\"detail\":\"HTTP/1.1 400 \"}\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\nweird line\r\n\r\n",
+        ];
+        for write in untouched {
+            assert_eq!(
+                json_parse_error(write),
+                None,
+                "{}",
+                String::from_utf8_lossy(write)
+            );
+        }
+        assert_eq!(
+            json_parse_error(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n']),
+            None
+        );
     }
 }

@@ -191,6 +191,61 @@ fn at_the_open_files_limit_silent_sockets_do_not_lock_out_normal_requests() {
     drop(silent);
 }
 
+/// The open-files limit lowered while the server runs (`prlimit` on its pid, soft and hard, as
+/// an operator or a container runtime might): the cap it computed at start-up is too high now,
+/// so accept fails with EMFILE. The server re-reads the limit then and applies the lower cap:
+/// 400 silent sockets later, every normal request is still answered (the run: 25 of 61
+/// probes got no answer).
+#[test]
+fn a_limit_lowered_while_running_is_read_again_when_accept_runs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data/media")).unwrap();
+    std::fs::write(dir.path().join("data/media/a.jpg"), b"not really a jpeg").unwrap();
+    let port = crate::helpers::free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("APP_SERVER__HOST", "127.0.0.1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = crate::binary::KillOnDrop(child);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(addr, "/").0 != 200 {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lowered = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", child.0.id()))
+        .arg("--nofile=256:256")
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(lowered.success());
+    let silent: Vec<TcpStream> = (0..400)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    assert!(silent.len() >= 300, "opened {}", silent.len());
+    for i in 0..10 {
+        // A listing, and a photo, which needs a descriptor of its own: the cap keeps some.
+        for path in ["/api/images", "/media/a.jpg"] {
+            let (status, took) = get(addr, path);
+            assert_eq!(status, 200, "normal request {i} for {path} answered");
+            assert!(took < Duration::from_secs(5), "request {i} took {took:?}");
+        }
+    }
+    let _ = child.0.kill();
+    let mut log = String::new();
+    let _ = child.0.wait();
+    let _ = child.0.stderr.take().unwrap().read_to_string(&mut log);
+    assert!(
+        log.contains("open_files_limit=256") && log.contains("max_connections=192"),
+        "the log says the cap followed the new limit: {log}"
+    );
+    drop(silent);
+}
+
 /// Connects with a small receive buffer, so the download below is paced by the reader, and
 /// asks for `path`.
 fn slow_client(addr: std::net::SocketAddr, path: &str) -> TcpStream {
@@ -300,5 +355,90 @@ async fn a_reader_that_stops_reading_is_closed_after_the_stall_timeout() {
         outcome.1 < photo.len(),
         "the stalled response was never cut: {outcome:?}"
     );
+    server.abort();
+}
+
+/// Sends `request` raw on a new connection and reads the answer to its end (the server closes
+/// after a parse error): status, headers (lower-cased) and body.
+fn raw(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before it has read everything sent.
+    let _ = s.write_all(request);
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer: {text:?}"));
+    let status = head[9..12].parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.as_bytes().to_vec())
+}
+
+/// Requests hyper refuses before any route runs (the 15 cases: a 100 KB query string,
+/// huge or too many headers, a malformed request line or header) are answered like every other
+/// error: the right status, `application/json`, `{"detail": …}`. The connection is closed after
+/// and the server keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_too_malformed_to_route_get_a_json_error() {
+    let app = portfolio_server::app::App::build(settings(None))
+        .await
+        .unwrap();
+    let addr = app.local_addr();
+    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    tokio::task::spawn_blocking(move || {
+        let long_query = format!(
+            "GET /api/images?category={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "a".repeat(100_000)
+        );
+        let huge_header = format!(
+            "GET /api/images HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(500_000)
+        );
+        let many_headers = format!(
+            "GET /api/images HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            (0..150)
+                .map(|i| format!("X-H{i}: v\r\n"))
+                .collect::<String>()
+        );
+        let cases: [(&str, Vec<u8>, u16); 5] = [
+            ("100 KB query string", long_query.into_bytes(), 414),
+            ("500 KB header", huge_header.into_bytes(), 431),
+            ("150 headers", many_headers.into_bytes(), 431),
+            ("garbage request line", b"HELLO THERE\r\n\r\n".to_vec(), 400),
+            (
+                "header without a colon",
+                b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n".to_vec(),
+                400,
+            ),
+        ];
+        for (what, request, want) in cases {
+            let (status, head, body) = raw(addr, &request);
+            assert_eq!(status, want, "{what}: {head}");
+            assert!(
+                head.contains("content-type: application/json"),
+                "{what}: {head}"
+            );
+            let json: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {body:?}"));
+            let detail = json["detail"].as_str().unwrap_or_default();
+            assert!(!detail.is_empty(), "{what}: {json}");
+            assert!(
+                head.contains(&format!("content-length: {}", body.len())),
+                "{what}: {head}"
+            );
+        }
+        // The server's own errors are untouched, and it still serves.
+        let (status, head, body) = raw(
+            addr,
+            b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 404, "{head}");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["detail"], "Not Found");
+        assert_eq!(get(addr, "/api/images").0, 200);
+    })
+    .await
+    .unwrap();
     server.abort();
 }
