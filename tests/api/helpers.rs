@@ -476,8 +476,12 @@ async fn forward(inbound: TcpStream, outbound: TcpStream, lose: Arc<AtomicBool>)
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if committed.load(Ordering::SeqCst) {
-                return; // the reply to COMMIT: dropped, and the connection with it
+            // The reply to COMMIT (its CommandComplete tag): dropped, and the connection with
+            // it. Only that reply: the end of the statement before (its ReadyForQuery can come
+            // in a chunk of its own, after the client has sent COMMIT) is passed on, or the
+            // connection would close before COMMIT reached the server, which then rolls back.
+            if committed.load(Ordering::SeqCst) && buf[..n].windows(7).any(|w| w == b"COMMIT\0") {
+                return;
             }
             if client_tx.write_all(&buf[..n]).await.is_err() {
                 return;
