@@ -41,11 +41,18 @@ pub fn routes_without_fast_path(state: Arc<AppState>) -> impl Endpoint<Output = 
 
 fn router(state: &Arc<AppState>) -> Route {
     let api = crate::api::service(state.clone());
-    let (docs, spec) = (api.swagger_ui(), api.spec_endpoint());
+    let docs = api.swagger_ui();
+    let spec = bytes::Bytes::from(crate::api::spec_json(&api));
+    let spec = poem::endpoint::make_sync(move |_| {
+        Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(spec.clone())
+    });
     let mut route = Route::new()
         .nest("/", api)
-        .nest("/docs", docs.with(Compression::new()))
-        .at("/openapi.json", spec.with(Compression::new()));
+        // Read-only pages: any other method is 405 (poem answers HEAD as GET).
+        .nest("/docs", poem::get(docs.with(Compression::new())))
+        .at("/openapi.json", poem::get(spec.with(Compression::new())));
     if state.settings.server.metrics {
         route = route.at("/metrics", poem::get(metrics));
     }

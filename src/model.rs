@@ -17,16 +17,20 @@ pub struct Photo {
     pub height: i32,
     /// The `thumb` variant (about 400 px), null until one is made.
     #[serde(default)]
+    #[oai(nullable)]
     pub thumbnail_url: Option<String>,
     /// The `medium` variant (about 1200 px), null until one is made.
     #[serde(default)]
+    #[oai(nullable)]
     pub medium_url: Option<String>,
     /// A ThumbHash of the photo, base64: decode it (the `thumbhash` npm package) into a blurred
     /// preview to paint before the image arrives. Null until made.
     #[serde(default)]
+    #[oai(nullable)]
     pub placeholder: Option<String>,
     /// The photo's average colour, `#rrggbb`, null until made.
     #[serde(default)]
+    #[oai(nullable)]
     pub color: Option<String>,
 }
 
@@ -123,24 +127,38 @@ impl Category {
     pub const MAX_CHARS: usize = 50;
     /// What an upload without a `category` field gets, as the original did.
     pub const DEFAULT: &'static str = "nature";
+    /// The rule [`Category::parse`] applies, as the regular expression the OpenAPI document
+    /// gives with `maxLength` 50: no control character, and something besides whitespace.
+    /// Written with explicit ranges (the control characters, and Rust's `char::is_whitespace`
+    /// set) so that every engine reads it alike: ECMAScript, Python's `re` (schemathesis),
+    /// Rust's `regex`.
+    pub const PATTERN: &'static str = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$";
 
     /// Normalises `raw` and checks it against `allowed` when that list is not empty (compared
-    /// case-insensitively).
+    /// case-insensitively). `raw` itself is at most [`Category::MAX_CHARS`] characters, as the
+    /// original's `VARCHAR(50)` column held it; what is stored is never longer.
     pub fn parse(raw: &str, allowed: &[String]) -> Result<Category, Invalid> {
         if raw.chars().any(char::is_control) {
             return Err(Invalid::Category("contains control characters".into()));
         }
-        let category = raw
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase();
-        let len = category.chars().count();
-        if !(1..=Self::MAX_CHARS).contains(&len) {
+        let len = raw.chars().count();
+        if len > Self::MAX_CHARS {
             return Err(Invalid::Category(format!(
                 "must be 1 to {} characters, got {len}",
                 Self::MAX_CHARS
             )));
+        }
+        let category: String = raw
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .map(lower_one)
+            .collect();
+        if category.is_empty() {
+            return Err(Invalid::Category(
+                "must have a character other than whitespace".into(),
+            ));
         }
         if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(&category)) {
             return Err(Invalid::Category(format!(
@@ -153,6 +171,16 @@ impl Category {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `c` lower-cased, when that is one character: `İ` (whose lower case is two) stays as it is,
+/// so a category is never longer than what was sent.
+fn lower_one(c: char) -> char {
+    let mut lower = c.to_lowercase();
+    match (lower.next(), lower.next()) {
+        (Some(l), None) => l,
+        _ => c,
     }
 }
 
@@ -200,11 +228,6 @@ impl PageKey {
         if after_id.is_some_and(|a| a < 0) {
             return Err(InvalidQuery(
                 "parameter `after_id`: must be 0 or more".into(),
-            ));
-        }
-        if offset.is_some() && after_id.is_some() {
-            return Err(InvalidQuery(
-                "Use either `offset` or `after_id`, not both".into(),
             ));
         }
         let category = match category {
@@ -356,6 +379,12 @@ mod tests {
         assert!(c(&"é".repeat(50)).is_ok(), "characters, not bytes");
         assert!(c("x").is_ok());
         assert!(c("a\tb\u{7}").is_err());
+        // The raw text counts, as the original's column did: padding is part of it.
+        assert!(c(&format!(" {} ", "x".repeat(49))).is_err());
+        assert_eq!(c(&format!("{} ", "x".repeat(49))).unwrap(), "x".repeat(49));
+        assert!(c("\u{3000}\u{2028}").is_err(), "whitespace only");
+        assert_eq!(c("İSTANBUL").unwrap(), "İstanbul", "never longer than sent");
+        assert_eq!(c(&"İ".repeat(50)).unwrap().chars().count(), 50);
         let allowed = vec!["nature".to_string(), "city".to_string()];
         assert_eq!(
             Category::parse("Nature", &allowed).unwrap().as_str(),
@@ -386,12 +415,9 @@ mod tests {
                 .0
                 .contains("after_id")
         );
-        assert!(
-            PageKey::parse(None, Some(0), Some(0), None)
-                .unwrap_err()
-                .0
-                .contains("not both")
-        );
+        // Both: `offset` rows skipped after `after_id`.
+        let k = PageKey::parse(None, Some(3), Some(7), None).unwrap();
+        assert_eq!((k.offset, k.after_id), (3, Some(7)));
         let e = PageKey::parse(None, None, None, Some(" ")).unwrap_err();
         assert!(e.0.contains("category"), "{e}");
         let k = PageKey::parse(Some(5), None, Some(7), Some("City")).unwrap();

@@ -586,11 +586,15 @@ impl BatchSession {
     }
 
     /// The first `category` counts (later ones are ignored); the files waiting for it are stored.
-    pub async fn set_category(&mut self, text: String) {
+    /// A category that breaks the rules refuses the batch (the caller aborts it): no file of it
+    /// could be stored.
+    pub async fn set_category(&mut self, text: String) -> Result<(), UploadError> {
         if self.category.is_none() {
+            Category::parse(&text, &self.uploader.limits.allowed_categories)?;
             self.category = Some(text.clone());
             self.drain_waiting(Some(&text)).await;
         }
+        Ok(())
     }
 
     /// The form ended: files still waiting get the default category.

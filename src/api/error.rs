@@ -352,17 +352,37 @@ impl Statuses for BatchErrors {
     ];
 }
 
-/// `GET`, `PATCH` and `DELETE /api/images/{id}`.
+/// `GET` and `DELETE /api/images/{id}`.
 pub struct PhotoErrors;
 impl Statuses for PhotoErrors {
     const LIST: &'static [(u16, &'static str)] = &[
+        (401, "Missing or wrong `X-API-Key`"),
+        THROTTLED,
+        (404, "No photo has this id"),
+        (422, "The id is not an integer"),
+        (500, "An unexpected failure; nothing was changed"),
+        (
+            503,
+            "Admin routes are disabled (no admin key) or the database is unavailable; nothing was \
+             changed",
+        ),
+    ];
+}
+
+/// `PATCH /api/images/{id}`.
+pub struct ChangeErrors;
+impl Statuses for ChangeErrors {
+    const LIST: &'static [(u16, &'static str)] = &[
         (
             400,
-            "A bad category, a body that is not the expected JSON, or a field that cannot be changed",
+            "A bad category, or a body that is not `{\"category\": \"...\"}` (a `filename`: \
+             renaming is not supported)",
         ),
         (401, "Missing or wrong `X-API-Key`"),
         THROTTLED,
         (404, "No photo has this id"),
+        (413, "The body is over 64 KiB"),
+        (415, "The body is not `application/json`"),
         (422, "The id is not an integer"),
         (500, "An unexpected failure; nothing was changed"),
         (

@@ -14,7 +14,7 @@ use poem_openapi::{
 };
 
 use super::{
-    ApiTags, RawJson,
+    ApiTags, CategoryText, RawJson,
     error::{ApiError, ListErrors},
 };
 use crate::{
@@ -154,8 +154,8 @@ impl ImagesApi {
     /// List photographs
     ///
     /// Ordered by `id`. Page with `limit` + `offset`, or with `limit` + `after_id` (keyset: rows
-    /// with a larger id, equally cheap at any depth; follow the `Link` header); `offset` and
-    /// `after_id` exclude each other (422 if both are given). Answered from an in-memory cache
+    /// with a larger id, equally cheap at any depth; follow the `Link` header); with both,
+    /// `offset` rows after `after_id` are skipped. Answered from an in-memory cache
     /// when possible; when the database is unreachable, from the last good copy of the page or
     /// the photographs built into the server.
     #[oai(path = "/api/images", method = "get")]
@@ -167,18 +167,24 @@ impl ImagesApi {
             validator(minimum(value = "1"), maximum(value = "100"))
         )]
         limit: Query<i64>,
-        /// Rows to skip, 0 or more (default 0). Not with `after_id`.
+        /// Rows to skip, 0 or more (default 0); with `after_id`, rows skipped after it.
         #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
-        /// Keyset pagination: only photographs with an id greater than this. Not with `offset`.
+        /// Keyset pagination: only photographs with an id greater than this.
         #[oai(validator(minimum(value = "0")))]
         after_id: Query<Option<i64>>,
-        /// Only this category (case-insensitive), 1 to 50 characters.
-        category: Query<Option<String>>,
+        /// Only this category (case-insensitive; whitespace trimmed and collapsed), at most 50
+        /// characters.
+        category: Query<Option<CategoryText>>,
         #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
         #[oai(name = "Accept-Encoding")] accept_encoding: Header<Option<String>>,
     ) -> Result<ListReply, ApiError<ListErrors>> {
-        let key = PageKey::parse(Some(limit.0), offset.0, after_id.0, category.0.as_deref())?;
+        let key = PageKey::parse(
+            Some(limit.0),
+            offset.0,
+            after_id.0,
+            category.0.as_ref().map(|c| c.0.as_str()),
+        )?;
         reply(
             &self.state,
             &key,

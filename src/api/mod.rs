@@ -19,10 +19,13 @@ use poem_openapi::{
     ApiResponse, Object, OpenApiService, Tags,
     payload::Payload,
     registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry},
-    types::Type,
+    types::{
+        ParseError, ParseFromJSON, ParseFromMultipartField, ParseFromParameter, ParseResult,
+        ToJSON, Type,
+    },
 };
 
-use crate::state::AppState;
+use crate::{model::Category, state::AppState};
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -104,6 +107,20 @@ pub type Service = OpenApiService<
     (),
 >;
 
+/// The OpenAPI document as served: poem-openapi's, with what it cannot say added. A schema of
+/// a body read with `deny_unknown_fields` gets `"additionalProperties": false` (poem-openapi
+/// refuses the fields but does not document it), so schema-driven clients never send them.
+pub fn spec_json(service: &Service) -> String {
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&service.spec()).expect("poem-openapi writes JSON");
+    for closed in [photos::PhotoChange::name()] {
+        if let Some(schema) = spec["components"]["schemas"].get_mut(closed.as_ref()) {
+            schema["additionalProperties"] = serde_json::Value::Bool(false);
+        }
+    }
+    serde_json::to_string(&spec).expect("a JSON value serialises")
+}
+
 /// The OpenAPI service holding every operation.
 pub fn service(state: Arc<AppState>) -> Service {
     OpenApiService::new(
@@ -125,4 +142,67 @@ pub fn service(state: Arc<AppState>) -> Service {
     .description(
         "Photographs for the portfolio front end. Errors are always JSON `{\"detail\": \"...\"}`.",
     )
+}
+
+/// A category as a client sends it, documented with the rule [`Category::parse`] applies (at
+/// most 50 characters, [`Category::PATTERN`]), which stays the one check. As JSON it is a
+/// string only: poem-openapi's `String` also takes numbers and booleans, so `{"category": 5}`
+/// was stored as `5`.
+#[derive(Debug, Clone)]
+pub struct CategoryText(pub String);
+
+impl Type for CategoryText {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "string(category)".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema {
+            max_length: Some(Category::MAX_CHARS),
+            pattern: Some(Category::PATTERN.into()),
+            ..poem_openapi::registry::MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(std::iter::once(&self.0))
+    }
+}
+
+impl ParseFromJSON for CategoryText {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        match value {
+            Some(serde_json::Value::String(s)) => Ok(CategoryText(s)),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for CategoryText {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(serde_json::Value::String(self.0.clone()))
+    }
+}
+
+impl ParseFromParameter for CategoryText {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        Ok(CategoryText(value.to_string()))
+    }
+}
+
+impl ParseFromMultipartField for CategoryText {
+    async fn parse_from_multipart(field: Option<poem::web::Field>) -> ParseResult<Self> {
+        String::parse_from_multipart(field)
+            .await
+            .map(CategoryText)
+            .map_err(ParseError::propagate)
+    }
 }

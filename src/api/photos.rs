@@ -2,11 +2,18 @@
 
 use std::sync::Arc;
 
-use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
+use poem::{FromRequest, Request, RequestBody, http::StatusCode};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Object, OpenApi,
+    param::Path,
+    payload::{Json, Payload},
+    registry::{MetaMediaType, MetaRequest, Registry},
+    types::Type,
+};
 
 use super::{
-    ApiTags, RawJson,
-    error::{ApiError, CategoryErrors, PhotoErrors},
+    ApiTags, CategoryText, RawJson,
+    error::{ApiError, CategoryErrors, ChangeErrors, PhotoErrors},
     upload::{AdminKey, require_admin_key},
 };
 use crate::{manage::CategoryCount, model::Photo, state::AppState};
@@ -15,15 +22,95 @@ pub struct PhotosApi {
     pub state: Arc<AppState>,
 }
 
-/// What `PATCH` may change.
+/// What `PATCH` changes: the category, the one field that can change (a rename would move the
+/// object: upload under the new name and delete this photo instead). Documentation: the body
+/// is read as [`ChangeBody`].
 #[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+#[allow(dead_code)]
 pub struct PhotoChange {
-    /// The new category, checked as uploads check it (trimmed, lower-cased, 1 to 50
-    /// characters, in `upload.allowed_categories` if that is set).
-    pub category: Option<String>,
-    /// Not supported: a rename would move the object. Upload under the new name and delete
-    /// this photo instead.
-    pub filename: Option<String>,
+    /// The new category, checked as uploads check it (trimmed, whitespace collapsed,
+    /// lower-cased; in `upload.allowed_categories` if that is set).
+    category: CategoryText,
+}
+
+/// The `PATCH` body, read by hand so that each refusal says what to send (poem-openapi's own
+/// messages name its types), documented as [`PhotoChange`]: a JSON object with a string
+/// `category` and no other field.
+pub struct ChangeBody {
+    category: String,
+}
+
+impl<'a> ApiExtractor<'a> for ChangeBody {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        PhotoChange::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType {
+                content_type: Json::<PhotoChange>::CONTENT_TYPE,
+                schema: PhotoChange::schema_ref(),
+            }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _: ExtractParamOptions<()>,
+    ) -> poem::Result<Self> {
+        let json = request
+            .content_type()
+            .is_some_and(Json::<PhotoChange>::check_content_type);
+        if !json {
+            return Err(ApiError::<()>::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "The body must be JSON (Content-Type: application/json)",
+            )
+            .into());
+        }
+        let bytes = <Vec<u8> as FromRequest>::from_request(request, body).await?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| bad_change(&format!("The body is not JSON ({e})")))?;
+        ChangeBody::parse(value).map_err(|e| bad_change(&e))
+    }
+}
+
+impl ChangeBody {
+    fn parse(value: serde_json::Value) -> Result<ChangeBody, String> {
+        const SEND: &str = "send {\"category\": \"...\"}";
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(format!("The body is not a JSON object: {SEND}"));
+        };
+        if fields.contains_key("filename") {
+            return Err(
+                "Renaming is not supported: upload the photo under the new name, then \
+                        delete this one"
+                    .into(),
+            );
+        }
+        if let Some(other) = fields.keys().find(|k| *k != "category") {
+            return Err(format!(
+                "`{other}` cannot be changed: only `category` can ({SEND})"
+            ));
+        }
+        match fields.remove("category") {
+            Some(serde_json::Value::String(category)) => Ok(ChangeBody { category }),
+            Some(other) => Err(format!("`category` must be a string, not {other}")),
+            None => Err(format!("Nothing to change: {SEND}")),
+        }
+    }
+}
+
+fn bad_change(detail: &str) -> poem::Error {
+    ApiError::<()>::new(StatusCode::BAD_REQUEST, detail).into()
 }
 
 #[derive(ApiResponse)]
@@ -62,21 +149,9 @@ impl PhotosApi {
         &self,
         _key: AdminKey,
         id: Path<i32>,
-        change: Json<PhotoChange>,
-    ) -> Result<Json<Photo>, ApiError<PhotoErrors>> {
-        if change.filename.is_some() {
-            return Err(ApiError::new(
-                poem::http::StatusCode::BAD_REQUEST,
-                "Renaming is not supported: upload the photo under the new name, then delete \
-                 this one",
-            ));
-        }
-        let Some(category) = &change.category else {
-            return Err(ApiError::new(
-                poem::http::StatusCode::BAD_REQUEST,
-                "Nothing to change: send {\"category\": \"...\"}",
-            ));
-        };
+        change: ChangeBody,
+    ) -> Result<Json<Photo>, ApiError<ChangeErrors>> {
+        let category = &change.category;
         Ok(Json(
             self.state.uploader.set_category(id.0, category).await?,
         ))

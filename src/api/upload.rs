@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{
-    ApiTags,
+    ApiTags, CategoryText,
     error::{ApiError, BatchErrors, UploadErrors},
 };
 use crate::{
@@ -279,8 +279,9 @@ impl<'a, F: Payload> ApiExtractor<'a> for MultipartBody<F> {
 pub struct UploadForm {
     /// One JPEG photo (`.jpg`/`.jpeg`, `image/jpeg`).
     file: Upload,
-    /// Category, 1 to 50 characters (default `nature`).
-    category: Option<String>,
+    /// Category, at most 50 characters (default `nature`); stored trimmed, whitespace
+    /// collapsed, lower-cased.
+    category: Option<CategoryText>,
 }
 
 /// `POST /api/upload-batch` form (documentation only: the body is streamed by hand).
@@ -290,8 +291,9 @@ pub struct BatchForm {
     /// One or more JPEG photos (`.jpg`/`.jpeg`, `image/jpeg`); at least one is required.
     #[oai(validator(min_items = 1))]
     files: Vec<Upload>,
-    /// Category for all of them, 1 to 50 characters (default `nature`).
-    category: Option<String>,
+    /// Category for all of them, at most 50 characters (default `nature`); stored as for
+    /// `/api/upload`.
+    category: Option<CategoryText>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,7 +344,7 @@ impl UploadApi {
         while let Some(field) = body.next().await.map_err(ApiError::retag)? {
             match field.name() {
                 Some("file") => {
-                    let name = field.file_name().unwrap_or_default().to_string();
+                    let name = file_name(&field).map_err(ApiError::retag)?;
                     session
                         .add_file(name, field.into_async_read())
                         .await
@@ -380,18 +382,15 @@ impl UploadApi {
                 Err(e) => return cut_short(session.abort(e.detail()), e),
             };
             let step = match field.name() {
-                Some("files" | "file") => {
-                    let name = field.file_name().unwrap_or_default().to_string();
-                    session
+                Some("files" | "file") => match file_name(&field) {
+                    Ok(name) => session
                         .add_file(name, field.into_async_read())
                         .await
-                        .map_err(|e| body.field_error(e))
-                }
+                        .map_err(|e| body.field_error(e)),
+                    Err(e) => Err(e),
+                },
                 Some("category") => match body.read_text(field).await {
-                    Ok(text) => {
-                        session.set_category(text).await;
-                        Ok(())
-                    }
+                    Ok(text) => session.set_category(text).await.map_err(ApiError::from),
                     Err(e) => Err(e),
                 },
                 _ => body.skip(field).await,
@@ -401,6 +400,21 @@ impl UploadApi {
             }
         }
         Ok(BatchReply::Ok(Json(session.finish().await?)))
+    }
+}
+
+/// The file name of a file field. A part without one is a text field, not a file: the form
+/// is malformed (400), as the schema says (`files` holds binary parts).
+fn file_name(field: &Field) -> Result<String, ApiError> {
+    match field.file_name() {
+        Some(name) => Ok(name.to_string()),
+        None => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "The `{}` field is not a file (its part has no filename)",
+                field.name().unwrap_or_default()
+            ),
+        )),
     }
 }
 

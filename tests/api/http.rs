@@ -1,6 +1,6 @@
 //! Routes other than the listing, and HTTP hygiene: errors, CORS, compression, docs.
 
-use poem::http::StatusCode;
+use poem::http::{Method, StatusCode};
 
 use crate::helpers::{
     API_KEY, Form, Reply, TestApp, TestDb, files_in, jpeg, settings, upload_settings,
@@ -333,8 +333,8 @@ async fn the_openapi_document_matches_its_snapshot() {
         list["description"]
             .as_str()
             .unwrap()
-            .contains("exclude each other"),
-        "offset and after_id are documented as exclusive"
+            .contains("`offset` rows after `after_id` are skipped"),
+        "offset and after_id together are documented"
     );
     let batch = &served["paths"]["/api/upload-batch"]["post"]["requestBody"];
     let form = &batch["content"]["multipart/form-data"]["schema"];
@@ -490,4 +490,23 @@ async fn media_names_no_file_can_have_are_404_with_json() {
         assert_eq!(r.json()["detail"], "Not Found", "{uri}");
     }
     assert_eq!(app.get("/media/a.jpg").await.status, StatusCode::OK);
+}
+
+/// The document and the docs page are read-only: any other method is 405 with JSON, as on every
+/// other route (they answered 200 to POST, PUT, PATCH and DELETE).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_and_docs_answer_reads_only() {
+    let app = TestApp::spawn(settings(None)).await;
+    for path in ["/openapi.json", "/docs"] {
+        for method in [Method::GET, Method::HEAD] {
+            let r = app.client.request(method.clone(), path).send().await;
+            r.assert_status_is_ok();
+        }
+        for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            let r =
+                TestApp::reply_of(app.client.request(method.clone(), path).send().await.0).await;
+            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert!(r.json()["detail"].is_string(), "{method} {path}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 mod binary;
 mod cli;
 mod connections;
+mod contract;
 mod fake_supabase;
 mod helpers;
 mod http;

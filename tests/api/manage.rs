@@ -148,13 +148,23 @@ async fn bad_requests_are_clear_and_change_nothing() {
         ),
         (
             json!({"category": ""}),
-            "Invalid category: must be 1 to 50 characters, got 0",
+            "Invalid category: must have a character other than whitespace",
         ),
         (
             json!({"filename": "y.jpg"}),
             "Renaming is not supported: upload the photo under the new name, then delete this one",
         ),
         (json!({}), "Nothing to change: send {\"category\": \"...\"}"),
+        // A number is not a category (poem-openapi's String would have taken it as "5").
+        (json!({"category": 5}), "`category` must be a string, not 5"),
+        (
+            json!({"category": "city", "width": 3}),
+            "`width` cannot be changed: only `category` can (send {\"category\": \"...\"})",
+        ),
+        (
+            json!(["city"]),
+            "The body is not a JSON object: send {\"category\": \"...\"}",
+        ),
     ];
     for (body, detail) in cases {
         let r = app

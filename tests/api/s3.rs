@@ -85,7 +85,7 @@ struct Server {
 
 static BUCKETS: AtomicU64 = AtomicU64::new(0);
 
-fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
     PathBuf::from(home).join(".cache/portfolio-test")
 }

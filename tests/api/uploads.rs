@@ -927,3 +927,44 @@ async fn a_journal_entry_with_no_checks_is_settled_and_dropped() {
     );
     assert!(files_in(media.path()).is_empty(), "its orphan was removed");
 }
+
+/// Two forms the schema calls invalid, refused whole (schemathesis found both accepted with
+/// 200): a bad `category` (no file of the batch could be stored under it) and a `files` part
+/// that is text, not a file. Nothing is kept; the files sent before are reported not stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_with_a_bad_category_or_a_text_files_part_is_refused_whole() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = app(&db, media.path()).await;
+    let bad_category = Form::new()
+        .file("files", "a.jpg", jpeg(10, 10, None))
+        .text("category", &"x".repeat(51))
+        .file("files", "b.jpg", jpeg(10, 10, None));
+    let r = app
+        .post_form("/api/upload-batch", &bad_category, Some(API_KEY))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.starts_with("Invalid category: must be 1 to 50 characters, got 51")
+            && detail.ends_with("(after 0 uploaded, 0 skipped, 1 failed)"),
+        "{detail}"
+    );
+    let text_part = Form::new()
+        .text("category", "city")
+        .text("files", "{}")
+        .file("files", "c.jpg", jpeg(10, 10, None));
+    let r = app
+        .post_form("/api/upload-batch", &text_part, Some(API_KEY))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(
+        r.json()["detail"],
+        "The `files` field is not a file (its part has no filename) (after 0 uploaded, 0 \
+         skipped, 0 failed)"
+    );
+    assert!(files_in(media.path()).is_empty());
+    assert_eq!(
+        db.rows("SELECT count(*) FROM photographs")[0][0].as_deref(),
+        Some("0")
+    );
+}
