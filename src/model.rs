@@ -393,6 +393,39 @@ mod tests {
         assert!(Category::parse("food", &allowed).is_err());
     }
 
+    /// The pattern the OpenAPI document gives (with `maxLength` 50) accepts exactly what
+    /// `Category::parse` accepts: every character up to U+3100 and a sample above, alone,
+    /// inside text and around it, and at the length limit.
+    #[test]
+    fn the_documented_category_pattern_is_the_rule() {
+        let pattern = regex::Regex::new(Category::PATTERN).unwrap();
+        let documented = |s: &str| pattern.is_match(s) && s.chars().count() <= Category::MAX_CHARS;
+        let chars = (0..=0x3100u32)
+            .chain([0xFEFF, 0x1F600, 0x10FFFD])
+            .filter_map(char::from_u32);
+        let mut checked = 0;
+        for c in chars {
+            for s in [
+                c.to_string(),
+                format!("a{c}b"),
+                format!("{c}x"),
+                format!("{c}{c}"),
+                format!("{}{c}", "y".repeat(49)),
+                format!("{}{c}", "y".repeat(50)),
+            ] {
+                assert_eq!(
+                    documented(&s),
+                    Category::parse(&s, &[]).is_ok(),
+                    "{:?} (U+{:04X})",
+                    s,
+                    c as u32
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 70_000);
+    }
+
     #[test]
     fn page_keys_hold_every_rule_of_the_listing() {
         let k = PageKey::parse(None, None, None, None).unwrap();

@@ -186,3 +186,31 @@ impl PhotosApi {
         Ok(RawJson::new(self.state.uploader.categories().await?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::ChangeBody;
+
+    #[test]
+    fn a_change_is_one_string_category_and_nothing_else() {
+        let parse = |v| ChangeBody::parse(v).map(|c| c.category);
+        assert_eq!(parse(json!({"category": " City "})).unwrap(), " City ");
+        let refused = [
+            (json!({}), "Nothing to change"),
+            (json!({"category": 5}), "must be a string, not 5"),
+            (json!({"category": null}), "must be a string, not null"),
+            (json!({"filename": "a.jpg"}), "Renaming is not supported"),
+            (json!({"category": "x", "filename": "a.jpg"}), "Renaming"),
+            (json!({"category": "x", "id": 3}), "`id` cannot be changed"),
+            (json!({"id": 3, "category": "x"}), "`id` cannot be changed"),
+            (json!("city"), "not a JSON object"),
+            (json!(null), "not a JSON object"),
+        ];
+        for (body, needle) in refused {
+            let e = parse(body.clone()).unwrap_err();
+            assert!(e.contains(needle), "{body}: {e}");
+        }
+    }
+}
