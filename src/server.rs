@@ -545,6 +545,10 @@ impl JsonParseErrors {
 
 /// The JSON answer that replaces `head` if it is one of hyper's bodiless parse-error answers.
 fn json_parse_error(head: &[u8]) -> Option<Vec<u8>> {
+    // Cheap refusals first: this sees every write of a connection with no request in flight.
+    if !(head.starts_with(b"HTTP/1.1 4") && head.ends_with(b"\r\n\r\n") && head.len() < 512) {
+        return None;
+    }
     let head = std::str::from_utf8(head).ok()?.strip_suffix("\r\n\r\n")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next()?;
@@ -610,11 +614,8 @@ impl tokio::io::AsyncWrite for JsonParseErrors {
     ) -> std::task::Poll<io::Result<usize>> {
         std::task::ready!(self.drain(cx))?;
         // hyper's answer is one head and nothing else.
-        if let [head] = bufs
-            .iter()
-            .filter(|b| !b.is_empty())
-            .collect::<Vec<_>>()
-            .as_slice()
+        let mut written = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(head), None) = (written.next(), written.next())
             && self.replaced(head)
         {
             return std::task::Poll::Ready(Ok(head.len()));
