@@ -1,12 +1,16 @@
 //! `portfolio-server upload DIR...`: sends a folder tree of photos to a running server.
 //!
 //! 1. Walk the folders for `.jpg`/`.jpeg` files (any case); other files are counted, not sent.
+//!    What cannot be walked or read (a link to nothing, an unreadable folder, a link back into
+//!    the tree, a FIFO, a file over `--max-file-bytes`) is reported failed before a byte is
+//!    read, and the run goes on.
 //! 2. Reduce each name as the server will ([`FileName::parse`]) and ask the server which names it
 //!    has already (the listing, paged by `after_id`): those are skipped without sending a byte,
 //!    so a rerun sends only what is missing.
 //! 3. Send the rest in batches within the server's limits (`--batch-files`, `--batch-bytes`),
-//!    `--jobs` requests at a time. Network errors and 5xx answers are retried with exponential
-//!    backoff; 4xx answers are reported, not retried.
+//!    `--jobs` requests at a time, each body streamed from the files. Network errors, 5xx
+//!    answers and requests silent for `--timeout` are retried with exponential backoff; 4xx
+//!    answers are reported, not retried.
 //! 4. Report: a progress bar on a terminal (files and bytes, rate, time left), plain lines
 //!    otherwise; a summary of uploaded / skipped / failed with reasons; the failed paths in a
 //!    file that `--from` takes on the next run. Exit code 1 when anything failed; Ctrl-C stops
@@ -14,7 +18,7 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    io::Write,
+    io::{Read, Write},
     path::{Path, PathBuf},
     sync::{
         Mutex,
@@ -40,6 +44,10 @@ pub struct Options {
     pub failed_list: PathBuf,
     /// First backoff; doubled at each retry.
     pub backoff: Duration,
+    /// Longest wait for any read or write of a request to make progress (the answer included).
+    pub timeout: Duration,
+    /// Files larger than this are reported and never read (the server's `upload.max_file_bytes`).
+    pub max_file_bytes: u64,
 }
 
 /// One photo to send.
@@ -67,30 +75,89 @@ pub enum ClientError {
     Setup(String),
 }
 
-/// Files under `roots` (folders or single files), sorted, and how many were not JPEGs.
-pub fn walk(roots: &[PathBuf]) -> Result<(Vec<PathBuf>, usize), ClientError> {
-    let mut found = Vec::new();
-    let mut ignored = 0;
+/// What [`walk`] found under its roots.
+#[derive(Debug, Default)]
+pub struct Walked {
+    /// Paths with a `.jpg`/`.jpeg` name, sorted. [`run`] checks each before reading it.
+    pub files: Vec<PathBuf>,
+    /// Files that are not `.jpg`/`.jpeg` (and links to nothing without such a name).
+    pub ignored: usize,
+    /// What could not be walked, with why: an unreadable folder, a link to nothing with a
+    /// photo's name, a link back into the tree. Reported failed; the run goes on.
+    pub problems: Vec<(PathBuf, String)>,
+}
+
+/// The `.jpg`/`.jpeg` files under `roots` (folders or single files). Only a root that does not
+/// exist stops it (a typo on the command line, before anything is sent); anything below that
+/// cannot be read is a problem, reported, and the walk goes on. Links are followed, each folder
+/// is walked once (a link back into the tree is reported, not followed round).
+pub fn walk(roots: &[PathBuf]) -> Result<Walked, ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    for root in roots {
+        std::fs::metadata(root)
+            .map_err(|e| ClientError::Setup(format!("{}: {e}", root.display())))?;
+    }
+    let mut walked = Walked::default();
+    let mut folders_seen: HashSet<(u64, u64)> = HashSet::new();
     let mut stack: Vec<PathBuf> = roots.to_vec();
     while let Some(p) = stack.pop() {
-        let meta = std::fs::metadata(&p)
-            .map_err(|e| ClientError::Setup(format!("{}: {e}", p.display())))?;
-        if meta.is_dir() {
-            let entries = std::fs::read_dir(&p)
-                .map_err(|e| ClientError::Setup(format!("{}: {e}", p.display())))?;
-            for entry in entries {
-                let entry =
-                    entry.map_err(|e| ClientError::Setup(format!("{}: {e}", p.display())))?;
-                stack.push(entry.path());
+        let meta = match std::fs::metadata(&p) {
+            Ok(meta) => meta,
+            // A link to nothing (or round a loop of links): metadata follows it and fails.
+            Err(e) => {
+                if is_jpeg_name(&p) {
+                    walked
+                        .problems
+                        .push((p, format!("a link to nothing, not sent ({e})")));
+                } else {
+                    walked.ignored += 1;
+                }
+                continue;
             }
-        } else if is_jpeg_name(&p) {
-            found.push(p);
-        } else {
-            ignored += 1;
+        };
+        if !meta.is_dir() {
+            if is_jpeg_name(&p) {
+                walked.files.push(p);
+            } else {
+                walked.ignored += 1;
+            }
+            continue;
+        }
+        if !folders_seen.insert((meta.dev(), meta.ino())) {
+            let link = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
+            if link {
+                walked.problems.push((
+                    p,
+                    "a link to a folder already walked (a loop, or a second way in); not \
+                     followed"
+                        .into(),
+                ));
+            }
+            continue;
+        }
+        let entries = match std::fs::read_dir(&p) {
+            Ok(entries) => entries,
+            Err(e) => {
+                walked.problems.push((
+                    p,
+                    format!("cannot read this folder ({e}); the photos in it were not sent"),
+                ));
+                continue;
+            }
+        };
+        for entry in entries {
+            match entry {
+                Ok(entry) => stack.push(entry.path()),
+                Err(e) => walked.problems.push((
+                    p.clone(),
+                    format!("cannot read an entry of this folder ({e})"),
+                )),
+            }
         }
     }
-    found.sort();
-    Ok((found, ignored))
+    walked.files.sort();
+    walked.problems.sort();
+    Ok(walked)
 }
 
 fn is_jpeg_name(p: &Path) -> bool {
@@ -107,24 +174,29 @@ pub trait Progress: Send + Sync {
     fn finish(&self);
 }
 
-/// Runs the upload of `paths` (already walked); `stop` is set by Ctrl-C.
+/// Runs the upload of what [`walk`] found (and `--from` listed); `stop` is set by Ctrl-C.
 pub fn run(
     opts: &Options,
-    paths: Vec<PathBuf>,
-    ignored: usize,
+    walked: Walked,
     progress: &dyn Progress,
     stop: &AtomicBool,
 ) -> Result<Summary, ClientError> {
+    // No total time limit (a large batch on a slow link takes what it takes), but no wait for
+    // a silent server longer than `opts.timeout`: each read and each write of the connection
+    // must make progress within it, the answer included.
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(10)))
-        .timeout_global(Some(Duration::from_secs(600)))
+        .timeout_connect(Some(opts.timeout.min(Duration::from_secs(10))))
+        .timeout_per_read(Some(opts.timeout))
+        .timeout_per_write(Some(opts.timeout))
         .http_status_as_error(false)
         .build()
         .into();
     let mut summary = Summary {
-        ignored,
+        ignored: walked.ignored,
+        failed: walked.problems,
         ..Summary::default()
     };
+    let paths = walked.files;
     // Names as the server will store them; two files of one run with one name: the first goes.
     let mut by_name: HashMap<String, PathBuf> = HashMap::new();
     let mut todo = Vec::new();
@@ -143,7 +215,34 @@ pub fn run(
                         .push((path, format!("same name as {} ({name})", first.display())));
                     continue;
                 }
-                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                // Looked at before anything is read: a FIFO named `.jpg` would block the
+                // read for ever, and a file over the limit would be read only to be refused.
+                let bytes = match std::fs::metadata(&path) {
+                    Err(e) => {
+                        summary.failed.push((path, format!("cannot read: {e}")));
+                        continue;
+                    }
+                    Ok(m) if !m.is_file() => {
+                        summary.failed.push((
+                            path,
+                            "not a regular file (a FIFO, socket or device); not read".into(),
+                        ));
+                        continue;
+                    }
+                    Ok(m) if m.len() > opts.max_file_bytes => {
+                        summary.failed.push((
+                            path,
+                            format!(
+                                "{} bytes, over the {}-byte limit (--max-file-bytes: the \
+                                 server's upload.max_file_bytes); not sent",
+                                m.len(),
+                                opts.max_file_bytes
+                            ),
+                        ));
+                        continue;
+                    }
+                    Ok(m) => m.len(),
+                };
                 by_name.insert(name.clone(), path.clone());
                 todo.push(Photo { path, name, bytes });
             }
@@ -322,7 +421,8 @@ const BOUNDARY: &str = "portfolio-upload-7f3b9c1e5d";
 
 /// One `/api/upload-batch` request, retried as a whole on a network error or a 5xx (the server
 /// stores a file only when all of it arrived, and a retried file that did get stored comes back
-/// as skipped).
+/// as skipped). The body is streamed from the files (never held in memory), re-read for each
+/// attempt.
 fn send_batch(
     agent: &ureq::Agent,
     opts: &Options,
@@ -330,48 +430,28 @@ fn send_batch(
     stop: &AtomicBool,
     progress: &dyn Progress,
 ) -> Vec<(PathBuf, Outcome)> {
-    let mut body = Vec::new();
-    if let Some(c) = &opts.category {
-        body.extend_from_slice(
-            format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"category\"\r\n\r\n{c}\r\n"
-            )
-            .as_bytes(),
-        );
-    }
     let mut unreadable = Vec::new();
     let mut sent = Vec::new();
     for p in batch {
-        match std::fs::read(&p.path) {
-            Ok(bytes) => {
-                body.extend_from_slice(
-                    format!(
-                        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; \
-                         filename=\"{}\"\r\nContent-Type: image/jpeg\r\n\r\n",
-                        p.name
-                    )
-                    .as_bytes(),
-                );
-                body.extend_from_slice(&bytes);
-                body.extend_from_slice(b"\r\n");
-                sent.push(p);
-            }
+        match open_photo(&p.path) {
+            Ok(_) => sent.push(p),
             Err(e) => {
                 unreadable.push((p.path.clone(), Outcome::Failed(format!("cannot read: {e}"))))
             }
         }
     }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
     if sent.is_empty() {
         return unreadable;
     }
     let url = format!("{}/api/upload-batch", opts.url.trim_end_matches('/'));
     let answer = with_retries(opts, stop, || {
+        let (body, length) = form(opts.category.as_deref(), &sent).map_err(ureq::Error::Io)?;
         agent
             .post(&url)
             .header("X-API-Key", &opts.key)
+            .header("Content-Length", length.to_string())
             .content_type(&format!("multipart/form-data; boundary={BOUNDARY}"))
-            .send(&body[..])
+            .send(ureq::SendBody::from_owned_reader(body))
     });
     let mut out = unreadable;
     let mut resp = match answer {
@@ -428,6 +508,91 @@ fn send_batch(
         out.push((p.path.clone(), outcome));
     }
     out
+}
+
+/// A photo opened for reading, if it is still a regular file. Opened without blocking, so a
+/// FIFO put in its place since the walk cannot hang the run.
+fn open_photo(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// The multipart body of a batch, as a reader over its files, and its length: the `category`
+/// field, then each photo (exactly the size it had when walked: a file that has shrunk since
+/// fails the request rather than send a body shorter than announced), then the closing
+/// boundary.
+fn form(category: Option<&str>, photos: &[&Photo]) -> std::io::Result<(impl Read + 'static, u64)> {
+    let mut body = Body::default();
+    if let Some(c) = category {
+        body.text(format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"category\"\r\n\r\n{c}\r\n"
+        ));
+    }
+    for p in photos {
+        let file = open_photo(&p.path)?;
+        body.text(format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; \
+             filename=\"{}\"\r\nContent-Type: image/jpeg\r\n\r\n",
+            p.name
+        ));
+        body.length += p.bytes;
+        body.parts.push(Box::new(Exactly {
+            file: file.take(p.bytes),
+            left: p.bytes,
+        }));
+        body.text("\r\n".into());
+    }
+    body.text(format!("--{BOUNDARY}--\r\n"));
+    let length = body.length;
+    let reader = body
+        .parts
+        .into_iter()
+        .fold(Box::new(std::io::empty()) as Box<dyn Read>, |all, part| {
+            Box::new(all.chain(part))
+        });
+    Ok((reader, length))
+}
+
+/// The parts of a body being put together, and their total length.
+#[derive(Default)]
+struct Body {
+    parts: Vec<Box<dyn Read>>,
+    length: u64,
+}
+
+impl Body {
+    fn text(&mut self, s: String) {
+        self.length += s.len() as u64;
+        self.parts
+            .push(Box::new(std::io::Cursor::new(s.into_bytes())));
+    }
+}
+
+/// Exactly `left` bytes of a file, or an error if it ends sooner.
+struct Exactly {
+    file: std::io::Take<std::fs::File>,
+    left: u64,
+}
+
+impl Read for Exactly {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file got shorter while it was being sent",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Writes the failed paths, one per line, for `--from`; removes the file when nothing failed.
@@ -536,5 +701,57 @@ impl Progress for Console {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::{Photo, form};
+
+    fn photo(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Photo {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        Photo {
+            path,
+            name: name.into(),
+            bytes: bytes.len() as u64,
+        }
+    }
+
+    #[test]
+    fn a_form_is_as_long_as_it_says_and_holds_each_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = photo(dir.path(), "a.jpg", &[1u8; 1000]);
+        let b = photo(dir.path(), "b.jpg", b"");
+        for category in [None, Some("street photo")] {
+            let (mut reader, length) = form(category, &[&a, &b]).unwrap();
+            let mut body = Vec::new();
+            reader.read_to_end(&mut body).unwrap();
+            assert_eq!(body.len() as u64, length);
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(text.matches("filename=\"").count(), 2);
+            assert_eq!(text.contains("name=\"category\""), category.is_some());
+            assert!(text.ends_with("--\r\n"));
+            assert!(body.windows(1000).any(|w| w == [1u8; 1000]));
+        }
+    }
+
+    #[test]
+    fn a_file_that_shrank_or_grew_since_the_walk_never_breaks_the_framing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = photo(dir.path(), "a.jpg", &[7u8; 100]);
+        // Grew: only the walked size is sent, so the length stays true.
+        std::fs::write(&a.path, [7u8; 150]).unwrap();
+        let (mut reader, length) = form(None, &[&a]).unwrap();
+        let mut body = Vec::new();
+        reader.read_to_end(&mut body).unwrap();
+        assert_eq!(body.len() as u64, length);
+        // Shrank: an error, not a body shorter than announced.
+        a.bytes = 200;
+        let (mut reader, _) = form(None, &[&a]).unwrap();
+        let e = reader.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("got shorter"), "{e}");
     }
 }

@@ -67,6 +67,14 @@ enum Command {
         /// Where the paths that failed are written (removed when nothing failed).
         #[arg(long, default_value = "upload-failed.txt")]
         failed_list: std::path::PathBuf,
+        /// Seconds any read or write of a request may go without progress (the server's answer
+        /// included) before the request counts as failed (and is retried).
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Files larger than this many bytes are reported and never read: the server's
+        /// `upload.max_file_bytes` (25 MiB by default). Raise it if the server's is larger.
+        #[arg(long, default_value_t = 25 << 20)]
+        max_file_bytes: u64,
     },
     /// The thumb and medium variants and the placeholder of each photo.
     Variants {
@@ -105,6 +113,8 @@ fn main() -> ExitCode {
         dry_run,
         from,
         failed_list,
+        timeout,
+        max_file_bytes,
     }) = cli.command
     {
         let key = key
@@ -127,6 +137,8 @@ fn main() -> ExitCode {
             dry_run,
             failed_list,
             backoff: std::time::Duration::from_millis(500),
+            timeout: std::time::Duration::from_secs(timeout.max(1)),
+            max_file_bytes,
         };
         return upload(opts, paths, from);
     }
@@ -213,13 +225,13 @@ fn upload(
     if opts.key.is_empty() && !opts.dry_run {
         return fail(&"no admin key: pass --key or set ADMIN_API_KEY (in the environment or .env)");
     }
-    let (mut files, ignored) = match client::walk(&paths) {
+    let mut walked = match client::walk(&paths) {
         Ok(found) => found,
         Err(e) => return fail(&e),
     };
     if let Some(list) = &from {
         match client::read_list(list) {
-            Ok(more) => files.extend(more),
+            Ok(more) => walked.files.extend(more),
             Err(e) => return fail(&e),
         }
     }
@@ -229,7 +241,7 @@ fn upload(
         let _ = ctrlc_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst));
     }
     let progress = client::Console::new(std::io::stderr().is_terminal());
-    let summary = match client::run(&opts, files, ignored, &progress, &stop) {
+    let summary = match client::run(&opts, walked, &progress, &stop) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
