@@ -511,28 +511,59 @@ pub fn settings(db_url: Option<&str>) -> Settings {
     s.database.listen = false;
     s.server.cors_origins = vec!["https://portfolio.example".into()];
     // Never the working directory's data/media: the start-up storage check writes a probe file.
-    s.storage.local_dir = std::env::temp_dir().join("portfolio-test-media");
+    s.storage.local_dir = scratch().join("media");
     // Each app clears its spool folder at start-up: never share one between tests.
-    s.upload.spool_dir = tempfile::Builder::new()
-        .prefix("portfolio-test-spool-")
-        .tempdir()
-        .expect("tempdir")
-        .keep();
+    s.upload.spool_dir = scratch_dir("spool");
     // No table copy unless a test asks for one: tests seed rows with SQL, which the copy (taken at
     // start-up and after uploads) would not see.
     s.cache.copy_max_rows = 0;
-    s.cache.copy_path = std::env::temp_dir().join(format!(
-        "portfolio-test-copy-{}-{}.json",
-        std::process::id(),
+    s.cache.copy_path = scratch().join(format!(
+        "copy-{}.json",
         DB_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     // Each app its own journal, unless a test shares one on purpose (a restart).
-    s.upload.journal_dir = tempfile::Builder::new()
-        .prefix("portfolio-test-journal-")
-        .tempdir()
-        .expect("tempdir")
-        .keep();
+    s.upload.journal_dir = scratch_dir("journal");
     s
+}
+
+/// This test process's scratch folder (`portfolio-test-<pid>` in the temp folder), for the
+/// spool, journal and table-copy paths that settings need. Removed when the process exits;
+/// folders of earlier runs whose process is gone (killed before it could remove its own) are
+/// removed when the first is made. Before this, every test left two folders behind (6,272 were
+/// found in /tmp here).
+pub fn scratch() -> &'static std::path::Path {
+    static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+    SCRATCH.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("portfolio-test-")
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = tmp.join(format!("portfolio-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        extern "C" fn remove_scratch() {
+            if let Some(dir) = SCRATCH.get() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        // SAFETY: registers a plain function to run at exit; it touches only the path above.
+        unsafe { libc::atexit(remove_scratch) };
+        dir
+    })
+}
+
+/// A new, empty folder inside [`scratch`].
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}-"))
+        .tempdir_in(scratch())
+        .expect("tempdir")
+        .keep()
 }
 
 pub struct TestApp {

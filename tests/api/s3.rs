@@ -173,7 +173,8 @@ fn start_server(kind: Kind) -> Result<Server, String> {
             .map_err(|e| e.to_string())?;
             let ports: Vec<u16> = (0..3).map(|_| free_pair()).collect();
             format!(
-                "{weed} mini -dir={dir}/data -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={m} \
+                // -logdir: glog's files go with the server's folder, not into /tmp.
+                "{weed} -logdir={dir} mini -dir={dir}/data -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={m} \
                  -volume.port={v} -filer.port={f} -s3.port={port} -s3.port.iceberg=0 \
                  -s3.port.lance=0 -webdav=false -admin.ui=false -master.telemetry=false \
                  -s3.config={config}",
