@@ -490,7 +490,10 @@ async fn unusual_queries_take_the_documented_route_and_its_errors() {
     let app = TestApp::spawn(crate::helpers::settings(None)).await;
     // Percent-encoded and repeated parameters are left to the full parser.
     let r = app.get("/api/images?limit=2&limit=3").await;
-    assert!(r.status == StatusCode::OK || r.status == StatusCode::UNPROCESSABLE_ENTITY);
+    // A repeated parameter: the full parser answers with the first value (poem's). The
+    // original (Starlette) takes the last; that difference is known and not yet decided.
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.ids(), vec![1, 2]);
     let r = app.get("/api/images?limit=0").await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.json()["detail"].as_str().unwrap().contains("limit"));
