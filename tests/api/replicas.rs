@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     binary::{start_logging, terminate},
-    helpers::{Form, TestDb, jpeg},
+    helpers::{Form, TestDb, agent, jpeg},
 };
 
 /// Pages are kept for an hour: only a notification can make a replica see a change in time.
@@ -82,14 +82,6 @@ impl Drop for Replica {
             terminate(&mut self.child);
         }
     }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
 }
 
 /// The filenames and categories of the first page, as `name:category`.

@@ -24,7 +24,7 @@ use portfolio_server::config::{Secret, Settings, StorageBackend};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use crate::{
-    helpers::{TestApp, TestDb, ToggleProxy, jpeg, objects_of, upload_settings},
+    helpers::{TestApp, TestDb, ToggleProxy, agent, jpeg, objects_of, upload_settings},
     supabase::CutAfterPut,
 };
 
@@ -237,14 +237,6 @@ fn start_server(kind: Kind) -> Result<Server, String> {
         endpoint,
         _watchdog: Mutex::new(child),
     })
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
 }
 
 /// A fresh bucket on a server, and how to reach it directly (not through the app).

@@ -1,19 +1,9 @@
 //! Wrong admin keys are throttled per client address (src/throttle.rs), through the real
 //! listener, so that the peer address is a real one.
 
-use std::time::Duration;
-
 use portfolio_server::app::App;
 
-use crate::helpers::{API_KEY, TestDb, upload_settings};
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
+use crate::helpers::{API_KEY, TestDb, agent, upload_settings};
 
 /// `PATCH /api/images/1` with `key`, as the client `from` names itself in `X-Forwarded-For`:
 /// status, `Retry-After` and body.
