@@ -6,13 +6,13 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use poem::{Endpoint, EndpointExt, Response, Route, middleware::Compression};
 
 use crate::{
-    api::media,
     config::{Settings, StorageBackend},
     db::DbError,
-    front::{CorsPolicy, Front},
-    server,
+    http::api::media,
+    http::front::{CorsPolicy, Front},
+    http::server,
     state::AppState,
-    storage::LocalStore,
+    storage::local::LocalStore,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +40,9 @@ pub fn routes_without_fast_path(state: Arc<AppState>) -> impl Endpoint<Output = 
 }
 
 fn router(state: &Arc<AppState>) -> Route {
-    let api = crate::api::service(state.clone());
+    let api = crate::http::api::service(state.clone());
     let docs = api.swagger_ui();
-    let spec = bytes::Bytes::from(crate::api::spec_json(&api));
+    let spec = bytes::Bytes::from(crate::http::api::spec_json(&api));
     let spec = poem::endpoint::make_sync(move |_| {
         Response::builder()
             .content_type("application/json; charset=utf-8")

@@ -280,9 +280,9 @@ fn itoa_status(status: u16) -> [u8; 3] {
 
 /// The outcome label of one photo's upload.
 pub fn upload_outcome(
-    result: &Result<crate::model::Photo, crate::upload::UploadError>,
+    result: &Result<crate::model::Photo, crate::write::upload::UploadError>,
 ) -> &'static str {
-    use crate::upload::UploadError as E;
+    use crate::write::upload::UploadError as E;
     match result {
         Ok(_) => "created",
         Err(E::Duplicate(_)) => "duplicate",

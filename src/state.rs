@@ -4,14 +4,18 @@
 use std::sync::{Arc, atomic::AtomicU64};
 
 use crate::{
-    cache::PageCache,
     config::{Settings, StorageBackend},
     db::{Db, DbError},
-    listing::Listing,
+    http::throttle::KeyThrottle,
     metrics::Metrics,
-    storage::{self, Monitored, ObjectStore, StorageState},
-    throttle::KeyThrottle,
-    upload::Uploader,
+    read::cache::PageCache,
+    read::listing::Listing,
+    storage::{
+        ObjectStore,
+        monitored::{Monitored, StorageState},
+        open::from_settings,
+    },
+    write::upload::Uploader,
 };
 
 /// What every handler can reach.
@@ -41,7 +45,7 @@ impl AppState {
     /// migrate it), bounded by the checkout timeout, and starts the background re-probe; the
     /// server starts whatever the outcome.
     pub async fn new(settings: Settings) -> Result<Arc<AppState>, DbError> {
-        let store = storage::from_settings(&settings.storage);
+        let store = from_settings(&settings.storage);
         Self::with_store(settings, Arc::from(store)).await
     }
 
@@ -55,7 +59,7 @@ impl AppState {
                 tracing::warn!(
                     "no database configured (DATABASE_URL is not set): serving the {} photographs \
                      built into the binary",
-                    crate::listing::Fallback::load().len()
+                    crate::read::listing::Fallback::load().len()
                 );
                 None
             }
@@ -101,7 +105,7 @@ impl AppState {
                 ),
                 None => format!(
                     "the {} photographs built into the binary (no saved copy of the table)",
-                    crate::listing::Fallback::load().len()
+                    crate::read::listing::Fallback::load().len()
                 ),
             };
             tracing::warn!(
@@ -113,7 +117,7 @@ impl AppState {
         listing.spawn_copier();
         if let (Some(url), true) = (&settings.database.url, settings.database.listen) {
             let listen_url = settings.database.listen_url.as_ref().unwrap_or(url);
-            crate::notify::spawn(
+            crate::read::notify::spawn(
                 Arc::downgrade(&listing),
                 listen_url.expose(),
                 url.expose(),

@@ -28,7 +28,7 @@ use portfolio_server::{
     app::routes,
     config::{Secret, Settings},
     state::AppState,
-    storage::StorageState,
+    storage::monitored::StorageState,
 };
 use tokio::{
     net::{TcpListener, TcpStream},

@@ -7,7 +7,7 @@ use std::sync::{
 };
 
 use poem::http::{Method, StatusCode};
-use portfolio_server::storage::{LocalStore, ObjectStore, Put, StorageError};
+use portfolio_server::storage::{ObjectStore, Put, StorageError, local::LocalStore};
 use serde_json::json;
 
 use crate::{
@@ -460,7 +460,7 @@ async fn a_delete_that_died_before_its_commit_keeps_the_photo_after_a_restart() 
     first.upload("stays.jpg", jpeg(30, 20, None)).await;
     drop(first);
     // What step 1 of a delete leaves on disk, as the journal writes it.
-    let journal = portfolio_server::journal::Journal::open(&s.upload.journal_dir).unwrap();
+    let journal = portfolio_server::write::journal::Journal::open(&s.upload.journal_dir).unwrap();
     let entry = journal
         .record_with(
             "stays.jpg",
@@ -495,7 +495,7 @@ async fn a_delete_that_died_before_its_commit_keeps_a_photo_whose_key_is_not_its
     ));
     std::fs::write(media.path().join("IMG_0001.jpg"), b"the original's photo").unwrap();
     // What step 1 of the delete writes down, as manage's delete writes it.
-    let journal = portfolio_server::journal::Journal::open(&s.upload.journal_dir).unwrap();
+    let journal = portfolio_server::write::journal::Journal::open(&s.upload.journal_dir).unwrap();
     let entry = journal
         .record_claimed(
             "IMG_0001.jpg",

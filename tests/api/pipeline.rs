@@ -14,7 +14,7 @@ use image::{ImageEncoder, RgbImage, codecs::jpeg::JpegEncoder};
 use poem::http::StatusCode;
 use portfolio_server::{
     config::{Secret, StorageBackend},
-    storage::{LocalStore, ObjectStore, Put, StorageError},
+    storage::{ObjectStore, Put, StorageError, local::LocalStore},
 };
 
 use crate::{

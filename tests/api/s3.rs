@@ -432,7 +432,7 @@ async fn an_upload_is_stored_create_only_immutable_and_readable(kind: Kind) {
     .await;
     let storage = b.settings(&db.url, SECRET_KEY).storage;
     let listed = off(move || {
-        let mut keys: Vec<String> = portfolio_server::storage::from_settings(&storage)
+        let mut keys: Vec<String> = portfolio_server::storage::open::from_settings(&storage)
             .list(&mut |_| {})
             .unwrap()
             .into_iter()
@@ -446,7 +446,7 @@ async fn an_upload_is_stored_create_only_immutable_and_readable(kind: Kind) {
     // `variants backfill` reads photos back with the credentials (a private bucket works too).
     let storage = b.settings(&db.url, SECRET_KEY).storage;
     let (got, missing) = off(move || {
-        let store = portfolio_server::storage::from_settings(&storage);
+        let store = portfolio_server::storage::open::from_settings(&storage);
         (
             store.get("beach-day.jpg").unwrap(),
             store.get("missing.jpg").unwrap(),
@@ -527,7 +527,7 @@ async fn when_the_database_fails_after_the_objects_are_stored_they_are_deleted()
     let db = TestDb::new();
     let proxy = Arc::new(ToggleProxy::start(&db.url).await);
     let s = b.settings(&proxy.url_for(&db.url), SECRET_KEY);
-    let inner = portfolio_server::storage::from_settings(&s.storage);
+    let inner = portfolio_server::storage::open::from_settings(&s.storage);
     let store = Arc::new(CutAfterPut {
         inner,
         proxy: proxy.clone(),
@@ -570,7 +570,8 @@ async fn a_wrong_secret_is_reported_at_start_up_and_an_upload_is_a_502_with_no_r
     );
     // The start-up check (a listing) gets the server's own reason.
     let storage = b.settings(&db.url, "not-the-secret").storage;
-    let checked = off(move || portfolio_server::storage::from_settings(&storage).check()).await;
+    let checked =
+        off(move || portfolio_server::storage::open::from_settings(&storage).check()).await;
     let e = checked
         .expect_err("a wrong secret fails the check")
         .to_string();
@@ -628,7 +629,8 @@ async fn a_server_that_ignores_if_none_match_is_detected_and_no_upload_is_attemp
     s.storage.s3_access_key_id = Some(ACCESS_KEY.into());
     s.storage.s3_secret_access_key = Some(Secret::new(SECRET_KEY));
     let storage = s.storage.clone();
-    let checked = off(move || portfolio_server::storage::from_settings(&storage).check()).await;
+    let checked =
+        off(move || portfolio_server::storage::open::from_settings(&storage).check()).await;
     let e = checked.expect_err("the probe was overwritten").to_string();
     assert!(e.contains("ignores If-None-Match"), "{e}");
 
@@ -742,15 +744,16 @@ async fn reconcile_reads_the_listing(kind: Kind) {
     let bb = b.clone();
     off(move || bb.put("orphan.jpg", b"no row")).await;
     let store = app.state.store.clone();
-    let opts = portfolio_server::reconcile::Options {
+    let opts = portfolio_server::write::reconcile::Options {
         delete_orphans: true,
         grace: Duration::ZERO,
     };
     let (mut out, mut progress) = (Vec::new(), Vec::new());
     let db_handle = app.state.db.clone().unwrap();
-    let report = portfolio_server::reconcile::run(&db_handle, store, opts, &mut out, &mut progress)
-        .await
-        .unwrap();
+    let report =
+        portfolio_server::write::reconcile::run(&db_handle, store, opts, &mut out, &mut progress)
+            .await
+            .unwrap();
     let out = String::from_utf8_lossy(&out);
     assert_eq!(report.objects, 4, "{out}");
     assert_eq!(report.deleted, 1, "{out}");

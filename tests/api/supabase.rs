@@ -125,7 +125,7 @@ async fn an_object_already_in_the_bucket_is_409_and_never_deleted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_duplicate_reported_as_http_400_with_status_409_in_the_body_is_a_conflict() {
-    use portfolio_server::storage::{ObjectStore, Put, SupabaseStore};
+    use portfolio_server::storage::{ObjectStore, Put, supabase::SupabaseStore};
     let fake = Arc::new(FakeStorage::default());
     let base = start_fake(fake.clone()).await;
     let store = SupabaseStore::new(
@@ -267,7 +267,7 @@ async fn when_the_database_fails_after_the_object_is_stored_the_object_is_delete
     s.storage.backend = Some(StorageBackend::Supabase);
     s.storage.supabase_url = Some(base.clone());
     s.storage.supabase_key = Some(Secret::new(SERVICE_KEY));
-    let inner = portfolio_server::storage::from_settings(&s.storage);
+    let inner = portfolio_server::storage::open::from_settings(&s.storage);
     let store = Arc::new(CutAfterPut {
         inner,
         proxy: proxy.clone(),

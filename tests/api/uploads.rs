@@ -9,7 +9,7 @@ use std::{
 };
 
 use poem::http::StatusCode;
-use portfolio_server::storage::{LocalStore, ObjectStore, Put, StorageError};
+use portfolio_server::storage::{ObjectStore, Put, StorageError, local::LocalStore};
 
 use crate::helpers::{
     API_KEY, Form, TestApp, TestDb, ToggleProxy, files_in, jpeg, objects_of, png, upload_settings,

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, RawJson};
-use crate::{db::Ping, listing::Assets, state::AppState, storage::StorageState};
+use crate::{db::Ping, read::listing::Assets, state::AppState, storage::monitored::StorageState};
 
 pub struct MetaApi {
     pub state: Arc<AppState>,

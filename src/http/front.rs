@@ -22,7 +22,7 @@ use poem::{
 };
 use tracing::Instrument;
 
-use crate::{api::error::ApiError, state::AppState};
+use crate::{http::api::error::ApiError, state::AppState};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_DATA_SOURCE: HeaderName = HeaderName::from_static("x-data-source");
@@ -207,7 +207,7 @@ impl<E: Endpoint> Endpoint for Front<E> {
         if self.fast_path
             && req.method() == Method::GET
             && !is_admin(&req)
-            && let Some(mut r) = crate::api::ready_listing(&self.state, &req).await
+            && let Some(mut r) = crate::http::api::ready_listing(&self.state, &req).await
         {
             allow(&mut r, HeaderValue::from_static("*"));
             let status = r.status();
@@ -330,7 +330,7 @@ impl<E: Endpoint> Front<E> {
 
     async fn respond(&self, mut req: Request) -> Response {
         if self.fast_path
-            && let Some(response) = crate::api::fast_listing(&self.state, &req).await
+            && let Some(response) = crate::http::api::fast_listing(&self.state, &req).await
         {
             return response;
         }

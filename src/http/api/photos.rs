@@ -16,7 +16,7 @@ use super::{
     error::{ApiError, CategoryErrors, ChangeErrors, PhotoErrors},
     upload::{AdminKey, require_admin_key},
 };
-use crate::{manage::CategoryCount, model::Photo, state::AppState};
+use crate::{model::Photo, state::AppState, write::manage::CategoryCount};
 
 pub struct PhotosApi {
     pub state: Arc<AppState>,

@@ -22,7 +22,10 @@ use poem_openapi::{
 };
 
 use super::ErrorBody;
-use crate::{manage::ManageError, model::InvalidQuery, storage::StorageError, upload::UploadError};
+use crate::{
+    model::InvalidQuery, storage::StorageError, write::manage::ManageError,
+    write::upload::UploadError,
+};
 
 pub const UNAUTHORIZED: &str = "Invalid or missing API key";
 pub const UPLOADS_DISABLED: &str =

@@ -23,11 +23,11 @@ use rust_embed::Embed;
 
 use crate::{
     blocking,
-    cache::{Page, PageCache},
     config::CacheSettings,
     db::{self, Db},
     metrics::Metrics,
     model::{PageKey, Photo},
+    read::cache::{Page, PageCache},
 };
 
 /// Where a response's data came from; sent as `X-Data-Source`.

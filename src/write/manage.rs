@@ -21,10 +21,10 @@ use postgres::types::Type;
 use crate::{
     db::{DbError, PHOTO_COLUMNS, PgConn, photo_from_row},
     imaging::Variant,
-    journal::Journal,
     model::{Category, Invalid, Photo},
     storage::ObjectStore,
-    upload::{Resolution, Unsettled, UploadError, Uploader, delete_unclaimed},
+    write::journal::Journal,
+    write::upload::{Resolution, Unsettled, UploadError, Uploader, delete_unclaimed},
 };
 
 /// Why a management request did not happen.
@@ -211,7 +211,7 @@ enum DeleteFailure {
     /// COMMIT was sent and failed: the row may or may not be gone.
     CommitUncertain {
         error: Box<postgres::Error>,
-        entry: Option<Box<crate::journal::Entry>>,
+        entry: Option<Box<crate::write::journal::Entry>>,
     },
 }
 
@@ -228,7 +228,7 @@ fn delete_row(
     store: &dyn ObjectStore,
     journal: &Journal,
     id: i32,
-) -> Result<Option<crate::journal::Entry>, DeleteFailure> {
+) -> Result<Option<crate::write::journal::Entry>, DeleteFailure> {
     let mut tx = c.transaction()?;
     tx.batch_execute("SET LOCAL lock_timeout = '30s'")?;
     let row = tx
@@ -298,7 +298,7 @@ impl Uploader {
         &self,
         db: &crate::db::Db,
         journal: &Arc<Journal>,
-        entry: crate::journal::Entry,
+        entry: crate::write::journal::Entry,
     ) -> Result<Resolution, Unsettled> {
         let held = entry.clone();
         let (store, j) = (self.store.clone(), journal.clone());

@@ -22,7 +22,7 @@ use std::{
 
 use postgres::{Client, NoTls, fallible_iterator::FallibleIterator};
 
-use crate::listing::Listing;
+use crate::read::listing::Listing;
 
 /// The channel the trigger notifies (its payload is the statement: INSERT, UPDATE, ...).
 pub const CHANNEL: &str = "photographs_changed";

@@ -18,7 +18,7 @@ use crate::{
     db::{Db, DbError},
     imaging::Variant,
     storage::{ObjectInfo, ObjectStore, StorageError},
-    upload::{Resolution, delete_unclaimed},
+    write::upload::{Resolution, delete_unclaimed},
 };
 
 #[derive(Debug, Clone, Copy)]

@@ -2,8 +2,8 @@
 //!
 //! Multipart bodies are read field by field from poem's streaming `Multipart` rather than
 //! poem-openapi's `#[derive(Multipart)]`, which spools every part to disk before the handler runs,
-//! and each field is handed to the use case's session ([`crate::upload::SingleUpload`],
-//! [`crate::upload::BatchSession`]) as it arrives. The derive is still used to document the forms
+//! and each field is handed to the use case's session ([`crate::write::upload::SingleUpload`],
+//! [`crate::write::upload::BatchSession`]) as it arrives. The derive is still used to document the forms
 //! in the spec.
 
 use std::{
@@ -39,7 +39,7 @@ use super::{
 use crate::{
     model::Photo,
     state::AppState,
-    upload::{BatchReport, FieldError, read_capped},
+    write::upload::{BatchReport, FieldError, read_capped},
 };
 
 pub struct UploadApi {
@@ -90,7 +90,9 @@ async fn check_api_key(req: &Request, key: ApiKey) -> poem::Result<ApiKey> {
     };
     if let Some(wait) = throttle.wait(client, now) {
         refused("throttled");
-        return Err(ApiError::<()>::throttled(crate::throttle::retry_after_secs(wait)).into());
+        return Err(
+            ApiError::<()>::throttled(crate::http::throttle::retry_after_secs(wait)).into(),
+        );
     }
     let given = Sha256::digest(key.key.as_bytes());
     let wanted = Sha256::digest(expected.expose().as_bytes());

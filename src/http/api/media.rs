@@ -11,7 +11,7 @@ use poem::{
 };
 
 use super::error::ApiError;
-use crate::{blocking, storage::LocalStore};
+use crate::{blocking, storage::local::LocalStore};
 
 /// The folder's store, for reading.
 pub struct Media(pub LocalStore);

@@ -18,9 +18,9 @@ use super::{
     error::{ApiError, ListErrors},
 };
 use crate::{
-    cache::Page,
-    listing::{Busy, Source},
     model::{PageKey, Photo},
+    read::cache::Page,
+    read::listing::{Busy, Source},
     state::AppState,
 };
 

@@ -20,6 +20,8 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     io::{Read, Write},
     path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
     sync::{
         Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -701,6 +703,150 @@ impl Progress for Console {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The subcommand
+
+/// `portfolio-server upload`: the exit code says whether everything was sent (0), something
+/// failed (1), the arguments were unusable (2) or Ctrl-C stopped it (130).
+pub(super) async fn command(
+    command: super::Command,
+    settings: &crate::config::Settings,
+) -> ExitCode {
+    let super::Command::Upload {
+        paths,
+        url,
+        key,
+        category,
+        jobs,
+        batch_files,
+        batch_bytes,
+        retries,
+        dry_run,
+        from,
+        failed_list,
+        timeout,
+        max_file_bytes,
+    } = command
+    else {
+        unreachable!("called for `upload` only")
+    };
+    let key = key
+        .or_else(|| {
+            settings
+                .auth
+                .admin_api_key
+                .as_ref()
+                .map(|k| k.expose().to_string())
+        })
+        .unwrap_or_default();
+    let opts = Options {
+        url,
+        key,
+        category,
+        jobs,
+        batch_files,
+        batch_bytes,
+        retries,
+        dry_run,
+        failed_list,
+        backoff: Duration::from_millis(500),
+        timeout: Duration::from_secs(timeout.max(1)),
+        max_file_bytes,
+    };
+    use std::io::IsTerminal;
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    if opts.key.is_empty() && !opts.dry_run {
+        return fail(&"no admin key: pass --key or set ADMIN_API_KEY (in the environment or .env)");
+    }
+    let mut walked = match walk(&paths) {
+        Ok(found) => found,
+        Err(e) => return fail(&e),
+    };
+    if let Some(list) = &from {
+        match read_list(list) {
+            Ok(more) => walked.files.extend(more),
+            Err(e) => return fail(&e),
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // Ctrl-C stops new batches once; a second one quits at once.
+    let watcher = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopping: waiting for the requests in flight (Ctrl-C again to quit)");
+                stop.store(true, Ordering::SeqCst);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        }
+    });
+    // The sender is blocking HTTP: it runs on a blocking thread of the one runtime.
+    let sent = tokio::task::spawn_blocking({
+        let opts = opts.clone();
+        move || {
+            let progress = Console::new(std::io::stderr().is_terminal());
+            run(&opts, walked, &progress, &stop)
+        }
+    })
+    .await;
+    watcher.abort();
+    let summary = match sent {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return fail(&e),
+        Err(e) => return fail(&e),
+    };
+    for (path, why) in &summary.skipped {
+        println!("skipped\t{}\t{why}", path.display());
+    }
+    for (path, why) in &summary.failed {
+        println!("failed\t{}\t{why}", path.display());
+    }
+    eprintln!(
+        "{}{} uploaded, {} skipped (already there), {} failed{}.",
+        if summary.interrupted {
+            "Interrupted: "
+        } else {
+            ""
+        },
+        summary.uploaded.len(),
+        summary.skipped.len(),
+        summary.failed.len(),
+        if summary.ignored > 0 {
+            format!(
+                "; {} files that are not .jpg/.jpeg were left out",
+                summary.ignored
+            )
+        } else {
+            String::new()
+        }
+    );
+    if opts.dry_run {
+        eprintln!("Dry run: nothing was sent.");
+        return ExitCode::SUCCESS;
+    }
+    match write_failed_list(&opts.failed_list, &summary) {
+        Ok(()) if !summary.failed.is_empty() => eprintln!(
+            "The failed files are listed in {}; run again with --from {} to retry them.",
+            opts.failed_list.display(),
+            opts.failed_list.display()
+        ),
+        Ok(()) => {}
+        Err(e) => eprintln!("cannot write {}: {e}", opts.failed_list.display()),
+    }
+    if summary.interrupted {
+        ExitCode::from(130)
+    } else if summary.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

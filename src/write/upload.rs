@@ -42,10 +42,10 @@ use crate::{
     config::{ImageSettings, UploadSettings},
     db::{Db, DbError, PgConn, photo_from_row},
     imaging::{self, Processed, Rejection, Variant},
-    journal::{Entry, Journal},
-    listing::Listing,
     model::{Category, FileName, Invalid, Photo},
+    read::listing::Listing,
     storage::{ObjectStore, Put, StorageError},
+    write::journal::{Entry, Journal},
 };
 
 /// Why an upload did not happen. Each maps to one HTTP status, in `api::error` only.
@@ -121,7 +121,7 @@ pub struct Uploader {
     /// Uploads hold a pooled connection while they store the object: bound them so reads always
     /// find connections.
     pub(crate) slots: Semaphore,
-    /// Keys that may exist in storage without a row (see [`crate::journal`]). None when the
+    /// Keys that may exist in storage without a row (see [`crate::write::journal`]). None when the
     /// folder cannot be written: uploads are refused then, since nothing could be cleaned up.
     pub(crate) journal: Option<Arc<Journal>>,
     /// One resolver pass at a time.
@@ -343,7 +343,7 @@ impl Uploader {
         outcome
     }
 
-    /// Settles one journal entry (see [`crate::journal`]).
+    /// Settles one journal entry (see [`crate::write::journal`]).
     async fn resolve(
         &self,
         db: &Db,
@@ -376,7 +376,7 @@ impl Uploader {
                 Err(_) => return,
             }
         };
-        let now = crate::journal::now_ms();
+        let now = crate::write::journal::now_ms();
         for entry in entries.into_iter().filter(|e| e.is_due(now)) {
             let key = entry.key.clone();
             match self.resolve(db, journal, entry).await {
@@ -924,7 +924,7 @@ fn abandon(
         }
     }
     let checks: Vec<Duration> = if may_still_land {
-        crate::journal::checks_after(store.settle_time())
+        crate::write::journal::checks_after(store.settle_time())
     } else if left_over {
         vec![Duration::ZERO]
     } else {

@@ -214,9 +214,9 @@ async fn one(
         let (mut thumb, mut medium) = (None, None);
         for (variant, encoded) in &variants {
             let key = variant.key(&photo_key);
-            match crate::upload::put_variant(&*store, &key, &encoded.bytes) {
+            match crate::write::upload::put_variant(&*store, &key, &encoded.bytes) {
                 Ok(_) => {}
-                Err(crate::upload::VariantError::Occupied(_)) => {
+                Err(crate::write::upload::VariantError::Occupied(_)) => {
                     return Ok(Outcome::Failed(format!(
                         "storage already holds `{key}`, which this server did not write; \
                          remove it and run the backfill again"

@@ -1,0 +1,4 @@
+pub mod api;
+pub mod front;
+pub mod server;
+pub mod throttle;

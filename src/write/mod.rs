@@ -1,0 +1,5 @@
+pub mod backfill;
+pub mod journal;
+pub mod manage;
+pub mod reconcile;
+pub mod upload;
