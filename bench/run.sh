@@ -223,9 +223,19 @@ CONF
 sleep 0.5
 run_wrk nginx "http://127.0.0.1:$P_NGINX$PAGE" EXPECT_FILE="$WORK/page.json"
 
+# The server's own page statement (sql/queries/page.sql) for pgbench: limit $1, offset $2, no
+# keyset or category filter (both NULL, as for a plain `?limit=&offset=` request).
+page_script() {
+  sed -e '/^--/d' -e "s/\$1/$1/; s/\$2/$2/; s/\$3/NULL/g; s/\$4/NULL/g" "$ROOT/sql/queries/page.sql"
+  echo ';'
+}
+
 log "3. uncached pages, rotating offsets over $ROWS_SMALL rows; pgbench on the same SQL"
 run_wrk uncached "http://127.0.0.1:$P_UNCACHED/" ROTATE=$((ROWS_SMALL - 10))
-sed "s/random(0, 9989)/random(0, $((ROWS_SMALL - 11)))/" "$ROOT/bench/page.sql" >"$WORK/page.sql"
+{
+  printf '%s\n' "\\set off random(0, $((ROWS_SMALL - 11)))"
+  page_script "10" ":off"
+} >"$WORK/page.sql"
 pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -M extended -c "$CONNS" -j 2 -T "${DUR%s}" \
   -f "$WORK/page.sql" small >"$RAW/pgbench.txt" 2>&1
 grep -E '^tps' "$RAW/pgbench.txt" >&2
@@ -236,7 +246,7 @@ run_wrk big_keyset "http://127.0.0.1:$P_BIG/api/images?after_id=$DEEP&limit=10"
 # Last: a deep OFFSET reads $DEEP rows per query, and requests still queued when wrk stops run on
 # (up to database.queue_timeout_ms) until they are answered.
 run_wrk big_offset "http://127.0.0.1:$P_BIG/api/images?limit=10&offset=$DEEP"
-echo "SELECT id, filename, url, category, width, height FROM photographs ORDER BY id LIMIT 10 OFFSET $DEEP;" >"$WORK/deep.sql"
+page_script "10" "$DEEP" >"$WORK/deep.sql"
 wait_idle() {
   for _ in $(seq 300); do
     [ "$("${PSQL[@]}" -Atc "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid()")" = 0 ] && return 0

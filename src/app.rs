@@ -11,7 +11,7 @@ use crate::{
     http::api::media,
     http::front::{CorsPolicy, Front},
     http::server,
-    state::AppState,
+    http::state::AppState,
     storage::local::LocalStore,
 };
 

@@ -1,16 +1,51 @@
 //! portfolio-server: the photo-portfolio API, a drop-in replacement for the original FastAPI
 //! backend.
+//!
+//! # Layout
+//!
+//! Each line uses only the lines below it; nothing climbs back up (`tests/api/layout.rs` checks
+//! every `crate::` path against this table):
+//!
+//! ```text
+//! cli                                the subcommands (`main` only parses and dispatches)
+//! app                                builds the state, the routes and the listener
+//! http                               listener, front layer, handlers, the state they reach
+//! write                              uploads, write protocol, clean-up, manage, reconcile, backfill
+//! read                               listings: page cache, database, table copy, notifications
+//! db  storage  imaging  metrics      the resources the use cases work with
+//! config  model  blocking  telemetry used at every level
+//! ```
+//!
+//! A request enters [`http::server`] (the listener), passes [`http::front`] (span, CORS, JSON
+//! errors, the listing fast path) and reaches a handler in [`http::api`], which turns HTTP into a
+//! use case's types: listings go to [`read`], uploads, changes and deletes to [`write`]. Those
+//! use [`db`] (every SQL statement is in [`db::queries`]), [`storage`] and [`imaging`].
+
+/// `App::build`: the state, the routes and the listener; graceful shutdown.
 pub mod app;
+/// The one bridge from async code onto blocking threads.
 pub mod blocking;
+/// The command line: one file per subcommand; `main` only parses and dispatches.
 pub mod cli;
+/// Layered configuration (defaults, `Config.toml`, `.env`, environment).
 pub mod config;
+/// PostgreSQL: the pool and outage tracking, migrations, every query.
 pub mod db;
+/// HTTP: the listener, the front layer, the handlers, the admin key and what they can reach.
 pub mod http;
+/// Photos in, web-ready images out: checks, downscaling, variants, placeholders, metadata.
 pub mod imaging;
+/// `GET /metrics`: Prometheus counters, histograms and gauges.
 pub mod metrics;
+/// Domain values with their rules: photo, file name, category, page key.
 pub mod model;
+/// The read path: listing pages from the cache, the database, the table copy or the embedded
+/// data, and the notifications that keep replicas' caches fresh.
 pub mod read;
-pub mod state;
+/// Object storage: the seam, one file per backend, and the health monitor around them.
 pub mod storage;
+/// Logging set-up.
 pub mod telemetry;
+/// The write path: uploads, the write protocol, clean-up and its journal, managing photos,
+/// reconcile and backfill.
 pub mod write;

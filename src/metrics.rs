@@ -2,7 +2,7 @@
 //!
 //! Counters and histograms are updated where things happen; gauges that describe a state (the
 //! page cache's size, the pool, whether the database is up) are read when scraped. Each
-//! [`crate::state::AppState`] has its own registry, so tests (many apps in one process) see only
+//! app state has its own registry, so tests (many apps in one process) see only
 //! their own counts. The `prometheus` crate writes the format; the names follow its conventions
 //! (`_total` for counters, base units: seconds, bytes).
 
@@ -276,22 +276,4 @@ fn itoa_status(status: u16) -> [u8; 3] {
         b'0' + (s / 10 % 10) as u8,
         b'0' + (s % 10) as u8,
     ]
-}
-
-/// The outcome label of one photo's upload.
-pub fn upload_outcome(
-    result: &Result<crate::model::Photo, crate::write::upload::UploadError>,
-) -> &'static str {
-    use crate::write::upload::UploadError as E;
-    match result {
-        Ok(_) => "created",
-        Err(E::Duplicate(_)) => "duplicate",
-        Err(E::Occupied(_)) => "occupied",
-        Err(
-            E::Invalid(_) | E::Rejected(_) | E::BadForm(_) | E::MissingField(_) | E::TooLarge(_),
-        ) => "invalid",
-        Err(E::DatabaseUnavailable(_)) => "database_unavailable",
-        Err(E::Storage(_)) => "storage_failed",
-        Err(E::Database(_) | E::Internal(_)) => "failed",
-    }
 }

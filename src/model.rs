@@ -296,6 +296,13 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// One row's count of a category.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, poem_openapi::Object)]
+pub struct CategoryCount {
+    pub category: String,
+    pub count: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use poem::{
 };
 use tracing::Instrument;
 
-use crate::{http::api::error::ApiError, state::AppState};
+use crate::http::{api::error::ApiError, state::AppState};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_DATA_SOURCE: HeaderName = HeaderName::from_static("x-data-source");

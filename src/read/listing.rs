@@ -24,9 +24,9 @@ use rust_embed::Embed;
 use crate::{
     blocking,
     config::CacheSettings,
-    db::{self, Db},
+    db::{self, Db, DbError, queries},
     metrics::Metrics,
-    model::{PageKey, Photo},
+    model::{CategoryCount, PageKey, Photo},
     read::cache::{Page, PageCache},
 };
 
@@ -269,6 +269,33 @@ impl Listing {
         self.cache.stats().await
     }
 
+    /// Categories (lower-cased, as listings match them) and how many photos each has, as JSON;
+    /// cached like listing pages and dropped by every write. Ok(None): no database is
+    /// configured.
+    pub async fn categories(&self) -> Result<Option<bytes::Bytes>, DbError> {
+        if let Some(body) = self.cached_categories() {
+            return Ok(Some(body));
+        }
+        let generation = self.generation();
+        let Some(db) = &self.db else {
+            return Ok(None);
+        };
+        let rows = db
+            .run(|c| {
+                Ok(c.query_typed(queries::CATEGORIES, &[])?
+                    .iter()
+                    .map(|r| CategoryCount {
+                        category: r.get(0),
+                        count: r.get(1),
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let body = bytes::Bytes::from(serde_json::to_vec(&rows).expect("counts serialise"));
+        self.keep_categories(generation, body.clone());
+        Ok(Some(body))
+    }
+
     /// The count of writes so far (see [`Listing::keep_categories`]).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -341,12 +368,11 @@ impl Listing {
         let limit = i64::try_from(bound).unwrap_or(i64::MAX).saturating_add(1);
         let rows = db
             .run(move |c| {
-                let sql = format!(
-                    "SELECT {} FROM photographs ORDER BY id LIMIT $1",
-                    db::PHOTO_COLUMNS
-                );
-                let rows = c.query_typed(&sql, &[(&limit, postgres::types::Type::INT8)])?;
-                Ok(rows.iter().map(db::photo_from_row).collect::<Vec<_>>())
+                let rows = c.query_typed(
+                    queries::TABLE_COPY,
+                    &[(&limit, postgres::types::Type::INT8)],
+                )?;
+                Ok(rows.iter().map(queries::photo_from_row).collect::<Vec<_>>())
             })
             .await;
         let rows = match rows {
@@ -485,13 +511,13 @@ impl Listing {
             self.cache
                 .total(
                     category.clone(),
-                    db.run(move |c| db::count(c, category.as_ref().map(|c| c.as_str()))),
+                    db.run(move |c| queries::count(c, category.as_ref().map(|c| c.as_str()))),
                 )
                 .await
                 .map_err(db::DbError::Shared)?
         };
         let key = key.clone();
-        let photos = db.run(move |c| db::fetch_page(c, &key)).await?;
+        let photos = db.run(move |c| queries::fetch_page(c, &key)).await?;
         let body = serde_json::to_vec(&photos).expect("photos serialise");
         let last_id = photos.last().map(|p| i64::from(p.id));
         Ok(Arc::new(Page::new(body, total, photos.len(), last_id)))

@@ -24,7 +24,7 @@ use postgres::types::Type;
 use crate::{
     blocking,
     config::ImageSettings,
-    db::{Db, DbError},
+    db::{Db, DbError, queries},
     imaging::{self, Variant},
     storage::ObjectStore,
 };
@@ -93,10 +93,7 @@ pub async fn run(
     let rows: Vec<Row> = db
         .run(move |c| {
             Ok(c.query_typed(
-                "SELECT id, filename, url FROM photographs \
-                     WHERE placeholder IS NULL OR color IS NULL \
-                        OR ($1 AND thumbnail_url IS NULL) OR ($2 AND medium_url IS NULL) \
-                     ORDER BY id",
+                queries::MISSING_VARIANTS,
                 &[(&want_thumb, Type::BOOL), (&want_medium, Type::BOOL)],
             )?
             .iter()
@@ -204,19 +201,16 @@ async fn one(
     let id = row.id;
     db.run(move |c| {
         let mut tx = c.transaction()?;
-        tx.batch_execute("SET LOCAL lock_timeout = '30s'")?;
-        if tx
-            .query_opt("SELECT 1 FROM photographs WHERE id = $1 FOR UPDATE", &[&id])?
-            .is_none()
-        {
+        tx.batch_execute(queries::WAIT_FOR_LOCKS)?;
+        if tx.query_opt(queries::LOCK_PHOTO, &[&id])?.is_none() {
             return Ok(Outcome::Gone);
         }
         let (mut thumb, mut medium) = (None, None);
         for (variant, encoded) in &variants {
             let key = variant.key(&photo_key);
-            match crate::write::upload::put_variant(&*store, &key, &encoded.bytes) {
+            match crate::write::protocol::put_variant(&*store, &key, &encoded.bytes) {
                 Ok(_) => {}
-                Err(crate::write::upload::VariantError::Occupied(_)) => {
+                Err(crate::write::protocol::VariantError::Occupied(_)) => {
                     return Ok(Outcome::Failed(format!(
                         "storage already holds `{key}`, which this server did not write; \
                          remove it and run the backfill again"
@@ -231,8 +225,7 @@ async fn one(
             }
         }
         tx.execute(
-            "UPDATE photographs SET thumbnail_url = COALESCE($2, thumbnail_url), \
-             medium_url = COALESCE($3, medium_url), placeholder = $4, color = $5 WHERE id = $1",
+            queries::SET_VARIANTS,
             &[&id, &thumb, &medium, &preview.placeholder, &preview.color],
         )?;
         tx.commit()?;

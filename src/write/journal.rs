@@ -181,6 +181,14 @@ impl Journal {
         }
     }
 
+    /// [`Journal::remove`], logging a failure instead of returning it: the resolver finds the
+    /// row later and drops the entry then.
+    pub fn forget(&self, entry: &Entry) {
+        if let Err(e) = self.remove(entry) {
+            tracing::warn!(key = %entry.key, error = %e, "cannot remove a journal entry");
+        }
+    }
+
     /// [`Journal::remove`], synced: for an entry whose object is not ours, where a lost removal
     /// could later delete someone else's object.
     pub fn remove_synced(&self, entry: &Entry) -> io::Result<()> {

@@ -17,14 +17,19 @@
 use std::sync::Arc;
 
 use postgres::types::Type;
+use tokio::sync::Semaphore;
 
+use super::{
+    cleanup::{Cleanup, Resolution, Unsettled, delete_unclaimed},
+    error::UploadError,
+    journal::{Entry, Journal},
+};
 use crate::{
-    db::{DbError, PHOTO_COLUMNS, PgConn, photo_from_row},
+    db::{Db, DbError, PgConn, queries},
     imaging::Variant,
     model::{Category, Invalid, Photo},
+    read::listing::Listing,
     storage::ObjectStore,
-    write::journal::Journal,
-    write::upload::{Resolution, Unsettled, UploadError, Uploader, delete_unclaimed},
 };
 
 /// Why a management request did not happen.
@@ -50,35 +55,57 @@ impl From<postgres::Error> for ManageError {
     }
 }
 
-/// One row's count of a category.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, poem_openapi::Object)]
-pub struct CategoryCount {
-    pub category: String,
-    pub count: i64,
+/// Reads, moves and deletes photos that are stored.
+pub struct Manager {
+    db: Option<Db>,
+    store: Arc<dyn ObjectStore>,
+    /// Told about every change, so cached pages never outlive it.
+    listing: Arc<Listing>,
+    cleanup: Arc<Cleanup>,
+    /// Shared with the uploader (see [`super::upload::Uploader`]).
+    slots: Arc<Semaphore>,
+    allowed_categories: Vec<String>,
 }
 
-impl Uploader {
+impl Manager {
+    pub fn new(
+        db: Option<Db>,
+        store: Arc<dyn ObjectStore>,
+        listing: Arc<Listing>,
+        cleanup: Arc<Cleanup>,
+        slots: Arc<Semaphore>,
+        allowed_categories: Vec<String>,
+    ) -> Manager {
+        Manager {
+            db,
+            store,
+            listing,
+            cleanup,
+            slots,
+            allowed_categories,
+        }
+    }
+
     /// The photo with this id.
     pub async fn photo(&self, id: i32) -> Result<Photo, ManageError> {
         let db = self.writable_db()?;
-        db.run(move |c| fetch(c, id))
+        db.run(move |c| queries::photo(c, id))
             .await?
             .ok_or(ManageError::NotFound)
     }
 
     /// Moves a photo to another category (checked as uploads check it).
     pub async fn set_category(&self, id: i32, raw: &str) -> Result<Photo, ManageError> {
-        let category = Category::parse(raw, &self.limits.allowed_categories)?;
+        let category = Category::parse(raw, &self.allowed_categories)?;
         let db = self.writable_db()?;
-        let sql =
-            format!("UPDATE photographs SET category = $2 WHERE id = $1 RETURNING {PHOTO_COLUMNS}");
         let updated = db
             .run(move |c| {
-                Ok(
-                    c.query_typed(&sql, &[(&id, Type::INT4), (&category.as_str(), Type::TEXT)])?
-                        .first()
-                        .map(photo_from_row),
-                )
+                Ok(c.query_typed(
+                    queries::SET_CATEGORY,
+                    &[(&id, Type::INT4), (&category.as_str(), Type::TEXT)],
+                )?
+                .first()
+                .map(queries::photo_from_row))
             })
             .await?
             .ok_or(ManageError::NotFound)?;
@@ -90,7 +117,7 @@ impl Uploader {
     /// Deletes a photo: its row, then every object it has (see the module docs).
     pub async fn delete(&self, id: i32) -> Result<(), ManageError> {
         let db = self.writable_db()?;
-        let journal = self.journal.clone().ok_or_else(|| {
+        let journal = self.cleanup.journal().cloned().ok_or_else(|| {
             ManageError::Upload(UploadError::Internal(
                 "the clean-up journal cannot be written".into(),
             ))
@@ -146,35 +173,7 @@ impl Uploader {
         Ok(())
     }
 
-    /// Categories (lower-cased, as listings match them) and how many photos each has (JSON), cached like listing pages and dropped
-    /// by every write.
-    pub async fn categories(&self) -> Result<bytes::Bytes, ManageError> {
-        if let Some(body) = self.listing.cached_categories() {
-            return Ok(body);
-        }
-        let generation = self.listing.generation();
-        let db = self.writable_db()?;
-        let rows = db
-            .run(|c| {
-                Ok(c.query_typed(
-                    "SELECT lower(category), count(*) FROM photographs GROUP BY lower(category) \
-                 ORDER BY lower(category)",
-                    &[],
-                )?
-                .iter()
-                .map(|r| CategoryCount {
-                    category: r.get(0),
-                    count: r.get(1),
-                })
-                .collect::<Vec<_>>())
-            })
-            .await?;
-        let body = bytes::Bytes::from(serde_json::to_vec(&rows).expect("counts serialise"));
-        self.listing.keep_categories(generation, body.clone());
-        Ok(body)
-    }
-
-    fn writable_db(&self) -> Result<&crate::db::Db, ManageError> {
+    fn writable_db(&self) -> Result<&Db, ManageError> {
         self.db.as_ref().ok_or_else(|| {
             ManageError::Upload(UploadError::DatabaseUnavailable(
                 "No database configured: set DATABASE_URL".into(),
@@ -186,10 +185,10 @@ impl Uploader {
 /// Whether the row is gone, asked again after a lost COMMIT answer. The connection that lost it
 /// is usually broken with others, so a failed question is asked again, for up to about 1.5 s
 /// (measured under CI load: one attempt sometimes failed). Any doubt left counts as "not gone".
-async fn row_is_gone(db: &crate::db::Db, id: i32) -> bool {
+async fn row_is_gone(db: &Db, id: i32) -> bool {
     let mut wait = std::time::Duration::from_millis(100);
     for _ in 0..4 {
-        match db.run(move |c| fetch(c, id)).await {
+        match db.run(move |c| queries::photo(c, id)).await {
             Ok(found) => return found.is_none(),
             Err(e) => tracing::debug!(id, error = %e, "re-checking a delete failed; asking again"),
         }
@@ -199,19 +198,12 @@ async fn row_is_gone(db: &crate::db::Db, id: i32) -> bool {
     false
 }
 
-fn fetch(c: &mut PgConn, id: i32) -> Result<Option<Photo>, DbError> {
-    let sql = format!("SELECT {PHOTO_COLUMNS} FROM photographs WHERE id = $1");
-    Ok(c.query_typed(&sql, &[(&id, Type::INT4)])?
-        .first()
-        .map(photo_from_row))
-}
-
 enum DeleteFailure {
     Manage(ManageError),
     /// COMMIT was sent and failed: the row may or may not be gone.
     CommitUncertain {
         error: Box<postgres::Error>,
-        entry: Option<Box<crate::write::journal::Entry>>,
+        entry: Option<Box<Entry>>,
     },
 }
 
@@ -228,26 +220,17 @@ fn delete_row(
     store: &dyn ObjectStore,
     journal: &Journal,
     id: i32,
-) -> Result<Option<crate::write::journal::Entry>, DeleteFailure> {
+) -> Result<Option<Entry>, DeleteFailure> {
     let mut tx = c.transaction()?;
-    tx.batch_execute("SET LOCAL lock_timeout = '30s'")?;
+    tx.batch_execute(queries::WAIT_FOR_LOCKS)?;
     let row = tx
-        .query_opt(
-            "SELECT filename, url, thumbnail_url, medium_url FROM photographs WHERE id = $1 \
-             FOR UPDATE",
-            &[&id],
-        )?
+        .query_opt(queries::LOCK_FOR_DELETE, &[&id])?
         .ok_or(DeleteFailure::Manage(ManageError::NotFound))?;
     let (filename, url): (String, String) = (row.get(0), row.get(1));
     let recorded: Vec<Option<String>> = vec![row.get(2), row.get(3)];
     let key_of = |u: &str| crate::storage::key_of_url(store, u);
     // Rows of the original may share one object; it goes with the last of them.
-    let shared = tx
-        .query_opt(
-            "SELECT 1 FROM photographs WHERE url = $1 AND id <> $2 LIMIT 1",
-            &[&url, &id],
-        )?
-        .is_some();
+    let shared = tx.query_opt(queries::URL_SHARED, &[&url, &id])?.is_some();
     let entry = match key_of(&url).filter(|_| !shared) {
         None => None,
         Some(key) => {
@@ -276,7 +259,7 @@ fn delete_row(
             )
         }
     };
-    if let Err(e) = tx.execute("DELETE FROM photographs WHERE id = $1", &[&id]) {
+    if let Err(e) = tx.execute(queries::DELETE_PHOTO, &[&id]) {
         // Rolled back: the row stands, and the resolver keeps its objects.
         if let Some(entry) = &entry {
             journal.release(entry);
@@ -292,13 +275,13 @@ fn delete_row(
     Ok(entry)
 }
 
-impl Uploader {
+impl Manager {
     /// Step 3, at once; whatever is left is the resolver's.
     async fn settle(
         &self,
-        db: &crate::db::Db,
+        db: &Db,
         journal: &Arc<Journal>,
-        entry: crate::write::journal::Entry,
+        entry: Entry,
     ) -> Result<Resolution, Unsettled> {
         let held = entry.clone();
         let (store, j) = (self.store.clone(), journal.clone());

@@ -15,10 +15,10 @@ use std::{
 
 use crate::{
     blocking,
-    db::{Db, DbError},
+    db::{Db, DbError, queries},
     imaging::Variant,
     storage::{ObjectInfo, ObjectStore, StorageError},
-    write::upload::{Resolution, delete_unclaimed},
+    write::cleanup::{Resolution, delete_unclaimed},
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -83,13 +83,10 @@ pub async fn run(
     type Row = (i32, String, String, Option<String>, Option<String>);
     let rows: Vec<Row> = db
         .run(|c| {
-            Ok(c.query_typed(
-                "SELECT id, filename, url, thumbnail_url, medium_url FROM photographs ORDER BY id",
-                &[],
-            )?
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-            .collect())
+            Ok(c.query_typed(queries::OBJECT_URLS, &[])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .collect())
         })
         .await?;
     report.rows = rows.len();

@@ -27,7 +27,7 @@ use poem::{
 use portfolio_server::{
     app::routes,
     config::{Secret, Settings},
-    state::AppState,
+    http::state::AppState,
     storage::monitored::StorageState,
 };
 use tokio::{

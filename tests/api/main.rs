@@ -9,6 +9,7 @@ mod fake_supabase;
 mod helpers;
 mod http;
 mod images;
+mod layout;
 mod manage;
 mod metrics;
 mod migrations;

@@ -97,7 +97,7 @@ async fn get_patch_and_delete_a_photo_with_the_cache_following_at_once() {
         objects_of("", &["b.jpg"]),
         "every object of a.jpg went"
     );
-    assert_eq!(app.state.uploader.pending_cleanups(), 0);
+    assert_eq!(app.state.cleanup.pending(), 0);
     let again = app
         .admin(
             Method::GET,
@@ -264,11 +264,7 @@ async fn storage_down_during_a_delete_removes_the_objects_once_it_is_back() {
         objects_of("", &["d.jpg"]),
         "not removable yet"
     );
-    assert_eq!(
-        app.state.uploader.pending_cleanups(),
-        1,
-        "the journal holds them"
-    );
+    assert_eq!(app.state.cleanup.pending(), 1, "the journal holds them");
     // Meanwhile the name cannot be taken by a new upload while its old object is there.
     assert_eq!(
         app.upload("d.jpg", jpeg(30, 20, None)).await.status,
@@ -281,7 +277,7 @@ async fn storage_down_during_a_delete_removes_the_objects_once_it_is_back() {
         "{:?}",
         files_in(media.path())
     );
-    assert!(wait(5, || app.state.uploader.pending_cleanups() == 0).await);
+    assert!(wait(5, || app.state.cleanup.pending() == 0).await);
     assert_eq!(
         app.upload("d.jpg", jpeg(30, 20, None)).await.status,
         StatusCode::CREATED
@@ -321,7 +317,7 @@ async fn a_process_that_dies_after_the_commit_has_its_objects_removed_on_restart
         files_in(media.path())
     );
     assert!(names(&db).is_empty());
-    assert!(wait(5, || second.state.uploader.pending_cleanups() == 0).await);
+    assert!(wait(5, || second.state.cleanup.pending() == 0).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -368,7 +364,7 @@ async fn a_delete_that_never_committed_keeps_the_photo_whole() {
         files_in(media.path())
     );
     assert!(names(&db).is_empty());
-    assert!(wait(5, || app.state.uploader.pending_cleanups() == 0).await);
+    assert!(wait(5, || app.state.cleanup.pending() == 0).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -474,7 +470,7 @@ async fn a_delete_that_died_before_its_commit_keeps_the_photo_after_a_restart() 
     journal.release(&entry);
 
     let second = TestApp::spawn(s).await;
-    assert!(wait(10, || second.state.uploader.pending_cleanups() == 0).await);
+    assert!(wait(10, || second.state.cleanup.pending() == 0).await);
     assert_eq!(files_in(media.path()), objects_of("", &["stays.jpg"]));
     assert_eq!(names(&db), ["stays.jpg"]);
     assert_eq!(listed(&second).await.len(), 1);
@@ -507,7 +503,7 @@ async fn a_delete_that_died_before_its_commit_keeps_a_photo_whose_key_is_not_its
     journal.release(&entry);
 
     let app = TestApp::spawn(s).await;
-    assert!(wait(10, || app.state.uploader.pending_cleanups() == 0).await);
+    assert!(wait(10, || app.state.cleanup.pending() == 0).await);
     assert_eq!(files_in(media.path()), ["IMG_0001.jpg"]);
     assert_eq!(names(&db), ["Sunset.jpg"]);
 }

@@ -260,7 +260,7 @@ async fn a_refused_second_variant_leaves_nothing_and_the_name_can_be_uploaded_ag
         files_in(media.path())
     );
     assert_eq!(row_count(&db), "0");
-    assert_eq!(app.state.uploader.pending_cleanups(), 0, "settled at once");
+    assert_eq!(app.state.cleanup.pending(), 0, "settled at once");
 
     store.failing.store(false, Ordering::SeqCst);
     let again = app.upload("two.jpg", camera_photo(1600, 1000, 1)).await;

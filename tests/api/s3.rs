@@ -668,7 +668,7 @@ async fn a_foreign_object_at_a_variant_key_refuses_the_upload_and_is_left_alone(
         Some(&b"someone else's"[..])
     );
     assert!(rows(&db).is_empty());
-    assert_eq!(app.state.uploader.pending_cleanups(), 0);
+    assert_eq!(app.state.cleanup.pending(), 0);
 }
 
 /// moto 5: a PUT to a missing bucket is 404 `NoSuchBucket`, and the HEAD before it a plain 404

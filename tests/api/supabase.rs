@@ -159,7 +159,7 @@ async fn auth_and_bucket_errors_are_502_with_the_servers_message_and_no_row() {
         assert_eq!(rows(&t.db), 0);
         assert!(stored(&t.fake).is_empty());
         // A refusal is certain (nothing was stored): nothing is left to clean up.
-        assert_eq!(t.app.state.uploader.pending_cleanups(), 0, "{key} {bucket}");
+        assert_eq!(t.app.state.cleanup.pending(), 0, "{key} {bucket}");
     }
 }
 
@@ -253,7 +253,7 @@ async fn a_gateway_5xx_after_the_object_was_saved_leaves_no_orphan() {
     // Every check later, the new photo is still there: the journal only deletes orphans.
     assert!(!eventually(3, || stored(&t.fake).is_empty()).await);
     assert_eq!(stored(&t.fake), objects_of("images/", &["gw.jpg"]));
-    assert_eq!(t.app.state.uploader.pending_cleanups(), 0);
+    assert_eq!(t.app.state.cleanup.pending(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -431,7 +431,7 @@ async fn hostile_names_upload_and_delete_with_only_keys_supabase_accepts() {
     );
     assert_eq!(stored(&t.fake), Vec::<String>::new());
     assert_eq!(rows(&t.db), 0);
-    assert_eq!(t.app.state.uploader.pending_cleanups(), 0);
+    assert_eq!(t.app.state.cleanup.pending(), 0);
 }
 
 /// A row of the original, whose key is whatever Supabase took, is deleted with its object, and
@@ -492,7 +492,7 @@ async fn a_foreign_object_at_a_variant_key_refuses_the_upload_and_is_left_alone(
     assert_eq!(stored(&t.fake), [foreign]);
     assert_eq!(t.fake.objects.lock().unwrap()[foreign], b"someone else's");
     assert_eq!(rows(&t.db), 0);
-    assert_eq!(t.app.state.uploader.pending_cleanups(), 0);
+    assert_eq!(t.app.state.cleanup.pending(), 0);
     let health = t.app.get("/api/health").await.json();
     assert_eq!(health["storage"], "ok", "one object's conflict: {health}");
 
@@ -516,7 +516,7 @@ async fn a_photo_over_the_buckets_size_limit_is_a_413_and_leaves_nothing() {
     assert!(r.text().contains("maximum allowed size"), "{}", r.text());
     assert!(stored(&t.fake).is_empty());
     assert_eq!(rows(&t.db), 0);
-    assert_eq!(t.app.state.uploader.pending_cleanups(), 0);
+    assert_eq!(t.app.state.cleanup.pending(), 0);
     assert_eq!(t.app.get("/api/health").await.json()["storage"], "ok");
     let small = t.app.upload("small.jpg", jpeg(8, 8, None)).await;
     assert_eq!(small.status, StatusCode::CREATED, "{}", small.text());

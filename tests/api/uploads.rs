@@ -426,11 +426,7 @@ async fn when_the_database_fails_after_the_object_is_stored_the_object_is_remove
     }
     assert!(files_in(media.path()).is_empty(), "no orphaned object");
     assert!(rows(&db).is_empty(), "no row either");
-    assert_eq!(
-        app.state.uploader.pending_cleanups(),
-        0,
-        "the journal is settled"
-    );
+    assert_eq!(app.state.cleanup.pending(), 0, "the journal is settled");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -811,16 +807,12 @@ async fn a_restart_during_an_outage_still_removes_the_object_of_an_uncommitted_u
         objects_of("", &["twice.jpg"]),
         "stored, no row committed"
     );
-    assert_eq!(first.state.uploader.pending_cleanups(), 1);
+    assert_eq!(first.state.cleanup.pending(), 1);
     drop(first); // the process is gone; only the journal on disk remembers
 
     // A new process, same folders, the database still down.
     let second = TestApp::spawn(s).await;
-    assert_eq!(
-        second.state.uploader.pending_cleanups(),
-        1,
-        "read back from disk"
-    );
+    assert_eq!(second.state.cleanup.pending(), 1, "read back from disk");
     assert_eq!(
         files_in(media.path()),
         objects_of("", &["twice.jpg"]),
@@ -836,7 +828,7 @@ async fn a_restart_during_an_outage_still_removes_the_object_of_an_uncommitted_u
         "no orphan once the database returned"
     );
     assert!(rows(&db).is_empty());
-    assert_eq!(second.state.uploader.pending_cleanups(), 0);
+    assert_eq!(second.state.cleanup.pending(), 0);
     let again = second.upload("twice.jpg", jpeg(8, 8, None)).await;
     assert_eq!(again.status, StatusCode::CREATED, "the name is free");
     assert_eq!(files_in(media.path()), objects_of("", &["twice.jpg"]));
@@ -861,10 +853,10 @@ async fn a_commit_whose_answer_was_lost_keeps_its_object_and_row() {
     assert_eq!(r.json()["filename"], "kept.jpg");
     assert_eq!(rows(&db), ["kept.jpg"]);
     assert_eq!(files_in(media.path()), objects_of("", &["kept.jpg"]));
-    assert_eq!(app.state.uploader.pending_cleanups(), 0);
+    assert_eq!(app.state.cleanup.pending(), 0);
     // And it stays: no later clean-up removes a committed photo.
     tokio::task::yield_now().await;
-    app.state.uploader.resolve_pending().await;
+    app.state.cleanup.resolve_pending().await;
     assert_eq!(files_in(media.path()), objects_of("", &["kept.jpg"]));
 }
 
@@ -917,14 +909,10 @@ async fn a_journal_entry_with_no_checks_is_settled_and_dropped() {
     std::fs::write(media.path().join("stray.jpg"), b"an orphan").unwrap();
     let app = TestApp::spawn(s).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.state.uploader.pending_cleanups() > 0 && std::time::Instant::now() < deadline {
+    while app.state.cleanup.pending() > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        app.state.uploader.pending_cleanups(),
-        0,
-        "settled, not stuck"
-    );
+    assert_eq!(app.state.cleanup.pending(), 0, "settled, not stuck");
     assert!(files_in(media.path()).is_empty(), "its orphan was removed");
 }
 

@@ -23,8 +23,8 @@ use poem_openapi::{
 
 use super::ErrorBody;
 use crate::{
-    model::InvalidQuery, storage::StorageError, write::manage::ManageError,
-    write::upload::UploadError,
+    model::InvalidQuery, storage::StorageError, write::error::UploadError,
+    write::manage::ManageError,
 };
 
 pub const UNAUTHORIZED: &str = "Invalid or missing API key";

@@ -18,10 +18,10 @@ use super::{
     error::{ApiError, ListErrors},
 };
 use crate::{
+    http::state::AppState,
     model::{PageKey, Photo},
     read::cache::Page,
     read::listing::{Busy, Source},
-    state::AppState,
 };
 
 pub struct ImagesApi {

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, RawJson};
-use crate::{db::Ping, read::listing::Assets, state::AppState, storage::monitored::StorageState};
+use crate::{
+    db::Ping, http::state::AppState, read::listing::Assets, storage::monitored::StorageState,
+};
 
 pub struct MetaApi {
     pub state: Arc<AppState>,

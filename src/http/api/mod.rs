@@ -2,6 +2,7 @@
 //! HTTP into the use cases' types, call them, and render the result; every error goes through
 //! [`error::ApiError`]. No business rule lives here.
 
+pub mod auth;
 pub mod error;
 mod images;
 pub mod media;
@@ -25,7 +26,7 @@ use poem_openapi::{
     },
 };
 
-use crate::{model::Category, state::AppState};
+use crate::{http::state::AppState, model::Category};
 
 #[derive(Tags)]
 pub enum ApiTags {

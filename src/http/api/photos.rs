@@ -13,10 +13,14 @@ use poem_openapi::{
 
 use super::{
     ApiTags, CategoryText, RawJson,
+    auth::{AdminKey, require_admin_key},
     error::{ApiError, CategoryErrors, ChangeErrors, PhotoErrors},
-    upload::{AdminKey, require_admin_key},
 };
-use crate::{model::Photo, state::AppState, write::manage::CategoryCount};
+use crate::{
+    http::state::AppState,
+    model::{CategoryCount, Photo},
+    write::error::UploadError,
+};
 
 pub struct PhotosApi {
     pub state: Arc<AppState>,
@@ -134,7 +138,7 @@ impl PhotosApi {
         _key: AdminKey,
         id: Path<i32>,
     ) -> Result<Json<Photo>, ApiError<PhotoErrors>> {
-        Ok(Json(self.state.uploader.photo(id.0).await?))
+        Ok(Json(self.state.manager.photo(id.0).await?))
     }
 
     /// Change a photo's category
@@ -152,9 +156,7 @@ impl PhotosApi {
         change: ChangeBody,
     ) -> Result<Json<Photo>, ApiError<ChangeErrors>> {
         let category = &change.category;
-        Ok(Json(
-            self.state.uploader.set_category(id.0, category).await?,
-        ))
+        Ok(Json(self.state.manager.set_category(id.0, category).await?))
     }
 
     /// Delete a photo
@@ -171,7 +173,7 @@ impl PhotosApi {
         _key: AdminKey,
         id: Path<i32>,
     ) -> Result<Deleted, ApiError<PhotoErrors>> {
-        self.state.uploader.delete(id.0).await?;
+        self.state.manager.delete(id.0).await?;
         Ok(Deleted::NoContent)
     }
 
@@ -183,7 +185,14 @@ impl PhotosApi {
     /// write drops it at once.
     #[oai(path = "/api/categories", method = "get")]
     async fn categories(&self) -> Result<RawJson<Vec<CategoryCount>>, ApiError<CategoryErrors>> {
-        Ok(RawJson::new(self.state.uploader.categories().await?))
+        match self.state.listing.categories().await {
+            Ok(Some(body)) => Ok(RawJson::new(body)),
+            Ok(None) => Err(UploadError::DatabaseUnavailable(
+                "No database configured: set DATABASE_URL".into(),
+            )
+            .into()),
+            Err(e) => Err(UploadError::from(e).into()),
+        }
     }
 }
 

@@ -2,9 +2,8 @@
 //!
 //! Multipart bodies are read field by field from poem's streaming `Multipart` rather than
 //! poem-openapi's `#[derive(Multipart)]`, which spools every part to disk before the handler runs,
-//! and each field is handed to the use case's session ([`crate::write::upload::SingleUpload`],
-//! [`crate::write::upload::BatchSession`]) as it arrives. The derive is still used to document the forms
-//! in the spec.
+//! and each field is handed to the use case's session ([`SingleUpload`], [`BatchSession`]) as it
+//! arrives. The derive is still used to document the forms in the spec.
 
 use std::{
     io,
@@ -17,119 +16,30 @@ use std::{
 
 use futures_util::StreamExt;
 use poem::{
-    Body, Endpoint, EndpointExt, Request,
+    Body, Request,
     http::{StatusCode, header},
     web::{Field, Multipart as PoemMultipart, RequestBody},
 };
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Multipart, Object, OpenApi,
-    SecurityScheme,
-    auth::ApiKey,
     payload::{Json, Payload},
     registry::{MetaMediaType, MetaRequest, Registry},
     types::multipart::Upload,
 };
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::{
     ApiTags, CategoryText,
+    auth::{AdminKey, require_admin_key},
     error::{ApiError, BatchErrors, UploadErrors},
 };
 use crate::{
+    http::state::AppState,
     model::Photo,
-    state::AppState,
-    write::upload::{BatchReport, FieldError, read_capped},
+    write::session::{BatchReport, BatchSession, FieldError, SingleUpload, read_capped},
 };
 
 pub struct UploadApi {
     pub state: Arc<AppState>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Authentication
-
-/// The admin key, sent as `X-API-Key`.
-#[derive(SecurityScheme)]
-#[oai(
-    ty = "api_key",
-    key_name = "X-API-Key",
-    key_in = "header",
-    checker = "check_api_key"
-)]
-pub struct AdminKey(#[allow(dead_code)] ApiKey);
-
-/// Compares SHA-256 digests in constant time: neither the key's bytes nor its length leak
-/// through timing. An address that sent too many wrong keys is answered 429 before its key is
-/// compared (src/throttle.rs); a wrong key is counted against its address.
-async fn check_api_key(req: &Request, key: ApiKey) -> poem::Result<ApiKey> {
-    let state = req
-        .data::<Arc<AppState>>()
-        .ok_or_else(ApiError::<()>::unauthorized)?;
-    let expected = state
-        .settings
-        .auth
-        .admin_api_key
-        .as_ref()
-        .ok_or_else(ApiError::<()>::unauthorized)?;
-    let throttle = &state.key_throttle;
-    let peer = match req.remote_addr().as_socket_addr() {
-        Some(a) => a.ip(),
-        // Not a TCP peer (poem's test client): one address for all.
-        None => std::net::Ipv4Addr::UNSPECIFIED.into(),
-    };
-    let forwarded = forwarded_for(req);
-    let client = throttle.client(peer, forwarded.as_deref());
-    let now = std::time::Instant::now();
-    let refused = |reason| {
-        state
-            .metrics
-            .key_refusals
-            .with_label_values(&[reason])
-            .inc()
-    };
-    if let Some(wait) = throttle.wait(client, now) {
-        refused("throttled");
-        return Err(
-            ApiError::<()>::throttled(crate::http::throttle::retry_after_secs(wait)).into(),
-        );
-    }
-    let given = Sha256::digest(key.key.as_bytes());
-    let wanted = Sha256::digest(expected.expose().as_bytes());
-    if bool::from(given.ct_eq(&wanted)) {
-        Ok(key)
-    } else {
-        throttle.wrong_key(client, now);
-        refused("wrong");
-        Err(ApiError::<()>::unauthorized().into())
-    }
-}
-
-/// Every `X-Forwarded-For` header of a request, joined by commas in order (RFC 9110: several
-/// field lines of one name are one comma-separated list).
-fn forwarded_for(req: &Request) -> Option<String> {
-    let mut values = req.headers().get_all("x-forwarded-for").iter();
-    let first = values.next()?.to_str().ok()?.to_string();
-    values.try_fold(first, |mut all, v| {
-        all.push(',');
-        all.push_str(v.to_str().ok()?);
-        Some(all)
-    })
-}
-
-/// Uploads need a configured admin key; without one they are refused up front with 503 and a
-/// message saying what to set, before the key or the body is looked at.
-pub(super) fn require_admin_key(ep: impl Endpoint) -> impl Endpoint {
-    ep.before(|req: Request| async move {
-        let configured = req
-            .data::<Arc<AppState>>()
-            .is_some_and(|s| s.settings.auth.admin_api_key.is_some());
-        if configured {
-            Ok(req)
-        } else {
-            Err(ApiError::<()>::uploads_disabled().into())
-        }
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,7 +252,7 @@ impl UploadApi {
         _key: AdminKey,
         mut body: MultipartBody<UploadForm>,
     ) -> Result<UploadReply, ApiError<UploadErrors>> {
-        let mut session = self.state.uploader.single();
+        let mut session = SingleUpload::new(self.state.uploader.clone());
         while let Some(field) = body.next().await.map_err(ApiError::retag)? {
             match field.name() {
                 Some("file") => {
@@ -376,7 +286,7 @@ impl UploadApi {
         _key: AdminKey,
         mut body: MultipartBody<BatchForm>,
     ) -> Result<BatchReply, ApiError<BatchErrors>> {
-        let mut session = self.state.uploader.batch();
+        let mut session = BatchSession::new(self.state.uploader.clone());
         loop {
             let field = match body.next().await {
                 Ok(Some(field)) => field,

@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, atomic::AtomicU64};
 
+use tokio::sync::Semaphore;
+
 use crate::{
     config::{Settings, StorageBackend},
     db::{Db, DbError},
@@ -15,7 +17,7 @@ use crate::{
         monitored::{Monitored, StorageState},
         open::from_settings,
     },
-    write::upload::Uploader,
+    write::{cleanup::Cleanup, manage::Manager, session, upload::Uploader},
 };
 
 /// What every handler can reach.
@@ -25,6 +27,9 @@ pub struct AppState {
     pub db: Option<Db>,
     pub listing: Arc<Listing>,
     pub uploader: Arc<Uploader>,
+    pub manager: Manager,
+    /// Settles what failed writes may have left in storage.
+    pub cleanup: Arc<Cleanup>,
     /// The object store every upload goes through, recording its last known state for health.
     pub store: Arc<Monitored>,
     /// `Cache-Control` value for listing responses, built once.
@@ -125,12 +130,28 @@ impl AppState {
                 db.as_ref().map(Db::back),
             );
         }
+        // Files parked by a process that died mid-batch were never stored and never will be.
+        session::clear_spool_at_start(&settings.upload.spool_dir);
+        let cleanup = Cleanup::start(db.clone(), store.clone(), &settings.upload.journal_dir);
+        // Writes hold a pooled connection while they store objects: bound them, uploads and
+        // deletes together, so reads always find connections.
+        let write_slots = Arc::new(Semaphore::new(settings.upload.max_concurrent.max(1)));
         let uploader = Uploader::new(
             db.clone(),
             store.clone(),
             listing.clone(),
-            settings.upload.clone(),
-            settings.image.clone(),
+            cleanup.clone(),
+            write_slots.clone(),
+            metrics.clone(),
+            &settings,
+        );
+        let manager = Manager::new(
+            db.clone(),
+            store.clone(),
+            listing.clone(),
+            cleanup.clone(),
+            write_slots,
+            settings.upload.allowed_categories.clone(),
         );
         let cache_control = poem::http::HeaderValue::from_str(&format!(
             "public, max-age={}",
@@ -147,6 +168,8 @@ impl AppState {
             db,
             listing,
             uploader,
+            manager,
+            cleanup,
             store,
             cache_control,
             fast_listings: AtomicU64::new(0),

@@ -1,5 +1,6 @@
 //! PostgreSQL: the r2d2 pool, the one bridge from async handlers onto tokio's blocking threads,
-//! outage tracking, migrations and the queries.
+//! and outage tracking. [`migrate`] applies the schema; [`queries`] holds every statement the
+//! server runs on the photographs (their text is in `sql/queries/`).
 //!
 //! The pool is synchronous (`postgres` + r2d2), so every database call goes through [`Db::run`],
 //! which queues for a connection and then moves the closure onto a blocking thread through
@@ -20,38 +21,18 @@ use std::{
 
 use postgres::{NoTls, error::SqlState};
 use r2d2_postgres::{PostgresConnectionManager, r2d2};
-use rust_embed::Embed;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
+
+pub mod migrate;
+pub mod queries;
 
 use crate::{
     blocking::{self, Panicked},
     config::DatabaseSettings,
-    model::{PageKey, Photo, hex},
 };
 
 pub type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub type PgConn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
-
-/// The columns of a [`Photo`], in the order [`photo_from_row`] reads them.
-pub const PHOTO_COLUMNS: &str =
-    "id, filename, url, category, width, height, thumbnail_url, medium_url, placeholder, color";
-
-/// A [`Photo`] from a row selected as [`PHOTO_COLUMNS`].
-pub fn photo_from_row(r: &postgres::Row) -> Photo {
-    Photo {
-        id: r.get(0),
-        filename: r.get(1),
-        url: r.get(2),
-        category: r.get(3),
-        width: r.get(4),
-        height: r.get(5),
-        thumbnail_url: r.get(6),
-        medium_url: r.get(7),
-        placeholder: r.get(8),
-        color: r.get(9),
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -392,7 +373,7 @@ impl Db {
         let result = self
             .run(move |c| {
                 if need_migrations {
-                    migrate(c)
+                    migrate::migrate(c)
                 } else {
                     c.simple_query("SELECT 1")?;
                     Ok(Vec::new())
@@ -460,7 +441,7 @@ impl Db {
 
     /// Applies pending migrations now (the `migrate` subcommand).
     pub async fn migrate_now(&self) -> Result<Vec<String>, DbError> {
-        let applied = self.run(migrate).await?;
+        let applied = self.run(migrate::migrate).await?;
         self.inner.migrated.store(true, Ordering::Release);
         Ok(applied)
     }
@@ -492,112 +473,4 @@ pub(crate) fn describe(cfg: &postgres::Config) -> String {
     let port = cfg.get_ports().first().copied().unwrap_or(5432);
     let db = cfg.get_dbname().or(cfg.get_user()).unwrap_or("postgres");
     format!("{host}:{port}/{db}")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Migrations
-
-#[derive(Embed)]
-#[folder = "sql/migrations/"]
-#[include = "*.sql"]
-struct Migrations;
-
-/// Any fixed number, shared by every replica: whoever holds it migrates, the others wait.
-const MIGRATION_LOCK: i64 = 0x706f_7274_666f_6c69; // "portfoli"
-
-/// Applies every embedded migration not yet recorded in `schema_migrations`, in file-name order,
-/// in one transaction under an advisory lock. Returns the names applied.
-pub fn migrate(c: &mut PgConn) -> Result<Vec<String>, DbError> {
-    let mut tx = c.transaction()?;
-    // Transaction-scoped: released on commit or rollback, never left held by a pooled connection.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    // "relation already exists, skipping" NOTICEs are expected here, on every start.
-    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             name TEXT PRIMARY KEY,
-             sha256 TEXT NOT NULL,
-             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-         )",
-    )?;
-    let mut applied = Vec::new();
-    for name in Migrations::iter() {
-        let file = Migrations::get(&name).expect("listed by iter");
-        let sql = std::str::from_utf8(&file.data).map_err(|e| DbError::Migration {
-            name: name.to_string(),
-            problem: format!("not UTF-8: {e}"),
-        })?;
-        let digest = hex(&Sha256::digest(sql.as_bytes()));
-        let recorded = tx.query_opt(
-            "SELECT sha256 FROM schema_migrations WHERE name = $1",
-            &[&name.as_ref()],
-        )?;
-        match recorded {
-            Some(row) => {
-                let was: String = row.get(0);
-                if was != digest {
-                    return Err(DbError::Migration {
-                        name: name.to_string(),
-                        problem: "was edited after it was applied; add a new migration instead"
-                            .into(),
-                    });
-                }
-            }
-            None => {
-                tx.batch_execute(sql).map_err(|e| DbError::Migration {
-                    name: name.to_string(),
-                    problem: e
-                        .as_db_error()
-                        .map_or(e.to_string(), |d| d.message().to_string()),
-                })?;
-                tx.execute(
-                    "INSERT INTO schema_migrations (name, sha256) VALUES ($1, $2)",
-                    &[&name.as_ref(), &digest],
-                )?;
-                applied.push(name.to_string());
-            }
-        }
-    }
-    tx.commit()?;
-    Ok(applied)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Queries
-
-/// One page of photographs in id order (see `sql/queries/page.sql`). Sent as an unnamed
-/// statement with typed parameters: one round trip, and planned with the actual values, so the
-/// optional filters still use the indexes.
-pub fn fetch_page(c: &mut PgConn, key: &PageKey) -> Result<Vec<Photo>, DbError> {
-    use postgres::types::Type;
-    let category = key.category.as_ref().map(|c| c.as_str());
-    let rows = c.query_typed(
-        include_str!("../sql/queries/page.sql"),
-        &[
-            (&key.limit, Type::INT8),
-            (&key.offset, Type::INT8),
-            (&key.after_id, Type::INT8),
-            (&category, Type::TEXT),
-        ],
-    )?;
-    Ok(rows.iter().map(photo_from_row).collect())
-}
-
-/// Number of photographs, optionally of one lower-cased category (`X-Total-Count`).
-pub fn count(c: &mut PgConn, category: Option<&str>) -> Result<i64, DbError> {
-    use postgres::types::Type;
-    let rows = c.query_typed(
-        include_str!("../sql/queries/count.sql"),
-        &[(&category, Type::TEXT)],
-    )?;
-    Ok(rows.first().map_or(0, |r| r.get(0)))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_page_query_selects_the_columns_photo_from_row_reads() {
-        let page = include_str!("../sql/queries/page.sql");
-        assert!(page.contains(&format!("SELECT {}\n", super::PHOTO_COLUMNS)));
-    }
 }
