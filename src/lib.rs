@@ -20,32 +20,38 @@
 //! errors, the listing fast path) and reaches a handler in [`http::api`], which turns HTTP into a
 //! use case's types: listings go to [`read`], uploads, changes and deletes to [`write`]. Those
 //! use [`db`] (every SQL statement is in [`db::queries`]), [`storage`] and [`imaging`].
+//!
+//! # Modules
+//!
+//! - [`app`]: `App::build`: the state, the routes and the listener; graceful shutdown.
+//! - [`blocking`]: The one bridge from async code onto blocking threads.
+//! - [`cli`]: The command line: one file per subcommand; `main` only parses and dispatches.
+//! - [`config`]: Layered configuration (defaults, `Config.toml`, `.env`, environment).
+//! - [`db`]: PostgreSQL: the pool and outage tracking, migrations, every query.
+//! - [`http`]: HTTP: the listener, the front layer, the handlers, the admin key and what they can
+//!   reach.
+//! - [`imaging`]: Photos in, web-ready images out: checks, downscaling, variants, placeholders,
+//!   metadata.
+//! - [`metrics`]: `GET /metrics`: Prometheus counters, histograms and gauges.
+//! - [`model`]: Domain values with their rules: photo, file name, category, page key.
+//! - [`read`]: The read path: listing pages from the cache, the database, the table copy or the
+//!   embedded data, and the notifications that keep replicas' caches fresh.
+//! - [`storage`]: Object storage: the seam, one file per backend, and the health monitor around
+//!   them.
+//! - [`telemetry`]: Logging set-up.
+//! - [`write`]: The write path: uploads, the write protocol, clean-up and its journal, managing
+//!   photos, reconcile and backfill.
 
-/// `App::build`: the state, the routes and the listener; graceful shutdown.
 pub mod app;
-/// The one bridge from async code onto blocking threads.
 pub mod blocking;
-/// The command line: one file per subcommand; `main` only parses and dispatches.
 pub mod cli;
-/// Layered configuration (defaults, `Config.toml`, `.env`, environment).
 pub mod config;
-/// PostgreSQL: the pool and outage tracking, migrations, every query.
 pub mod db;
-/// HTTP: the listener, the front layer, the handlers, the admin key and what they can reach.
 pub mod http;
-/// Photos in, web-ready images out: checks, downscaling, variants, placeholders, metadata.
 pub mod imaging;
-/// `GET /metrics`: Prometheus counters, histograms and gauges.
 pub mod metrics;
-/// Domain values with their rules: photo, file name, category, page key.
 pub mod model;
-/// The read path: listing pages from the cache, the database, the table copy or the embedded
-/// data, and the notifications that keep replicas' caches fresh.
 pub mod read;
-/// Object storage: the seam, one file per backend, and the health monitor around them.
 pub mod storage;
-/// Logging set-up.
 pub mod telemetry;
-/// The write path: uploads, the write protocol, clean-up and its journal, managing photos,
-/// reconcile and backfill.
 pub mod write;

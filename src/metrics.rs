@@ -47,7 +47,7 @@ pub struct Metrics {
     pub storage_errors: IntCounterVec,
     /// Decoding, resizing and encoding one photo and its variants.
     pub image_seconds: Histogram,
-    /// Notifications of changes received from PostgreSQL (src/notify.rs).
+    /// Notifications of changes received from PostgreSQL ([`crate::read::notify`]).
     pub notifications: IntCounter,
     /// 1 while the listener is connected and proven to receive notifications.
     pub listening: IntGauge,

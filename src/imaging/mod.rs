@@ -43,12 +43,6 @@ pub struct Inspected {
     pub orientation: Orientation,
 }
 
-/// Checks that `bytes` is a complete JPEG and returns its displayed dimensions (EXIF orientation
-/// applied). Only headers are parsed: no pixels are decoded, so a huge header costs nothing.
-pub fn inspect_jpeg(bytes: &[u8], max_side: u32) -> Result<Dimensions, Rejection> {
-    inspect(bytes, max_side).map(|i| i.displayed)
-}
-
 /// Checks that `bytes` is a complete JPEG of at most `max_side` pixels a side, from its headers.
 pub fn inspect(bytes: &[u8], max_side: u32) -> Result<Inspected, Rejection> {
     if image::guess_format(bytes).ok() != Some(ImageFormat::Jpeg) {
@@ -179,6 +173,11 @@ pub(crate) mod tests {
     use super::*;
     use image::{ImageEncoder, RgbImage, codecs::jpeg::JpegEncoder};
 
+    /// The displayed dimensions [`inspect`] finds, as the tests compare them.
+    fn displayed(bytes: &[u8]) -> Result<Dimensions, Rejection> {
+        inspect(bytes, 16_384).map(|i| i.displayed)
+    }
+
     pub fn jpeg(w: u32, h: u32, exif: Option<Vec<u8>>) -> Vec<u8> {
         let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 128]));
         let mut out = Vec::new();
@@ -207,15 +206,15 @@ pub(crate) mod tests {
 
     #[test]
     fn a_plain_jpeg_reports_its_size() {
-        let d = inspect_jpeg(&jpeg(40, 30, None), 16_384).unwrap();
+        let d = displayed(&jpeg(40, 30, None)).unwrap();
         assert_eq!((d.width, d.height), (40, 30));
     }
 
     #[test]
     fn exif_orientation_6_swaps_width_and_height() {
-        let d = inspect_jpeg(&jpeg(40, 30, Some(exif_orientation(6))), 16_384).unwrap();
+        let d = displayed(&jpeg(40, 30, Some(exif_orientation(6)))).unwrap();
         assert_eq!((d.width, d.height), (30, 40));
-        let d = inspect_jpeg(&jpeg(40, 30, Some(exif_orientation(3))), 16_384).unwrap();
+        let d = displayed(&jpeg(40, 30, Some(exif_orientation(3)))).unwrap();
         assert_eq!((d.width, d.height), (40, 30), "180° keeps the shape");
     }
 
@@ -225,9 +224,9 @@ pub(crate) mod tests {
         image::DynamicImage::ImageRgb8(RgbImage::new(4, 4))
             .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
             .unwrap();
-        assert_eq!(inspect_jpeg(&png, 16_384), Err(Rejection::NotJpeg));
-        assert_eq!(inspect_jpeg(b"hello", 16_384), Err(Rejection::NotJpeg));
-        assert_eq!(inspect_jpeg(b"", 16_384), Err(Rejection::NotJpeg));
+        assert_eq!(displayed(&png), Err(Rejection::NotJpeg));
+        assert_eq!(displayed(b"hello"), Err(Rejection::NotJpeg));
+        assert_eq!(displayed(b""), Err(Rejection::NotJpeg));
     }
 
     #[test]
@@ -260,9 +259,9 @@ pub(crate) mod tests {
     #[test]
     fn truncated_jpegs_are_refused_at_any_cut() {
         let full = jpeg(64, 48, Some(exif_orientation(1)));
-        assert!(inspect_jpeg(&full, 16_384).is_ok());
+        assert!(displayed(&full).is_ok());
         for cut in [3, 10, 40, full.len() / 3, full.len() / 2, full.len() - 2] {
-            let r = inspect_jpeg(&full[..cut], 16_384);
+            let r = displayed(&full[..cut]);
             assert!(
                 matches!(r, Err(Rejection::Unreadable(_))),
                 "cut at {cut}: {r:?}"
@@ -271,7 +270,7 @@ pub(crate) mod tests {
         // Trailing bytes after the end marker are fine (camera trailers).
         let mut trailer = full.clone();
         trailer.extend_from_slice(b"TRAILER");
-        assert!(inspect_jpeg(&trailer, 16_384).is_ok());
+        assert!(displayed(&trailer).is_ok());
     }
 
     #[test]
@@ -280,7 +279,7 @@ pub(crate) mod tests {
         // Rewrite the SOF0 frame size to 60000x60000.
         let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
         bytes[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
-        let r = inspect_jpeg(&bytes, 16_384);
+        let r = displayed(&bytes);
         assert_eq!(
             r,
             Err(Rejection::TooManyPixels {

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::config::{StorageBackend, StorageSettings};
 
-/// Builds the configured backend. [`crate::config::Settings::validate`] refuses to start without
+/// Builds the configured backend. `Settings::validate` refuses to start without
 /// the settings a backend needs; a caller that skipped it gets a store that says what is missing
 /// at every call, never a panic.
 pub fn from_settings(s: &StorageSettings) -> Box<dyn ObjectStore> {

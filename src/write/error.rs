@@ -10,7 +10,7 @@ use crate::{
     storage::StorageError,
 };
 
-/// Why an upload did not happen. Each maps to one HTTP status, in `api::error` only.
+/// Why an upload did not happen. Each maps to one HTTP status, in [`crate::http::api::error`] only.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     /// A bad name or category. Nothing was stored.

@@ -90,15 +90,9 @@ impl Journal {
         })
     }
 
-    /// Records `key` durably: when this returns, the entry survives a crash of the process or
-    /// the machine. It is the caller's (in flight) until removed or released. Should the
-    /// process die first, the resolver checks it once.
-    pub fn record(&self, key: &str) -> io::Result<Entry> {
-        self.record_with(key, &[], Duration::ZERO)
-    }
-
-    /// [`Journal::record`] for a photo with further objects `also` (its variants), about to be
-    /// written to a store whose writes may land up to `settle` after their request failed:
+    /// Records `key`, a photo with further objects `also` (its variants), durably: when this
+    /// returns, the entry survives a crash of the process or the machine. It is the caller's (in
+    /// flight) until removed or released. The objects are about to be written to a store whose writes may land up to `settle` after their request failed:
     /// should the process die with a write in flight, the resolver checks the entry at once,
     /// then on the schedule of [`checks_after`], as it would after a live failure.
     pub fn record_with(&self, key: &str, also: &[String], settle: Duration) -> io::Result<Entry> {
@@ -260,12 +254,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// An entry for one object, settled at once.
+    fn record(j: &Journal, key: &str) -> io::Result<Entry> {
+        j.record_with(key, &[], Duration::ZERO)
+    }
+
     #[test]
     fn entries_survive_reopening_and_go_when_removed() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        let a = j.record("a.jpg").unwrap();
-        let mut b = j.record("b.jpg").unwrap();
+        let a = record(&j, "a.jpg").unwrap();
+        let mut b = record(&j, "b.jpg").unwrap();
         assert!(
             j.entries().unwrap().is_empty(),
             "in flight: not the resolver's yet"
@@ -320,7 +319,7 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
-        let mut e = j.record("t.jpg").unwrap();
+        let mut e = record(&j, "t.jpg").unwrap();
         assert!(
             (e.checks[0] as i64 - real_now).abs() < 5_000,
             "{:?}",
@@ -340,17 +339,17 @@ mod tests {
     fn removal_failures_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        let e = j.record("x.jpg").unwrap();
+        let e = record(&j, "x.jpg").unwrap();
         // Something that cannot be removed as a file: a directory in its place.
         fs::remove_file(&e.file).unwrap();
         fs::create_dir(&e.file).unwrap();
         assert!(j.remove(&e).is_err());
         fs::remove_dir(&e.file).unwrap();
         // Synced removal: gone, and an error when the folder itself is gone.
-        let f = j.record("y.jpg").unwrap();
+        let f = record(&j, "y.jpg").unwrap();
         j.remove_synced(&f).unwrap();
         assert!(!f.file.exists());
-        let g = j.record("z.jpg").unwrap();
+        let g = record(&j, "z.jpg").unwrap();
         fs::remove_file(&g.file).unwrap();
         fs::remove_dir(dir.path()).unwrap();
         assert!(j.remove_synced(&g).is_err(), "the folder cannot be synced");
@@ -403,7 +402,7 @@ mod tests {
         let read = Journal::open(dir.path()).unwrap().entries().unwrap();
         assert_eq!(read[0].checks, e.checks);
         assert_eq!(checks_after(Duration::ZERO), [Duration::ZERO]);
-        assert_eq!(j.record("local.jpg").unwrap().checks.len(), 1);
+        assert_eq!(record(&j, "local.jpg").unwrap().checks.len(), 1);
     }
 
     #[test]
@@ -439,7 +438,7 @@ mod tests {
             "caf\u{e9}~1.jpg",
             &long,
         ] {
-            let e = j.record(key).unwrap();
+            let e = record(&j, key).unwrap();
             assert_eq!(e.file.parent(), Some(dir.path()), "{key}");
             assert!(e.file.file_name().unwrap().len() < 160, "{key}");
             j.release(&e);
@@ -461,8 +460,8 @@ mod tests {
     fn two_entries_for_one_key_are_kept_apart() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        let a = j.record("same.jpg").unwrap();
-        let b = j.record("same.jpg").unwrap();
+        let a = record(&j, "same.jpg").unwrap();
+        let b = record(&j, "same.jpg").unwrap();
         assert_ne!(a.file, b.file);
         j.release(&a);
         j.release(&b);

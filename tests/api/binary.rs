@@ -77,16 +77,9 @@ impl Drop for KillOnDrop {
 /// Waits until a line the server logged contains `needle` (the start-up storage check runs in
 /// the background, so its lines may come after "listening").
 pub(crate) fn wait_for_line(log: &Mutex<Vec<String>>, needle: &str, secs: u64) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::helpers::until(secs, || {
+        log.lock().unwrap().iter().any(|l| l.contains(needle))
+    })
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -535,16 +528,7 @@ fn a_kill_with_a_write_in_flight_leaves_no_orphan_after_a_restart() {
         let _ = std::panic::catch_unwind(|| upload(port, Some("original-admin-key"), "late.jpg"));
     });
     let has = |key: &str| fake.objects.lock().unwrap().contains_key(key);
-    let until = |secs: u64, done: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-        while !done() {
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        true
-    };
+    let until = |secs: u64, done: &dyn Fn() -> bool| crate::helpers::until(secs, done);
     let received = || {
         fake.received
             .lock()
@@ -588,11 +572,11 @@ fn a_start_during_an_outage_says_whether_it_serves_the_saved_copy() {
     assert!(wait_for_line(&log, "database connected", 30));
     db.seed(3);
     let copy = dir.path().join("data/photographs-copy.json");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&copy).is_ok_and(|c| c.contains("\"id\":3")) {
-        assert!(std::time::Instant::now() < deadline, "no copy written");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        crate::helpers::until(20, || std::fs::read_to_string(&copy)
+            .is_ok_and(|c| c.contains("\"id\":3"))),
+        "no copy written"
+    );
     terminate(&mut first.0);
 
     let down = format!(

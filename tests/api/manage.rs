@@ -12,7 +12,10 @@ use serde_json::json;
 
 use crate::{
     fake_supabase::{FakeStorage, SERVICE_KEY, start_fake},
-    helpers::{API_KEY, TestApp, TestDb, ToggleProxy, files_in, jpeg, objects_of, upload_settings},
+    helpers::{
+        API_KEY, TestApp, TestDb, ToggleProxy, eventually, files_in, jpeg, objects_of,
+        upload_settings,
+    },
 };
 
 fn names(db: &TestDb) -> Vec<String> {
@@ -25,17 +28,6 @@ fn names(db: &TestDb) -> Vec<String> {
 /// Listing ids, through the cache.
 async fn listed(app: &TestApp) -> Vec<i64> {
     app.get("/api/images?limit=100").await.ids()
-}
-
-async fn wait(secs: u64, done: impl Fn() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while !done() {
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    true
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -273,11 +265,11 @@ async fn storage_down_during_a_delete_removes_the_objects_once_it_is_back() {
 
     store.failing.store(false, Ordering::SeqCst);
     assert!(
-        wait(10, || files_in(media.path()).is_empty()).await,
+        eventually(10, || files_in(media.path()).is_empty()).await,
         "{:?}",
         files_in(media.path())
     );
-    assert!(wait(5, || app.state.cleanup.pending() == 0).await);
+    assert!(eventually(5, || app.state.cleanup.pending() == 0).await);
     assert_eq!(
         app.upload("d.jpg", jpeg(30, 20, None)).await.status,
         StatusCode::CREATED
@@ -312,12 +304,12 @@ async fn a_process_that_dies_after_the_commit_has_its_objects_removed_on_restart
 
     let second = TestApp::spawn(s).await; // the real store, the same journal folder
     assert!(
-        wait(10, || files_in(media.path()).is_empty()).await,
+        eventually(10, || files_in(media.path()).is_empty()).await,
         "{:?}",
         files_in(media.path())
     );
     assert!(names(&db).is_empty());
-    assert!(wait(5, || second.state.cleanup.pending() == 0).await);
+    assert!(eventually(5, || second.state.cleanup.pending() == 0).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -344,7 +336,7 @@ async fn a_delete_that_never_committed_keeps_the_photo_whole() {
     assert_eq!(files_in(media.path()), objects_of("", &["kept.jpg"]));
     // The next delete needs the database back up for the app (its re-probe), or it is a 503.
     let back = app.state.db.clone().unwrap();
-    assert!(wait(10, || back.is_available()).await);
+    assert!(eventually(10, || back.is_available()).await);
 
     // The COMMIT went through but its answer was lost: asked again, the row is gone, so the
     // delete succeeded and its objects go.
@@ -359,12 +351,12 @@ async fn a_delete_that_never_committed_keeps_the_photo_whole() {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
     assert!(
-        wait(10, || files_in(media.path()).is_empty()).await,
+        eventually(10, || files_in(media.path()).is_empty()).await,
         "{:?}",
         files_in(media.path())
     );
     assert!(names(&db).is_empty());
-    assert!(wait(5, || app.state.cleanup.pending() == 0).await);
+    assert!(eventually(5, || app.state.cleanup.pending() == 0).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -470,7 +462,7 @@ async fn a_delete_that_died_before_its_commit_keeps_the_photo_after_a_restart() 
     journal.release(&entry);
 
     let second = TestApp::spawn(s).await;
-    assert!(wait(10, || second.state.cleanup.pending() == 0).await);
+    assert!(eventually(10, || second.state.cleanup.pending() == 0).await);
     assert_eq!(files_in(media.path()), objects_of("", &["stays.jpg"]));
     assert_eq!(names(&db), ["stays.jpg"]);
     assert_eq!(listed(&second).await.len(), 1);
@@ -503,7 +495,7 @@ async fn a_delete_that_died_before_its_commit_keeps_a_photo_whose_key_is_not_its
     journal.release(&entry);
 
     let app = TestApp::spawn(s).await;
-    assert!(wait(10, || app.state.cleanup.pending() == 0).await);
+    assert!(eventually(10, || app.state.cleanup.pending() == 0).await);
     assert_eq!(files_in(media.path()), ["IMG_0001.jpg"]);
     assert_eq!(names(&db), ["Sunset.jpg"]);
 }

@@ -265,9 +265,11 @@ async fn a_saturated_database_gives_the_stale_copy_or_503_never_embedded_data() 
 }
 
 /// A stopped database is noticed by the first request of the outage, which does not wait out
-/// the checkout timeout (1.5 s by default) while the pool retries a refused port.
+/// the checkout timeout (1.5 s by default) while the pool retries a refused port. A refused
+/// port answers in milliseconds; the bound is half the timeout, which holds on a loaded machine
+/// and still tells "answered at once" from "waited for the pool".
 #[tokio::test(flavor = "multi_thread")]
-async fn the_first_requests_of_an_outage_answer_within_250_ms() {
+async fn the_first_requests_of_an_outage_do_not_wait_out_the_checkout_timeout() {
     for first in ["/api/images?limit=7", "/api/health"] {
         let db = TestDb::new();
         let proxy = ToggleProxy::start(&db.url).await;
@@ -290,7 +292,8 @@ async fn the_first_requests_of_an_outage_answer_within_250_ms() {
         let started = Instant::now();
         let r = app.get(first).await;
         let took = started.elapsed();
-        assert!(took < Duration::from_millis(250), "{first} took {took:?}");
+        let half = Duration::from_millis(defaults.checkout_timeout_ms / 2);
+        assert!(took < half, "{first} took {took:?}");
         if first == "/api/health" {
             assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
         } else {
@@ -300,7 +303,7 @@ async fn the_first_requests_of_an_outage_answer_within_250_ms() {
         // And the next one too.
         let started = Instant::now();
         app.get("/api/health").await;
-        assert!(started.elapsed() < Duration::from_millis(250));
+        assert!(started.elapsed() < half);
     }
 }
 

@@ -19,7 +19,7 @@ use portfolio_server::{
 
 use crate::{
     fake_supabase::{FakeStorage, SERVICE_KEY, start_fake},
-    helpers::{TestApp, TestDb, files_in, objects_of, upload_settings},
+    helpers::{TestApp, TestDb, eventually, files_in, objects_of, upload_settings},
 };
 
 /// What no stored object may contain: it stands for a GPS position, a serial number, a name.
@@ -266,17 +266,6 @@ async fn a_refused_second_variant_leaves_nothing_and_the_name_can_be_uploaded_ag
     let again = app.upload("two.jpg", camera_photo(1600, 1000, 1)).await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
     assert_eq!(files_in(media.path()), objects_of("", &["two.jpg"]));
-}
-
-async fn eventually(secs: u64, done: impl Fn() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }
 
 /// Supabase answering 500 to the medium variant: the write may or may not have happened, so

@@ -153,11 +153,14 @@ fn listeners(db: &TestDb) -> usize {
         .unwrap()
 }
 
-const SECOND: Duration = Duration::from_secs(1);
+/// How soon a change must show on a replica. The pages are cached for an hour (`TTL`), so a
+/// change seen within this came from a notification; the bound leaves room for a loaded 2-core
+/// machine (a notification usually takes milliseconds).
+const NOTIFIED: Duration = Duration::from_secs(5);
 const LISTENING: &str = "listening for changes to photographs";
 
 #[test]
-fn replicas_see_each_others_uploads_and_direct_sql_within_a_second() {
+fn replicas_see_each_others_uploads_and_direct_sql_without_waiting_for_the_ttl() {
     let db = TestDb::new();
     let media = tempfile::tempdir().unwrap();
     let a = Replica::start(&db.url, media.path(), &[]);
@@ -172,7 +175,7 @@ fn replicas_see_each_others_uploads_and_direct_sql_within_a_second() {
     shows_within(
         "an upload through A, on B",
         t,
-        SECOND,
+        NOTIFIED,
         || b.names(),
         |n| n == ["through-a.jpg:nature"],
     );
@@ -183,7 +186,7 @@ fn replicas_see_each_others_uploads_and_direct_sql_within_a_second() {
         shows_within(
             "an SQL UPDATE",
             t,
-            SECOND,
+            NOTIFIED,
             || r.names(),
             |n| n == ["through-a.jpg:city"],
         );
@@ -192,7 +195,7 @@ fn replicas_see_each_others_uploads_and_direct_sql_within_a_second() {
     db.execute("DELETE FROM photographs WHERE filename = 'through-a.jpg'");
     let t = Instant::now();
     for r in [&a, &b] {
-        shows_within("an SQL DELETE", t, SECOND, || r.names(), |n| n.is_empty());
+        shows_within("an SQL DELETE", t, NOTIFIED, || r.names(), |n| n.is_empty());
     }
 }
 
@@ -206,7 +209,7 @@ fn a_killed_listener_reconnects_by_itself_and_nothing_stays_stale() {
     shows_within(
         "a seeded row",
         Instant::now(),
-        SECOND,
+        NOTIFIED,
         || a.names(),
         |n| n == ["photo-1.jpg:city"],
     );
@@ -238,7 +241,7 @@ fn a_killed_listener_reconnects_by_itself_and_nothing_stays_stale() {
     shows_within(
         "a change after reconnecting",
         t,
-        SECOND,
+        NOTIFIED,
         || a.names(),
         |n| n == ["photo-1.jpg:after"],
     );
@@ -301,7 +304,7 @@ async fn a_burst_of_notifications_is_counted_and_drops_the_pages() {
     db.seed(2); // can bring these in
     let t = Instant::now();
     while app.get("/api/images").await.ids() != [1, 2] {
-        assert!(t.elapsed() < SECOND, "the seeded rows did not show");
+        assert!(t.elapsed() < NOTIFIED, "the seeded rows did not show");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = m.notifications.get();
@@ -315,12 +318,12 @@ async fn a_burst_of_notifications_is_counted_and_drops_the_pages() {
     );
     let t = Instant::now();
     while app.get("/api/images").await.ids() != [1, 3] {
-        assert!(t.elapsed() < SECOND, "the burst did not drop the page");
+        assert!(t.elapsed() < NOTIFIED, "the burst did not drop the page");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     while m.notifications.get() < before + 3 {
         assert!(
-            t.elapsed() < SECOND,
+            t.elapsed() < NOTIFIED,
             "counted {}",
             m.notifications.get() - before
         );

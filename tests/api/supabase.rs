@@ -11,7 +11,7 @@ use portfolio_server::config::{Secret, StorageBackend};
 
 use crate::{
     fake_supabase::{BUCKET, FakeStorage, SERVICE_KEY, start_fake},
-    helpers::{TestApp, TestDb, ToggleProxy, jpeg, objects_of, upload_settings},
+    helpers::{TestApp, TestDb, ToggleProxy, eventually, jpeg, objects_of, upload_settings},
 };
 
 struct Setup {
@@ -177,18 +177,6 @@ async fn a_storage_5xx_keeps_no_row_and_frees_the_name() {
         StatusCode::CREATED,
         "the failed attempt left no claim"
     );
-}
-
-/// Polls `done` every 20 ms for at most `secs` seconds; whether it held.
-async fn eventually(secs: u64, done: impl Fn() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -908,10 +908,7 @@ async fn a_journal_entry_with_no_checks_is_settled_and_dropped() {
     .unwrap();
     std::fs::write(media.path().join("stray.jpg"), b"an orphan").unwrap();
     let app = TestApp::spawn(s).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.state.cleanup.pending() > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    crate::helpers::eventually(10, || app.state.cleanup.pending() == 0).await;
     assert_eq!(app.state.cleanup.pending(), 0, "settled, not stuck");
     assert!(files_in(media.path()).is_empty(), "its orphan was removed");
 }
