@@ -1,7 +1,12 @@
 //! Start-up: routes, the front layer, the listener and graceful shutdown. Tests use the same
 //! path ([`AppState::new`] + [`routes`], or [`App::build`] on port 0).
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use poem::{Endpoint, EndpointExt, Response, Route, middleware::Compression};
 
@@ -144,8 +149,27 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let grace = Duration::from_secs(self.state.settings.server.shutdown_grace_secs);
+        let delay = Duration::from_secs(self.state.settings.server.drain_delay_secs);
         tracing::info!(address = %self.addr, "listening");
         let state = self.state.clone();
+        // The signal first fails readiness; requests go on being accepted for the drain delay,
+        // then the listener closes and in-flight requests get the grace period.
+        let shutdown = {
+            let state = state.clone();
+            async move {
+                shutdown.await;
+                state.draining.store(true, Ordering::Release);
+                if !delay.is_zero() {
+                    tracing::info!(
+                        drain_delay_secs = delay.as_secs(),
+                        "not ready (/readyz 503); serving on while load balancers take this \
+                         server out"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                tracing::info!("no longer accepting; finishing in-flight requests");
+            }
+        };
         let endpoint = routes(self.state);
         let served = server::serve(self.listener, endpoint, self.limits, shutdown, grace).await;
         state.listing.flush_copy().await;
@@ -167,5 +191,5 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
-    tracing::info!("shutdown requested; finishing in-flight requests");
+    tracing::info!("shutdown requested");
 }

@@ -51,8 +51,12 @@ pub struct ServerSettings {
     /// `["*"]`: every route, every origin (never with credentials).
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub cors_origins: Vec<String>,
-    /// How long in-flight requests may run on after SIGINT/SIGTERM.
+    /// How long in-flight requests may run on after SIGINT/SIGTERM (after the drain delay).
     pub shutdown_grace_secs: u64,
+    /// After SIGINT/SIGTERM, how long the server goes on accepting and serving requests while
+    /// `/readyz` already answers 503, so that load balancers take it out first (Kubernetes
+    /// updates its endpoints in a few seconds). 0: stop accepting at once.
+    pub drain_delay_secs: u64,
     /// Most connections open at once; 0: as many as the open-files limit allows (less a
     /// reserve). At the limit the longest-idle connection is closed to make room.
     pub max_connections: usize,
@@ -274,6 +278,7 @@ impl Default for Settings {
                 port: 8000,
                 cors_origins: Vec::new(),
                 shutdown_grace_secs: 10,
+                drain_delay_secs: 0,
                 max_connections: 0,
                 header_read_timeout_secs: 10,
                 keep_alive_timeout_secs: 5,

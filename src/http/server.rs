@@ -231,6 +231,9 @@ where
             registry.remove(id);
         });
     }
+    // Closed now, not when the grace period ends: a new connection is refused at once (a load
+    // balancer tries another server) instead of waiting in the backlog for a process that stops.
+    drop(listener);
     tracker.close();
     stopping.cancel();
     let evicted = registry.evicted.load(Ordering::Relaxed);

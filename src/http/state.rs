@@ -1,7 +1,10 @@
 //! What every request can reach: the settings, the database, the listing, the uploader and the
 //! object store, built once at start-up.
 
-use std::sync::{Arc, atomic::AtomicU64};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
 
 use tokio::sync::Semaphore;
 
@@ -43,6 +46,44 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wrong admin keys, counted per client address.
     pub key_throttle: KeyThrottle,
+    /// Set when SIGINT/SIGTERM arrives: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+}
+
+/// What `/readyz` says: whether this server can serve the owner's listings now, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// From the database.
+    Database,
+    /// The database is down; listings come from the saved copy of the table.
+    TableCopy,
+    /// No database is configured: the photographs built into the binary are the listing.
+    Embedded,
+    /// Not ready: the server is stopping.
+    Draining,
+    /// Not ready: the database has not answered and there is no saved copy of the table (at
+    /// start-up before the first connection, or an outage before any copy was taken).
+    NothingToServe,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        matches!(
+            self,
+            Readiness::Database | Readiness::TableCopy | Readiness::Embedded
+        )
+    }
+
+    /// The word `/readyz` reports.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Readiness::Database => "database",
+            Readiness::TableCopy => "table copy",
+            Readiness::Embedded => "embedded photographs",
+            Readiness::Draining => "shutting down",
+            Readiness::NothingToServe => "database unreachable and no saved copy of the table",
+        }
+    }
 }
 
 impl AppState {
@@ -176,11 +217,26 @@ impl AppState {
             requests_finished: AtomicU64::new(0),
             metrics,
             key_throttle,
+            draining: AtomicBool::new(false),
         }))
     }
 }
 
 impl AppState {
+    /// Whether listings can be served now, from what (`/readyz`). Read from what the last
+    /// database call found and whether a table copy exists: no request is made.
+    pub fn readiness(&self) -> Readiness {
+        if self.draining.load(Ordering::Acquire) {
+            return Readiness::Draining;
+        }
+        match &self.db {
+            None => Readiness::Embedded,
+            Some(db) if db.is_available() => Readiness::Database,
+            Some(_) if self.listing.copy_rows().is_some() => Readiness::TableCopy,
+            Some(_) => Readiness::NothingToServe,
+        }
+    }
+
     /// `GET /metrics`: the gauges read now, then every metric as Prometheus text.
     pub async fn render_metrics(&self) -> String {
         let m = &self.metrics;

@@ -195,7 +195,7 @@ fn secrets_never_reach_the_logs() {
 }
 
 /// POSTs one JPEG to `/api/upload` of the server on `port` with `key` (if any).
-fn upload(port: u16, key: Option<&str>, name: &str) -> (u16, serde_json::Value) {
+pub(crate) fn upload(port: u16, key: Option<&str>, name: &str) -> (u16, serde_json::Value) {
     upload_with(port, key, name, &[])
 }
 

@@ -1,4 +1,6 @@
-//! `GET /`, `GET /api/health`, `GET /api/portfolio`.
+//! `GET /`, `GET /api/health`, `GET /api/portfolio`, and the probes `GET /livez` and
+//! `GET /readyz` with Kubernetes' meaning (`/api/health` keeps the original's: 503 whenever the
+//! database is down, even while listings are served from the table copy).
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -39,6 +41,44 @@ pub struct Health {
     /// Why storage is not `ok`, when it is not.
     #[oai(skip_serializing_if_is_none)]
     pub storage_reason: Option<String>,
+}
+
+/// `GET /livez`.
+#[derive(Debug, Object)]
+pub struct Live {
+    /// Always `alive`.
+    pub status: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Object)]
+pub struct Ready {
+    /// Whether a load balancer should send this server requests.
+    pub ready: bool,
+    /// Where listings come from: `database`, `table copy` or `embedded photographs`.
+    #[oai(skip_serializing_if_is_none)]
+    pub serving: Option<String>,
+    /// Why not ready: `shutting down`, or `database unreachable and no saved copy of the table`.
+    #[oai(skip_serializing_if_is_none)]
+    pub reason: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// Listings can be served: from the database, the saved table copy, or the embedded data
+    /// when no database is configured.
+    #[oai(status = 200)]
+    Ready(Json<Ready>, #[oai(header = "Cache-Control")] String),
+    /// Stopping (from SIGINT/SIGTERM on), or nothing of the owner's to serve yet.
+    #[oai(status = 503)]
+    NotReady(Json<Ready>, #[oai(header = "Cache-Control")] String),
+}
+
+#[derive(ApiResponse)]
+pub enum LiveResponse {
+    /// The process answers.
+    #[oai(status = 200)]
+    Alive(Json<Live>, #[oai(header = "Cache-Control")] String),
 }
 
 /// A storage state this old that is not `ok` is checked again (in the background) when health
@@ -98,6 +138,47 @@ impl MetaApi {
                 Some(format!("cannot reach {}", db.target())),
                 None,
             )),
+        }
+    }
+
+    /// Liveness probe
+    ///
+    /// 200 while the process can answer at all. It never looks at the database or storage, so
+    /// an outage never gets a replica restarted.
+    #[oai(path = "/livez", method = "get")]
+    async fn livez(&self) -> LiveResponse {
+        LiveResponse::Alive(
+            Json(Live {
+                status: "alive".into(),
+            }),
+            "no-store".into(),
+        )
+    }
+
+    /// Readiness probe
+    ///
+    /// 200 while this server can serve the owner's listings: the database answers, or its saved
+    /// copy of the table is there (an outage), or no database is configured. 503 before either
+    /// exists at start-up, and from the moment SIGINT/SIGTERM arrives (requests are still served
+    /// for `server.drain_delay_secs`, so the load balancer takes this server out first).
+    #[oai(path = "/readyz", method = "get")]
+    async fn readyz(&self) -> ReadyResponse {
+        let now = self.state.readiness();
+        let word = Some(now.word().to_string());
+        if now.is_ready() {
+            let body = Ready {
+                ready: true,
+                serving: word,
+                reason: None,
+            };
+            ReadyResponse::Ready(Json(body), "no-store".into())
+        } else {
+            let body = Ready {
+                ready: false,
+                serving: None,
+                reason: word,
+            };
+            ReadyResponse::NotReady(Json(body), "no-store".into())
         }
     }
 
