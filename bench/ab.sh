@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# A/B of two builds on the cached listing page, in one run, so that the machine's drift between
-# runs (about ±10 % here) does not decide the answer: both binaries serve the same throwaway
-# database and take turns under the same wrk load.
+# A/B of two builds in one run, so that the machine's drift between runs (about ±10 % here) does
+# not decide the answer: both binaries serve the same throwaway database (10,000 rows) and take
+# turns under the same wrk load.
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]     (default 3 rounds of 10 s each)
 #
+#   SCENARIO=cached (default)  the first page, from the page cache
+#   SCENARIO=remote            pages at rotating offsets with the page cache off, the database
+#                              DELAY_MS (20) away each way through bench/delay_proxy.py
+#   CONNS=100                  wrk connections
+#   A_ENV="K=V ..." B_ENV=...  extra settings for one side (e.g. B_ENV=APP_DATABASE__POOL_MAX_SIZE=16)
+#
 # Needs what bench/run.sh installs (wrk, PostgreSQL); run that once first. Prints each round and
-# the median of each build.
+# the median and range of each build. Only answers from the database count as good.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 A=$(realpath "$1"); B=$(realpath "$2"); ROUNDS=${3:-3}
+SCENARIO=${SCENARIO:-cached}; CONNS=${CONNS:-100}; DELAY_MS=${DELAY_MS:-20}
+A_ENV=${A_ENV:-}; B_ENV=${B_ENV:-}
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 WORK=$(mktemp -d /tmp/portfolio-ab.XXXXXX)
 chmod 755 "$WORK"
@@ -33,27 +41,43 @@ psql -h 127.0.0.1 -p "$PGPORT" -U postgres -q -c "INSERT INTO photographs (filen
   SELECT 'photo-' || i || '.jpg', 'https://cdn.example/photo-' || i || '.jpg', 'nature', 4000, 3000
   FROM generate_series(1, 10000) AS i"
 
-start() { # binary port
+SERVE_URL=$URL
+EXTRA=()
+if [ "$SCENARIO" = remote ]; then
+  PPROXY=$(free_port)
+  python3 "$ROOT/bench/delay_proxy.py" "$PPROXY" "$PGPORT" "$DELAY_MS" >"$WORK/proxy.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PPROXY") 2>/dev/null && break; sleep 0.1; done
+  SERVE_URL=postgres://postgres@127.0.0.1:$PPROXY/postgres
+  EXTRA=(APP_CACHE__MAX_BYTES=0)
+fi
+start() { # binary port extra-settings
+  # shellcheck disable=SC2086 # the extra settings are words on purpose
   (cd "$WORK" && exec env -i PATH="$PATH" HOME="$WORK" PORT="$2" APP_SERVER__HOST=127.0.0.1 \
-     DATABASE_URL="$URL" APP_DATABASE__MIGRATE_ON_START=false "$1" >>"$WORK/server.log" 2>&1) &
+     DATABASE_URL="$SERVE_URL" APP_DATABASE__MIGRATE_ON_START=false "${EXTRA[@]}" $3 "$1" \
+     >>"$WORK/server.log" 2>&1) &
   PIDS+=($!)
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$2/api/health" >/dev/null && return 0; sleep 0.1; done
   echo "$1 did not start" >&2; cat "$WORK/server.log" >&2; exit 1
 }
 PA=$(free_port); PB=$(free_port)
-start "$A" "$PA"; start "$B" "$PB"
+start "$A" "$PA" "$A_ENV"; start "$B" "$PB" "$B_ENV"
 PAGE="/api/images?limit=10&offset=0"
 curl -sf "http://127.0.0.1:$PA$PAGE" >"$WORK/a.json"; curl -sf "http://127.0.0.1:$PB$PAGE" >"$WORK/b.json"
 round() { # port expected
-  EXPECT_FILE=$2 wrk -t2 -c100 -d10s --latency -s "$ROOT/bench/check.lua" "http://127.0.0.1:$1$PAGE" \
-    | python3 -c 'import re,sys; t=sys.stdin.read(); ok=int(re.search(r"ok=(\d+)",t).group(1)); s=float(re.search(r"in ([\d.]+)s",t).group(1)); bad=re.search(r"bad=(\d+)",t).group(1); p99=re.search(r"^\s+99%\s+(\S+)",t,re.M).group(1); print(f"{ok/s:.0f} {p99} {bad}")'
+  local url="http://127.0.0.1:$1$PAGE" rotate="" expect=$2
+  if [ "$SCENARIO" = remote ]; then url="http://127.0.0.1:$1/"; rotate=9990; expect=""; fi
+  # Good: a 200 with the right body from the database (fallback and stale answers do not count).
+  EXPECT_FILE=$expect ROTATE=$rotate wrk -t2 -c"$CONNS" -d10s --latency -s "$ROOT/bench/check.lua" "$url" \
+    | python3 -c 'import re,sys; t=sys.stdin.read(); ok=int(re.search(r"ok=(\d+)",t).group(1)); fb=int(re.search(r"fallback=(\d+)",t).group(1)); s=float(re.search(r"in ([\d.]+)s",t).group(1)); bad=re.search(r"bad=(\d+)",t).group(1); p99=re.search(r"^\s+99%\s+(\S+)",t,re.M).group(1); print(f"{(ok-fb)/s:.0f} {p99} {bad} {fb}")'
 }
 ra=(); rb=()
 for i in $(seq "$ROUNDS"); do
   a=$(round "$PA" "$WORK/a.json"); b=$(round "$PB" "$WORK/b.json")
-  echo "round $i: A $a | B $b   (good req/s, p99, bad)"
+  echo "round $i: A $a | B $b   (good req/s, p99, bad, not from the database) load $(cut -d' ' -f1 /proc/loadavg)"
   ra+=("${a%% *}"); rb+=("${b%% *}")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+range() { printf '%s\n' "$@" | sort -n | sed -n '1p;$p' | paste -sd- -; }
 ma=$(median "${ra[@]}"); mb=$(median "${rb[@]}")
-echo "median: A $ma req/s, B $mb req/s, B/A $(python3 -c "print(f'{$mb/$ma:.3f}')")"
+echo "$SCENARIO, c$CONNS: median A $ma ($(range "${ra[@]}")), B $mb ($(range "${rb[@]}")) good req/s; B/A $(python3 -c "print(f'{$mb/$ma:.3f}')")"

@@ -14,9 +14,9 @@
 use std::{
     sync::{
         Arc, Weak,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use postgres::{NoTls, error::SqlState};
@@ -31,8 +31,80 @@ use crate::{
     config::DatabaseSettings,
 };
 
-pub type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-pub type PgConn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub type PgPool = r2d2::Pool<Manager>;
+pub type PgConn = r2d2::PooledConnection<Manager>;
+
+/// A connection handed back less than this long ago is handed out again without a liveness
+/// check. r2d2 checks every checkout with a round trip (`simple_query("")`): 20 ms from the
+/// database that doubled the cost of every page (one check, one query). HikariCP makes the same
+/// trade with the same window (`aliveBypassWindowMs`, 500 ms). A connection that died within the
+/// window fails its query instead. One such failure (any connectivity failure) ends the bypass
+/// for every connection that worked before it: connections die together (a restart, a network
+/// cut), and the others are then checked and replaced before a request uses them.
+const FRESH: Duration = Duration::from_millis(500);
+
+/// r2d2_postgres's manager, with the liveness check skipped for [`FRESH`] connections.
+pub struct Manager {
+    inner: PostgresConnectionManager<NoTls>,
+    /// Connectivity failures so far (see [`FRESH`]).
+    failures: Arc<AtomicU64>,
+}
+
+/// A pooled `postgres::Client` and when it was last known to work.
+pub struct Connection {
+    client: postgres::Client,
+    checked: Instant,
+    /// [`Manager::failures`] when it last worked.
+    failures_then: u64,
+}
+
+impl std::ops::Deref for Connection {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
+impl Connection {
+    /// The connection just did a piece of work; `failures` connectivity failures were known.
+    fn worked(&mut self, failures: u64) {
+        self.checked = Instant::now();
+        self.failures_then = failures;
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Connection;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Connection, postgres::Error> {
+        Ok(Connection {
+            client: self.inner.connect()?,
+            checked: Instant::now(),
+            failures_then: self.failures.load(Ordering::Acquire),
+        })
+    }
+
+    fn is_valid(&self, c: &mut Connection) -> Result<(), postgres::Error> {
+        let failures = self.failures.load(Ordering::Acquire);
+        if c.checked.elapsed() < FRESH && c.failures_then == failures && !c.client.is_closed() {
+            return Ok(());
+        }
+        self.inner.is_valid(&mut c.client)?;
+        c.worked(failures);
+        Ok(())
+    }
+
+    fn has_broken(&self, c: &mut Connection) -> bool {
+        self.inner.has_broken(&mut c.client)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -101,6 +173,8 @@ struct Inner {
     addresses: Vec<Address>,
     /// The last call or probe reached the database.
     up: AtomicBool,
+    /// Connectivity failures so far, shared with the pool's [`Manager`].
+    failures: Arc<AtomicU64>,
     /// Migrations have been applied by this process (or `migrate_on_start` is off).
     migrated: AtomicBool,
     reprobe_interval: Duration,
@@ -254,6 +328,7 @@ impl Db {
         }
         let target = describe(&cfg);
         let addresses = addresses(&cfg);
+        let failures = Arc::new(AtomicU64::new(0));
         let pool = r2d2::Pool::builder()
             .max_size(s.pool_max_size)
             .min_idle(Some(1))
@@ -261,13 +336,17 @@ impl Db {
             // Outages are logged once, on the transition, by `mark_down`; r2d2's own handler
             // would log every failed reconnect attempt.
             .error_handler(Box::new(r2d2::NopErrorHandler))
-            .build_unchecked(PostgresConnectionManager::new(cfg, NoTls));
+            .build_unchecked(Manager {
+                inner: PostgresConnectionManager::new(cfg, NoTls),
+                failures: failures.clone(),
+            });
         Ok(Db {
             inner: Arc::new(Inner {
                 pool: Some(pool),
                 target,
                 addresses,
                 up: AtomicBool::new(false),
+                failures,
                 migrated: AtomicBool::new(!s.migrate_on_start),
                 reprobe_interval: Duration::from_millis(s.reprobe_interval_ms),
                 permits: Arc::new(Semaphore::new(s.pool_max_size as usize)),
@@ -343,7 +422,15 @@ impl Db {
                     pool.get()?
                 }
             };
-            f(&mut conn)
+            let result = f(&mut conn);
+            if conn.is_closed() {
+                // Lost during the work, whatever the work made of the error: the connections
+                // that worked before now are checked again before their next use.
+                inner.failures.fetch_add(1, Ordering::AcqRel);
+            } else if result.is_ok() {
+                conn.worked(inner.failures.load(Ordering::Acquire));
+            }
+            result
         })
         .await
         .map_err(DbError::from)
@@ -351,6 +438,8 @@ impl Db {
         if let Err(e) = &result
             && e.is_connectivity()
         {
+            // Also when no connection was had (a refused port): see `FRESH`.
+            self.inner.failures.fetch_add(1, Ordering::AcqRel);
             self.mark_down(e);
         }
         result

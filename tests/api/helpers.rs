@@ -343,6 +343,8 @@ pub struct ToggleProxy {
     /// The next `COMMIT` a client sends reaches the database, but its answer never comes back:
     /// the connection is cut as the reply arrives.
     lose_commit_reply: Arc<AtomicBool>,
+    /// Empty simple queries clients sent: r2d2_postgres's liveness check at check-out.
+    pub liveness_checks: Arc<AtomicU64>,
 }
 
 impl ToggleProxy {
@@ -356,12 +358,14 @@ impl ToggleProxy {
         let active = Arc::new(AtomicU64::new(0));
         let listening = Arc::new(AtomicBool::new(true));
         let lose_commit_reply = Arc::new(AtomicBool::new(false));
-        let (mut up_rx, kill2, active2, listening2, lose2) = (
+        let liveness_checks = Arc::new(AtomicU64::new(0));
+        let (mut up_rx, kill2, active2, listening2, lose2, checks2) = (
             up.subscribe(),
             kill.clone(),
             active.clone(),
             listening.clone(),
             lose_commit_reply.clone(),
+            liveness_checks.clone(),
         );
         tokio::spawn(async move {
             let mut listener = Some(first);
@@ -404,12 +408,12 @@ impl ToggleProxy {
                     }
                     let mut killed = kill2.subscribe();
                     let target = hostport.clone();
-                    let (active, lose) = (active2.clone(), lose2.clone());
+                    let (active, lose, checks) = (active2.clone(), lose2.clone(), checks2.clone());
                     active.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
                         if let Ok(outbound) = TcpStream::connect(&target).await {
                             tokio::select! {
-                                _ = forward(inbound, outbound, lose) => {}
+                                _ = forward(inbound, outbound, lose, checks) => {}
                                 _ = killed.changed() => {}
                             }
                         }
@@ -428,6 +432,7 @@ impl ToggleProxy {
             active,
             listening,
             lose_commit_reply,
+            liveness_checks,
         }
     }
 
@@ -473,7 +478,12 @@ impl ToggleProxy {
 
 /// Copies both ways; when `lose` is armed and the client sends `COMMIT`, the server's reply to
 /// it is dropped and the connection closed (the commit happened; the client never hears so).
-async fn forward(inbound: TcpStream, outbound: TcpStream, lose: Arc<AtomicBool>) {
+async fn forward(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    lose: Arc<AtomicBool>,
+    checks: Arc<AtomicU64>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client_rx, mut client_tx) = inbound.into_split();
     let (mut server_rx, mut server_tx) = outbound.into_split();
@@ -486,6 +496,12 @@ async fn forward(inbound: TcpStream, outbound: TcpStream, lose: Arc<AtomicBool>)
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            // A simple query of "": 'Q', length 5, the empty string's NUL.
+            let empty = buf[..n]
+                .windows(6)
+                .filter(|w| w == b"Q\0\0\0\x05\0")
+                .count();
+            checks.fetch_add(empty as u64, Ordering::SeqCst);
             if buf[..n].windows(6).any(|w| w == b"COMMIT")
                 && lose
                     .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
