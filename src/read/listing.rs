@@ -340,6 +340,10 @@ impl Listing {
                     listing.copy_dirty.store(false, Ordering::Release);
                     if listing.refresh_copy().await {
                         last = Some(Instant::now());
+                        // Taking the copy allocates the whole table several times over (the
+                        // driver's rows, the copy, its JSON for the file); the allocator keeps
+                        // what was freed unless told: 14 MiB of RSS for 10,000 rows (measured).
+                        let _ = blocking::run(blocking::return_freed_memory).await;
                     } else {
                         listing.copy_dirty.store(true, Ordering::Release);
                     }
