@@ -6,6 +6,7 @@ mod cli;
 mod connections;
 mod contract;
 mod deploy;
+mod docs;
 mod fake_supabase;
 mod helpers;
 mod http;
