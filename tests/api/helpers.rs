@@ -345,6 +345,8 @@ pub struct ToggleProxy {
     lose_commit_reply: Arc<AtomicBool>,
     /// Empty simple queries clients sent: r2d2_postgres's liveness check at check-out.
     pub liveness_checks: Arc<AtomicU64>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicU64>,
 }
 
 impl ToggleProxy {
@@ -359,6 +361,8 @@ impl ToggleProxy {
         let listening = Arc::new(AtomicBool::new(true));
         let lose_commit_reply = Arc::new(AtomicBool::new(false));
         let liveness_checks = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
+        let accepted_count = connections.clone();
         let (mut up_rx, kill2, active2, listening2, lose2, checks2) = (
             up.subscribe(),
             kill.clone(),
@@ -410,6 +414,7 @@ impl ToggleProxy {
                     let target = hostport.clone();
                     let (active, lose, checks) = (active2.clone(), lose2.clone(), checks2.clone());
                     active.fetch_add(1, Ordering::SeqCst);
+                    accepted_count.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
                         if let Ok(outbound) = TcpStream::connect(&target).await {
                             tokio::select! {
@@ -433,6 +438,7 @@ impl ToggleProxy {
             listening,
             lose_commit_reply,
             liveness_checks,
+            connections,
         }
     }
 

@@ -438,10 +438,16 @@ async fn busy_connections_skip_the_liveness_check_and_idle_ones_are_checked() {
             .load(std::sync::atomic::Ordering::SeqCst)
     };
     let before = checks();
+    let opened = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
     for n in 1..21 {
         let r = app.get(&page(n)).await;
         assert_eq!(r.header("x-data-source"), Some("database"));
     }
+    let more = proxy.connections.load(std::sync::atomic::Ordering::SeqCst) - opened;
+    assert!(
+        more <= 2,
+        "20 pages opened {more} connections: the pool did not keep them"
+    );
     assert!(
         checks() - before < 5,
         "20 pages back to back checked {} connections",
