@@ -20,7 +20,7 @@ use crate::{
         monitored::{Monitored, StorageState},
         open::from_settings,
     },
-    write::{cleanup::Cleanup, manage::Manager, session, upload::Uploader},
+    write::{cleanup::Cleanup, context::WriteContext, manage::Manager, session, upload::Uploader},
 };
 
 /// What every handler can reach.
@@ -174,26 +174,15 @@ impl AppState {
         // Files parked by a process that died mid-batch were never stored and never will be.
         session::clear_spool_at_start(&settings.upload.spool_dir);
         let cleanup = Cleanup::start(db.clone(), store.clone(), &settings.upload.journal_dir);
-        // Writes hold a pooled connection while they store objects: bound them, uploads and
-        // deletes together, so reads always find connections.
-        let write_slots = Arc::new(Semaphore::new(settings.upload.max_concurrent.max(1)));
-        let uploader = Uploader::new(
-            db.clone(),
-            store.clone(),
-            listing.clone(),
-            cleanup.clone(),
-            write_slots.clone(),
-            metrics.clone(),
-            &settings,
-        );
-        let manager = Manager::new(
-            db.clone(),
-            store.clone(),
-            listing.clone(),
-            cleanup.clone(),
-            write_slots,
-            settings.upload.allowed_categories.clone(),
-        );
+        let writes = WriteContext {
+            db: db.clone(),
+            store: store.clone(),
+            listing: listing.clone(),
+            cleanup: cleanup.clone(),
+            slots: Arc::new(Semaphore::new(settings.upload.max_concurrent.max(1))),
+        };
+        let uploader = Uploader::new(writes.clone(), metrics.clone(), &settings);
+        let manager = Manager::new(writes, settings.upload.allowed_categories.clone());
         let cache_control = poem::http::HeaderValue::from_str(&format!(
             "public, max-age={}",
             settings.cache.http_max_age_secs

@@ -17,10 +17,10 @@
 use std::sync::Arc;
 
 use postgres::types::Type;
-use tokio::sync::Semaphore;
 
 use super::{
-    cleanup::{Cleanup, Resolution, Unsettled, delete_unclaimed},
+    cleanup::{Resolution, Unsettled, delete_unclaimed},
+    context::WriteContext,
     error::UploadError,
     journal::{Entry, Journal},
 };
@@ -28,7 +28,6 @@ use crate::{
     db::{Db, DbError, PgConn, queries},
     imaging::Variant,
     model::{Category, Invalid, Photo},
-    read::listing::Listing,
     storage::ObjectStore,
 };
 
@@ -57,31 +56,15 @@ impl From<postgres::Error> for ManageError {
 
 /// Reads, moves and deletes photos that are stored.
 pub struct Manager {
-    db: Option<Db>,
-    store: Arc<dyn ObjectStore>,
-    /// Told about every change, so cached pages never outlive it.
-    listing: Arc<Listing>,
-    cleanup: Arc<Cleanup>,
-    /// Shared with the uploader (see [`super::upload::Uploader`]).
-    slots: Arc<Semaphore>,
+    /// The database, store, listing, clean-up and write slots, shared with the uploader.
+    w: WriteContext,
     allowed_categories: Vec<String>,
 }
 
 impl Manager {
-    pub fn new(
-        db: Option<Db>,
-        store: Arc<dyn ObjectStore>,
-        listing: Arc<Listing>,
-        cleanup: Arc<Cleanup>,
-        slots: Arc<Semaphore>,
-        allowed_categories: Vec<String>,
-    ) -> Manager {
+    pub fn new(w: WriteContext, allowed_categories: Vec<String>) -> Manager {
         Manager {
-            db,
-            store,
-            listing,
-            cleanup,
-            slots,
+            w,
             allowed_categories,
         }
     }
@@ -109,7 +92,7 @@ impl Manager {
             })
             .await?
             .ok_or(ManageError::NotFound)?;
-        self.listing.invalidate();
+        self.w.listing.invalidate();
         tracing::info!(id, category = %updated.category, "photo moved to another category");
         Ok(updated)
     }
@@ -117,13 +100,13 @@ impl Manager {
     /// Deletes a photo: its row, then every object it has (see the module docs).
     pub async fn delete(&self, id: i32) -> Result<(), ManageError> {
         let db = self.writable_db()?;
-        let journal = self.cleanup.journal().cloned().ok_or_else(|| {
+        let journal = self.w.cleanup.journal().cloned().ok_or_else(|| {
             ManageError::Upload(UploadError::Internal(
                 "the clean-up journal cannot be written".into(),
             ))
         })?;
-        let _slot = self.slots.acquire().await.expect("never closed");
-        let (store, j) = (self.store.clone(), journal.clone());
+        let _slot = self.w.slots.acquire().await.expect("never closed");
+        let (store, j) = (self.w.store.clone(), journal.clone());
         let outcome = db.run(move |c| Ok(delete_row(c, &*store, &j, id))).await?;
         let entry = match outcome {
             Ok(entry) => entry,
@@ -147,14 +130,14 @@ impl Manager {
         };
         let Some(entry) = entry else {
             // The row pointed at no object of this store (or shares it): nothing to remove.
-            self.listing.invalidate();
+            self.w.listing.invalidate();
             tracing::info!(
                 id,
                 "photo deleted (its image stays: not in this store, or shared)"
             );
             return Ok(());
         };
-        self.listing.invalidate();
+        self.w.listing.invalidate();
         let key = entry.key.clone();
         match self.settle(db, &journal, entry).await {
             Ok(Resolution::Removed) => tracing::info!(id, key = %key, "photo deleted"),
@@ -174,7 +157,7 @@ impl Manager {
     }
 
     fn writable_db(&self) -> Result<&Db, ManageError> {
-        self.db.as_ref().ok_or_else(|| {
+        self.w.db.as_ref().ok_or_else(|| {
             ManageError::Upload(UploadError::DatabaseUnavailable(
                 "No database configured: set DATABASE_URL".into(),
             ))
@@ -281,7 +264,7 @@ impl Manager {
         entry: Entry,
     ) -> Result<Resolution, Unsettled> {
         let held = entry.clone();
-        let (store, j) = (self.store.clone(), journal.clone());
+        let (store, j) = (self.w.store.clone(), journal.clone());
         let result = db
             .run(move |c| {
                 let keys: Vec<&str> = std::iter::once(entry.key.as_str())

@@ -4,6 +4,7 @@
 //! # Modules
 //!
 //! - [`backfill`]: `portfolio-server variants backfill`: variants for rows that have none.
+//! - [`context`]: What every write works with, shared by the uploader and the manager.
 //! - [`cleanup`]: Clean-up: the resolver that settles objects that may be in storage without a
 //!   row.
 //! - [`error`]: Why a write did not happen.
@@ -16,6 +17,7 @@
 
 pub mod backfill;
 pub mod cleanup;
+pub mod context;
 pub mod error;
 pub mod journal;
 pub mod manage;

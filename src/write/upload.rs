@@ -10,62 +10,41 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use super::{
-    cleanup::{Cleanup, Resolution},
+    cleanup::Resolution,
+    context::WriteContext,
     error::UploadError,
     journal::{Entry, Journal},
     protocol::{WriteFailure, write},
 };
 use crate::{
-    blocking::{self},
+    blocking,
     config::{ImageSettings, Settings, UploadSettings},
     db::{Db, queries},
-    imaging::{self},
+    imaging,
     metrics::Metrics,
     model::{Category, FileName, Photo},
-    read::listing::Listing,
-    storage::ObjectStore,
 };
 
 pub struct Uploader {
-    pub(crate) db: Option<Db>,
-    pub(crate) store: Arc<dyn ObjectStore>,
-    /// Told about every successful write, so cached pages never outlive it.
-    pub(crate) listing: Arc<Listing>,
+    /// The database, store, listing, clean-up and write slots, shared with the manager.
+    w: WriteContext,
     pub limits: UploadSettings,
     /// What a photo is turned into before it is stored.
     image: ImageSettings,
     /// Photos decoded and resized at once: bounds the CPU and memory a batch can take.
     image_slots: Semaphore,
-    /// Writes hold a pooled connection while they store objects: bound them (uploads and
-    /// deletes together) so reads always find connections.
-    pub(crate) slots: Arc<Semaphore>,
-    /// Settles what a failed write may have left in storage.
-    pub(crate) cleanup: Arc<Cleanup>,
     metrics: Arc<Metrics>,
 }
 
 impl Uploader {
-    /// Builds the uploader. Writes go to `store` through the journal of `cleanup`; `slots` is
-    /// shared with the manager.
-    pub fn new(
-        db: Option<Db>,
-        store: Arc<dyn ObjectStore>,
-        listing: Arc<Listing>,
-        cleanup: Arc<Cleanup>,
-        slots: Arc<Semaphore>,
-        metrics: Arc<Metrics>,
-        settings: &Settings,
-    ) -> Arc<Uploader> {
+    /// Builds the uploader, with the upload and image settings of `settings`.
+    pub fn new(w: WriteContext, metrics: Arc<Metrics>, settings: &Settings) -> Arc<Uploader> {
         let (limits, image) = (settings.upload.clone(), settings.image.clone());
         Arc::new(Uploader {
-            db,
-            store,
-            listing,
-            slots,
+            w,
             image_slots: Semaphore::new(image_workers(&image)),
             image,
             limits,
-            cleanup,
             metrics,
         })
     }
@@ -98,12 +77,12 @@ impl Uploader {
             raw_category.unwrap_or(Category::DEFAULT),
             &self.limits.allowed_categories,
         )?;
-        let Some(db) = &self.db else {
+        let Some(db) = &self.w.db else {
             return Err(UploadError::DatabaseUnavailable(
                 "No database configured: uploads need DATABASE_URL".into(),
             ));
         };
-        let Some(journal) = self.cleanup.journal().cloned() else {
+        let Some(journal) = self.w.cleanup.journal().cloned() else {
             return Err(UploadError::Internal(
                 "the clean-up journal cannot be written".into(),
             ));
@@ -142,8 +121,8 @@ impl Uploader {
             );
             processed
         };
-        let _slot = self.slots.acquire().await.expect("never closed");
-        let store = self.store.clone();
+        let _slot = self.w.slots.acquire().await.expect("never closed");
+        let store = self.w.store.clone();
         let outcome = {
             let (name, category) = (name.clone(), category.clone());
             let journal = journal.clone();
@@ -158,7 +137,7 @@ impl Uploader {
                 self.resolve_or_defer(db, &journal, *entry, id).await?
             }
         };
-        self.listing.invalidate();
+        self.w.listing.invalidate();
         tracing::info!(filename = %photo.filename, id = photo.id, "photo uploaded");
         Ok(photo)
     }
@@ -184,7 +163,7 @@ impl Uploader {
                 journal.forget(&entry);
                 Ok(photo)
             }
-            Ok(None) => match self.cleanup.resolve(db, journal, entry).await {
+            Ok(None) => match self.w.cleanup.resolve(db, journal, entry).await {
                 // The claim says a committed row has the name after all: it is ours.
                 Ok(Resolution::Kept) => db
                     .run(move |c| queries::photo(c, id))
