@@ -50,49 +50,7 @@ pub enum Command {
         grace_hours: u64,
     },
     /// Send the photos in folders to a running server, skipping those it has already.
-    Upload {
-        /// Folders (searched recursively for .jpg/.jpeg) or files.
-        #[arg(required_unless_present = "from")]
-        paths: Vec<std::path::PathBuf>,
-        /// The server.
-        #[arg(long, default_value = "http://localhost:8000")]
-        url: String,
-        /// The admin key (default: ADMIN_API_KEY from the environment or .env).
-        #[arg(long)]
-        key: Option<String>,
-        /// The category of every photo sent (default: the server's, `nature`).
-        #[arg(long)]
-        category: Option<String>,
-        /// Requests at the same time.
-        #[arg(long, default_value_t = 2)]
-        jobs: usize,
-        /// Most files per request.
-        #[arg(long, default_value_t = 20)]
-        batch_files: usize,
-        /// Most bytes per request (a larger file goes alone).
-        #[arg(long, default_value_t = 64 << 20)]
-        batch_bytes: u64,
-        /// Retries of a request that got no answer or a 5xx (backoff 0.5 s, doubling).
-        #[arg(long, default_value_t = 5)]
-        retries: u32,
-        /// List what would be sent; send nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Also send the files listed in this file (one path per line, as --failed-list writes).
-        #[arg(long)]
-        from: Option<std::path::PathBuf>,
-        /// Where the paths that failed are written (removed when nothing failed).
-        #[arg(long, default_value = "upload-failed.txt")]
-        failed_list: std::path::PathBuf,
-        /// Seconds any read or write of a request may go without progress (the server's answer
-        /// included) before the request counts as failed (and is retried).
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-        /// Files larger than this many bytes are reported and never read: the server's
-        /// `upload.max_file_bytes` (25 MiB by default). Raise it if the server's is larger.
-        #[arg(long, default_value_t = 25 << 20)]
-        max_file_bytes: u64,
-    },
+    Upload(upload::UploadArgs),
     /// The thumb and medium variants and the placeholder of each photo.
     Variants {
         #[command(subcommand)]
@@ -125,29 +83,24 @@ pub fn run(cli: Cli) -> ExitCode {
         .max_blocking_threads(64)
         .build()
         .expect("tokio runtime");
-    let command = cli.command.unwrap_or(Command::Serve);
-    if let Command::Upload { .. } = command {
-        return runtime.block_on(upload::command(command, &settings));
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => exit(runtime.block_on(serve(settings))),
+        Command::Migrate => exit(runtime.block_on(migrate(settings))),
+        Command::Reconcile {
+            delete_orphans,
+            grace_hours,
+        } => exit(runtime.block_on(reconcile::command(settings, delete_orphans, grace_hours))),
+        Command::Variants {
+            action: VariantsAction::Backfill,
+        } => exit(runtime.block_on(backfill::command(settings))),
+        // These two say themselves how it went.
+        Command::Upload(args) => runtime.block_on(upload::command(args, &settings)),
+        Command::Healthcheck { path } => healthcheck::command(&settings, &path),
     }
-    if let Command::Healthcheck { path } = &command {
-        return healthcheck::command(&settings, path);
-    }
-    let result = runtime.block_on(async move {
-        match command {
-            Command::Serve => serve(settings).await,
-            Command::Migrate => migrate(settings).await,
-            Command::Reconcile {
-                delete_orphans,
-                grace_hours,
-            } => reconcile::command(settings, delete_orphans, grace_hours).await,
-            Command::Variants {
-                action: VariantsAction::Backfill,
-            } => backfill::command(settings).await,
-            Command::Upload { .. } | Command::Healthcheck { .. } => {
-                unreachable!("handled above")
-            }
-        }
-    });
+}
+
+/// The exit code of a subcommand that ends in an error or nothing: the error is logged.
+fn exit(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -709,13 +709,56 @@ impl Progress for Console {
 // ---------------------------------------------------------------------------------------------
 // The subcommand
 
+/// The arguments of `portfolio-server upload`.
+#[derive(clap::Args)]
+pub struct UploadArgs {
+    /// Folders (searched recursively for .jpg/.jpeg) or files.
+    #[arg(required_unless_present = "from")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// The server.
+    #[arg(long, default_value = "http://localhost:8000")]
+    pub url: String,
+    /// The admin key (default: ADMIN_API_KEY from the environment or .env).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// The category of every photo sent (default: the server's, `nature`).
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Requests at the same time.
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Most files per request.
+    #[arg(long, default_value_t = 20)]
+    pub batch_files: usize,
+    /// Most bytes per request (a larger file goes alone).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub batch_bytes: u64,
+    /// Retries of a request that got no answer or a 5xx (backoff 0.5 s, doubling).
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// List what would be sent; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also send the files listed in this file (one path per line, as --failed-list writes).
+    #[arg(long)]
+    pub from: Option<std::path::PathBuf>,
+    /// Where the paths that failed are written (removed when nothing failed).
+    #[arg(long, default_value = "upload-failed.txt")]
+    pub failed_list: std::path::PathBuf,
+    /// Seconds any read or write of a request may go without progress (the server's answer
+    /// included) before the request counts as failed (and is retried).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Files larger than this many bytes are reported and never read: the server's
+    /// `upload.max_file_bytes` (25 MiB by default). Raise it if the server's is larger.
+    #[arg(long, default_value_t = 25 << 20)]
+    pub max_file_bytes: u64,
+}
+
 /// `portfolio-server upload`: the exit code says whether everything was sent (0), something
 /// failed (1), the arguments were unusable (2) or Ctrl-C stopped it (130).
-pub(super) async fn command(
-    command: super::Command,
-    settings: &crate::config::Settings,
-) -> ExitCode {
-    let super::Command::Upload {
+pub(super) async fn command(args: UploadArgs, settings: &crate::config::Settings) -> ExitCode {
+    let UploadArgs {
         paths,
         url,
         key,
@@ -729,10 +772,7 @@ pub(super) async fn command(
         failed_list,
         timeout,
         max_file_bytes,
-    } = command
-    else {
-        unreachable!("called for `upload` only")
-    };
+    } = args;
     let key = key
         .or_else(|| {
             settings
