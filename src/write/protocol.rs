@@ -48,7 +48,8 @@ impl<E: Into<UploadError>> From<E> for WriteFailure {
 }
 
 /// Steps 1-3 of the protocol (see the module docs), for the photo and each of its variants.
-/// Runs on a blocking thread.
+/// `inserted` is called once the INSERT has answered, whatever it answered (a batch starts the
+/// next file's INSERT then). Runs on a blocking thread.
 pub(crate) fn write(
     c: &mut PgConn,
     store: &dyn ObjectStore,
@@ -56,6 +57,7 @@ pub(crate) fn write(
     file: &FileName,
     category: &Category,
     processed: &Processed,
+    inserted: impl FnOnce(),
 ) -> Result<Photo, WriteFailure> {
     let (name, category) = (file.as_str(), category.as_str());
     let url = store.public_url(name);
@@ -80,7 +82,7 @@ pub(crate) fn write(
     // Waiting on a same-name upload is normal; waiting forever is not.
     tx.batch_execute(queries::WAIT_FOR_LOCKS)
         .map_err(DbError::from)?;
-    let inserted = tx.query_one(
+    let row = tx.query_one(
         queries::INSERT_PHOTO,
         &[
             &name,
@@ -94,7 +96,8 @@ pub(crate) fn write(
             &preview.color,
         ],
     );
-    let id: i32 = match inserted {
+    inserted();
+    let id: i32 = match row {
         Ok(row) => row.get(0),
         Err(e) if queries::is_name_taken(&e) => {
             return Err(UploadError::Duplicate(file.clone()).into());

@@ -1,20 +1,30 @@
 //! Sessions: a whole upload form, field by field. A [`BatchSession`] owns a whole
 //! `/api/upload-batch`: the limits, the default category, files parked on disk until the
-//! category arrives, and the sorting of outcomes into uploaded, skipped and failed;
+//! category arrives, the files in work at once, and the sorting of outcomes into uploaded,
+//! skipped and failed;
 //! [`SingleUpload`] does the same for `/api/upload`. The HTTP handlers only feed them fields.
 
 use std::{
+    collections::HashSet,
     io,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use futures_util::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    sync::oneshot,
+};
+use tracing::Instrument;
 
-use super::{error::UploadError, upload::Uploader};
+use super::{
+    error::UploadError,
+    upload::{Turn, Uploader},
+};
 use crate::{
     blocking,
-    model::{Category, Photo},
+    model::{Category, FileName, Photo},
 };
 
 /// A file of a batch that was not stored, because its name is taken.
@@ -124,20 +134,46 @@ impl SingleUpload {
             return Err(UploadError::MissingField("file (a .jpg/.jpeg photo)"));
         };
         self.uploader
-            .upload(&name, self.category.as_deref(), bytes)
+            .upload(&name, self.category.as_deref(), bytes, Turn::default())
             .await
     }
 }
 
-/// One `/api/upload-batch` form. Files are stored one at a time as they arrive once the
-/// category is known; files that come before it are parked in the spool folder (never in memory)
-/// until it does, or until the form ends and the default category applies.
+/// One `/api/upload-batch` form. Each file is handed to the uploader as soon as it has arrived
+/// and the category is known, and the next file is read while it is processed and stored: up to
+/// [`Uploader::batch_parallelism`] files are in work at once, so the image workers, the storage
+/// writes and the network all stay busy. Files that come before the category are parked in the
+/// spool folder (never in memory) until it does, or until the form ends and the default category
+/// applies. The report lists every file in the order it came, whatever order the work ended in.
+///
+/// Rows are inserted in the form's order all the same (see [`Turn`]), so the listing shows a
+/// batch in the order it was sent.
+///
+/// Two files of a batch with one name are never in work together: the second waits for the first
+/// to end, so the first in the form is the one stored and the second is skipped, as when a batch
+/// was stored one file at a time.
 pub struct BatchSession {
     uploader: Arc<Uploader>,
     category: Option<String>,
-    waiting: Vec<(String, tempfile::NamedTempFile)>,
+    waiting: Vec<(usize, String, tempfile::NamedTempFile)>,
     files_seen: usize,
-    report: BatchReport,
+    /// Uploads in work, each with its place in the form and its name.
+    in_work: FuturesUnordered<BoxFuture<'static, Ended>>,
+    /// The object keys of the uploads in work.
+    keys_in_work: HashSet<String>,
+    /// The turn of the file started last: the next one inserts its row after it.
+    last_turn: Option<oneshot::Receiver<()>>,
+    /// Every file's outcome so far, with its place in the form.
+    outcomes: Vec<(usize, Outcome)>,
+}
+
+/// An upload that ended: its place in the form, its key, its name and what happened.
+type Ended = (usize, Option<String>, String, Result<Photo, UploadError>);
+
+enum Outcome {
+    Uploaded(Photo),
+    Skipped(Skipped),
+    Failed(Failed),
 }
 
 impl BatchSession {
@@ -147,7 +183,10 @@ impl BatchSession {
             category: None,
             waiting: Vec::new(),
             files_seen: 0,
-            report: BatchReport::default(),
+            in_work: FuturesUnordered::new(),
+            keys_in_work: HashSet::new(),
+            last_turn: None,
+            outcomes: Vec::new(),
         }
     }
 
@@ -156,34 +195,32 @@ impl BatchSession {
         raw_name: String,
         reader: R,
     ) -> Result<(), FieldError> {
+        let index = self.files_seen;
         self.files_seen += 1;
         let limits = &self.uploader.limits;
         let over_count = self.files_seen > limits.max_batch_files;
         let cap = if over_count { 0 } else { limits.max_file_bytes };
         let bytes = read_capped(reader, cap).await.map_err(FieldError::Body)?;
         match bytes {
-            _ if over_count => self.report.failed.push(Failed {
-                filename: raw_name,
-                error: format!(
+            _ if over_count => {
+                let error = format!(
                     "Too many files in one batch (at most {})",
                     limits.max_batch_files
-                ),
-            }),
-            None => self.report.failed.push(Failed {
-                error: too_large(&raw_name, limits.max_file_bytes).to_string(),
-                filename: raw_name,
-            }),
+                );
+                self.failed(index, raw_name, error)
+            }
+            None => {
+                let error = too_large(&raw_name, limits.max_file_bytes).to_string();
+                self.failed(index, raw_name, error)
+            }
             Some(bytes) => match self.category.clone() {
-                Some(category) => self.store(raw_name, Some(&category), bytes).await,
+                Some(category) => self.start(index, raw_name, Some(category), bytes).await,
                 None => match spool(self.uploader.limits.spool_dir.clone(), bytes).await {
-                    Ok(file) => self.waiting.push((raw_name, file)),
+                    Ok(file) => self.waiting.push((index, raw_name, file)),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot park a file of a batch");
-                        self.report.failed.push(Failed {
-                            filename: raw_name,
-                            error: "Could not buffer the file on the server; nothing was kept"
-                                .into(),
-                        })
+                        let error = "Could not buffer the file on the server; nothing was kept";
+                        self.failed(index, raw_name, error.into())
                     }
                 },
             },
@@ -198,12 +235,13 @@ impl BatchSession {
         if self.category.is_none() {
             Category::parse(&text, &self.uploader.limits.allowed_categories)?;
             self.category = Some(text.clone());
-            self.drain_waiting(Some(&text)).await;
+            self.drain_waiting(Some(text)).await;
         }
         Ok(())
     }
 
-    /// The form ended: files still waiting get the default category.
+    /// The form ended: files still waiting get the default category; every upload in work is
+    /// awaited.
     pub async fn finish(mut self) -> Result<BatchReport, UploadError> {
         if self.files_seen == 0 {
             return Err(UploadError::MissingField(
@@ -211,59 +249,113 @@ impl BatchSession {
             ));
         }
         let category = self.category.clone();
-        self.drain_waiting(category.as_deref()).await;
-        self.log_summary();
-        Ok(self.report)
+        self.drain_waiting(category).await;
+        Ok(self.report().await)
     }
 
     /// The body broke off (`reason`): files still waiting were never stored and are reported
-    /// failed; the files before the break keep their outcomes.
-    pub fn abort(mut self, reason: &str) -> BatchReport {
-        for (name, _) in self.waiting.drain(..) {
-            self.report.failed.push(Failed {
-                filename: name,
-                error: format!("Not stored: {reason}"),
-            });
+    /// failed; the files before the break keep their outcomes (those in work are awaited).
+    pub async fn abort(mut self, reason: &str) -> BatchReport {
+        for (index, name, _) in std::mem::take(&mut self.waiting) {
+            self.failed(index, name, format!("Not stored: {reason}"));
         }
-        self.log_summary();
-        std::mem::take(&mut self.report)
+        self.report().await
     }
 
-    fn log_summary(&self) {
+    /// Awaits the uploads in work, then sorts every outcome into its list, in form order.
+    async fn report(mut self) -> BatchReport {
+        while self.end_one().await {}
+        self.outcomes.sort_by_key(|(index, _)| *index);
+        let mut report = BatchReport::default();
+        for (_, outcome) in self.outcomes {
+            match outcome {
+                Outcome::Uploaded(photo) => report.uploaded.push(photo),
+                Outcome::Skipped(s) => report.skipped.push(s),
+                Outcome::Failed(f) => report.failed.push(f),
+            }
+        }
         tracing::info!(
-            uploaded = self.report.uploaded.len(),
-            skipped = self.report.skipped.len(),
-            failed = self.report.failed.len(),
+            uploaded = report.uploaded.len(),
+            skipped = report.skipped.len(),
+            failed = report.failed.len(),
             "batch upload finished"
         );
+        report
     }
 
-    async fn drain_waiting(&mut self, category: Option<&str>) {
-        for (name, file) in std::mem::take(&mut self.waiting) {
+    fn failed(&mut self, index: usize, filename: String, error: String) {
+        self.outcomes
+            .push((index, Outcome::Failed(Failed { filename, error })));
+    }
+
+    async fn drain_waiting(&mut self, category: Option<String>) {
+        for (index, name, file) in std::mem::take(&mut self.waiting) {
             let path = file.path().to_path_buf();
             match blocking::run(move || std::fs::read(path)).await {
-                Ok(Ok(bytes)) => self.store(name, category, bytes).await,
+                Ok(Ok(bytes)) => self.start(index, name, category.clone(), bytes).await,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "cannot read a parked file of a batch");
-                    self.report.failed.push(Failed {
-                        filename: name,
-                        error: "Could not read the buffered file on the server; nothing was kept"
-                            .into(),
-                    });
+                    let error = "Could not read the buffered file on the server; nothing was kept";
+                    self.failed(index, name, error.into());
                 }
-                Err(_) => self.report.failed.push(Failed {
-                    filename: name,
-                    error: "Internal error; nothing was kept".into(),
-                }),
+                Err(_) => self.failed(index, name, "Internal error; nothing was kept".into()),
             }
         }
     }
 
-    /// Stores one file and files its outcome.
-    async fn store(&mut self, name: String, category: Option<&str>, bytes: Vec<u8>) {
-        match self.uploader.upload(&name, category, bytes).await {
-            Ok(photo) => self.report.uploaded.push(photo),
-            Err(e @ UploadError::Duplicate(_)) => self.report.skipped.push(Skipped {
+    /// Starts storing one file, once there is room for it (and once an earlier file of this
+    /// batch with the same name has ended).
+    async fn start(
+        &mut self,
+        index: usize,
+        name: String,
+        category: Option<String>,
+        bytes: Vec<u8>,
+    ) {
+        // A name that is refused is refused by the upload itself, with its reason.
+        let key = FileName::parse(&name).ok().map(|n| n.as_str().to_string());
+        if let Some(key) = &key {
+            while self.keys_in_work.contains(key) {
+                self.end_one().await;
+            }
+            self.keys_in_work.insert(key.clone());
+        }
+        while self.in_work.len() >= self.uploader.batch_parallelism() {
+            self.end_one().await;
+        }
+        let uploader = self.uploader.clone();
+        let turn = Turn::next(&mut self.last_turn);
+        let task = {
+            let name = name.clone();
+            tokio::spawn(
+                async move {
+                    uploader
+                        .upload(&name, category.as_deref(), bytes, turn)
+                        .await
+                }
+                .in_current_span(),
+            )
+        };
+        self.in_work.push(Box::pin(async move {
+            // A panic is the task's only way to end without an outcome.
+            let outcome = task
+                .await
+                .unwrap_or_else(|e| Err(UploadError::Internal(format!("upload task: {e}"))));
+            (index, key, name, outcome)
+        }));
+    }
+
+    /// Waits for one upload in work to end and files its outcome; false when none is in work.
+    async fn end_one(&mut self) -> bool {
+        let Some((index, key, name, outcome)) = self.in_work.next().await else {
+            return false;
+        };
+        if let Some(key) = key {
+            self.keys_in_work.remove(&key);
+        }
+        let outcome = match outcome {
+            Ok(photo) => Outcome::Uploaded(photo),
+            Err(e @ UploadError::Duplicate(_)) => Outcome::Skipped(Skipped {
                 filename: name,
                 reason: e.to_string(),
             }),
@@ -276,12 +368,14 @@ impl BatchSession {
                     }
                     _ => e.to_string(),
                 };
-                self.report.failed.push(Failed {
+                Outcome::Failed(Failed {
                     filename: name,
                     error,
                 })
             }
-        }
+        };
+        self.outcomes.push((index, outcome));
+        true
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
 use super::{
     cleanup::Resolution,
@@ -24,6 +24,28 @@ use crate::{
     metrics::Metrics,
     model::{Category, FileName, Photo},
 };
+
+/// A file's place among the files of one batch, which are processed a few at once: its row is
+/// inserted only after the row of the file before it, so that ids (the listing's order) follow
+/// the form's order. The default is a file on its own.
+#[derive(Default)]
+pub struct Turn {
+    /// Answers, or is dropped, once the file before has inserted its row or ended without one.
+    pub after: Option<oneshot::Receiver<()>>,
+    /// Dropped once this file's row is inserted, or when it ends without one.
+    pub then: Option<oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// Turns for files taken in order: each one's turn comes after the one made before.
+    pub fn next(previous: &mut Option<oneshot::Receiver<()>>) -> Turn {
+        let (then, after) = oneshot::channel();
+        Turn {
+            after: previous.replace(after),
+            then: Some(then),
+        }
+    }
+}
 
 pub struct Uploader {
     /// The database, store, listing, clean-up and write slots, shared with the manager.
@@ -49,6 +71,12 @@ impl Uploader {
         })
     }
 
+    /// Files of one batch in work at once: enough to keep every image worker busy while as many
+    /// others are being written to storage (`image.max_concurrent` + `upload.max_concurrent`).
+    pub fn batch_parallelism(&self) -> usize {
+        image_workers(&self.image) + self.limits.max_concurrent.max(1)
+    }
+
     /// Validates and stores one photo. `raw_name` is the client's file name, `raw_category` the
     /// form's text (None: the default category).
     #[tracing::instrument(name = "upload", skip_all, fields(file = %raw_name))]
@@ -57,8 +85,11 @@ impl Uploader {
         raw_name: &str,
         raw_category: Option<&str>,
         bytes: Vec<u8>,
+        turn: Turn,
     ) -> Result<Photo, UploadError> {
-        let result = self.upload_counted(raw_name, raw_category, bytes).await;
+        let result = self
+            .upload_counted(raw_name, raw_category, bytes, turn)
+            .await;
         let label = result
             .as_ref()
             .map_or_else(UploadError::label, |_| "created");
@@ -71,7 +102,9 @@ impl Uploader {
         raw_name: &str,
         raw_category: Option<&str>,
         bytes: Vec<u8>,
+        turn: Turn,
     ) -> Result<Photo, UploadError> {
+        let Turn { after, then } = turn;
         let name = FileName::parse(raw_name)?;
         let category = Category::parse(
             raw_category.unwrap_or(Category::DEFAULT),
@@ -121,13 +154,21 @@ impl Uploader {
             );
             processed
         };
+        if let Some(before) = after {
+            let _ = before.await; // answered or dropped: either way the file before is done
+        }
         let _slot = self.w.slots.acquire().await.expect("never closed");
         let store = self.w.store.clone();
         let outcome = {
             let (name, category) = (name.clone(), category.clone());
             let journal = journal.clone();
-            db.run(move |c| Ok(write(c, &*store, &journal, &name, &category, &processed)))
-                .await?
+            let inserted = move || drop(then);
+            db.run(move |c| {
+                Ok(write(
+                    c, &*store, &journal, &name, &category, &processed, inserted,
+                ))
+            })
+            .await?
         };
         let photo = match outcome {
             Ok(photo) => photo,

@@ -58,6 +58,11 @@ pub struct FakeStorage {
     pub received: Mutex<Vec<String>>,
     /// When set, `delay_ms` holds only uploads of this key.
     pub delay_only: Mutex<Option<String>>,
+    /// `(held, awaited)`: an upload of the key `held` is answered only once an upload of the key
+    /// `awaited` has been received, or after 10 s.
+    pub hold: Mutex<Option<(String, String)>>,
+    /// Whether a held upload was let go because the awaited one arrived (not by the 10 s).
+    pub hold_released: AtomicBool,
 }
 
 /// The real server's `UPLOAD_FILE_SIZE_LIMIT` default.
@@ -137,6 +142,17 @@ async fn upload(
         return no_bucket();
     }
     fake.received.lock().unwrap().push(key.clone());
+    let hold = fake.hold.lock().unwrap().clone();
+    if let Some((_, awaited)) = hold.filter(|(held, _)| *held == key) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if fake.received.lock().unwrap().contains(&awaited) {
+                fake.hold_released.store(true, Ordering::SeqCst);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     if let Some(refused) = invalid_key(&fake, &key) {
         return refused;
     }

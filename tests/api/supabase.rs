@@ -11,7 +11,9 @@ use portfolio_server::config::{Secret, StorageBackend};
 
 use crate::{
     fake_supabase::{BUCKET, FakeStorage, SERVICE_KEY, start_fake},
-    helpers::{TestApp, TestDb, ToggleProxy, eventually, jpeg, objects_of, upload_settings},
+    helpers::{
+        API_KEY, Form, TestApp, TestDb, ToggleProxy, eventually, jpeg, objects_of, upload_settings,
+    },
 };
 
 struct Setup {
@@ -102,6 +104,50 @@ async fn an_upload_lands_in_the_bucket_with_its_public_url() {
     .await
     .unwrap();
     assert_eq!(fetched, (immutable.to_string(), photo));
+}
+
+/// A batch works on the next files while one is being stored: the storage server holds the
+/// first photo's upload until the second photo's arrives (a batch stored one file at a time
+/// would wait out the 10 s hold). The rows are inserted in the form's order all the same (the
+/// first photo is the largest, so it is the last to be ready), so the
+/// listing shows the batch as it was sent, and the report keeps that order too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_stores_the_next_file_while_one_is_held_and_keeps_the_forms_order() {
+    let t = setup(SERVICE_KEY, BUCKET, 30).await;
+    *t.fake.hold.lock().unwrap() = Some(("first.jpg".into(), "second.jpg".into()));
+    let form = Form::new()
+        .text("category", "travel")
+        .file("files", "first.jpg", jpeg(2400, 1600, None))
+        .file("files", "second.jpg", jpeg(20, 10, None))
+        .file("files", "third.jpg", jpeg(20, 10, None));
+    let r = t
+        .app
+        .post_form("/api/upload-batch", &form, Some(API_KEY))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        t.fake.hold_released.load(Ordering::SeqCst),
+        "the second photo was not sent while the first was held"
+    );
+    let report = r.json();
+    let uploaded = report["uploaded"].as_array().unwrap();
+    let names: Vec<&str> = uploaded
+        .iter()
+        .map(|p| p["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["first.jpg", "second.jpg", "third.jpg"], "{report}");
+    let ids: Vec<i64> = uploaded.iter().map(|p| p["id"].as_i64().unwrap()).collect();
+    assert!(ids.is_sorted() && ids[0] < ids[2], "ids {ids:?}");
+    let by_id: Vec<String> =
+        t.db.rows("SELECT filename FROM photographs ORDER BY id")
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect();
+    assert_eq!(by_id, ["first.jpg", "second.jpg", "third.jpg"]);
+    assert_eq!(
+        stored(&t.fake),
+        objects_of("images/", &["first.jpg", "second.jpg", "third.jpg"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -273,7 +273,8 @@ impl UploadApi {
 
     /// Upload many photos
     ///
-    /// Files are processed one by one as they arrive; one bad file never stops the batch. Put
+    /// Each file is processed as soon as it has arrived, while the next ones are read (a few at
+    /// once); one bad file never stops the batch, and the report keeps the form's order. Put
     /// `category` before the files to have each stored as soon as it is received (files sent
     /// before it wait on disk until it arrives).
     #[oai(
@@ -291,7 +292,7 @@ impl UploadApi {
             let field = match body.next().await {
                 Ok(Some(field)) => field,
                 Ok(None) => break,
-                Err(e) => return cut_short(session.abort(e.detail()), e),
+                Err(e) => return cut_short(session.abort(e.detail()).await, e),
             };
             let step = match field.name() {
                 Some("files" | "file") => match file_name(&field) {
@@ -308,7 +309,7 @@ impl UploadApi {
                 _ => body.skip(field).await,
             };
             if let Err(e) = step {
-                return cut_short(session.abort(e.detail()), e);
+                return cut_short(session.abort(e.detail()).await, e);
             }
         }
         Ok(BatchReply::Ok(Json(session.finish().await?)))
