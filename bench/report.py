@@ -6,6 +6,7 @@
                                  (the CI smoke test; targets are not judged on 1 s runs)
 """
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -53,37 +54,79 @@ NOT_WRK = ("env", "rss", "upload", "storm", "original")
 
 def wrk_runs(raw):
     """Every wrk output in RAW_DIR, by name."""
-    return {p.stem: wrk(p) for p in Path(raw).glob("*.txt")
-            if p.stem not in NOT_WRK and not p.stem.startswith(("pgbench", "image_", "upcmp_"))}
+    return {p.stem: wrk_load(p) for p in Path(raw).glob("*.txt")
+            if p.stem not in NOT_WRK
+            and not p.stem.startswith(("pgbench", "image_", "upcmp_", "upone_"))}
 
 
-def comparison(raw):
-    """The scenarios run against both servers: [(key, label, [(server, label, run or None)])],
-    the servers present (ours always; the original with 1 worker and with its best count when
-    bench/run.sh had ORIGINAL_DIR), and the upload batches [(server label, kv)]."""
-    raw = Path(raw)
-    env, runs = kv(raw / "env.txt"), wrk_runs(raw)
-    delay = env.get("delay_ms", "20")
-    orig = kv(raw / "original.txt") if (raw / "original.txt").exists() else None
-    servers = [("", "portfolio-server")]
-    if orig:
-        servers.append(("orig1_", "original, 1 worker"))
-        if orig["best_workers"] != "1":
-            servers.append(("origN_", f"original, {orig['best_workers']} workers"))
-    scenarios = [
+def scenarios(delay):
+    """The scenarios run against both servers, in interleaved rounds: (key, label)."""
+    return [
         ("root", "`GET /`"),
         ("cached", "first page (ours: page cache)"),
         ("uncached", "rotating pages (ours: cache off)"),
         ("remote_cached", f"first page, database {delay} ms away"),
         ("remote_uncached", f"rotating pages, database {delay} ms away (ours: cache off)"),
+        ("remote_uncached_c10", f"the same with 10 connections"),
         ("outage", "database stopped, rotating pages"),
     ]
-    table = [(key, label, [(prefix, name, runs.get(prefix + key)) for prefix, name in servers])
-             for key, label in scenarios]
-    uploads = [(name, kv(raw / f"upcmp_{file}.txt")) for file, name in
-               (("ours", "portfolio-server"), ("plain", "portfolio-server, no variants or resizing"),
-                ("orig1", "original, 1 worker")) if (raw / f"upcmp_{file}.txt").exists()]
-    return table, orig, uploads
+
+
+def by_round(raw, prefix, parse):
+    """The runs `{prefix}_r{k}.txt`, parsed, in round order."""
+    paths = sorted(Path(raw).glob(f"{prefix}_r*.txt"), key=lambda p: int(p.stem.rsplit("_r", 1)[1]))
+    return [parse(p) for p in paths]
+
+
+def with_load(path):
+    """The `key=value` lines of a run, with the load average before it as `load`."""
+    out = kv(path)
+    out["load"] = float(out.get("loadavg_before", "nan"))
+    return out
+
+
+def wrk_load(path):
+    """A wrk run, with the load average before it as `load`."""
+    return wrk(path) | {"load": with_load(path)["load"]}
+
+
+def comparison(raw):
+    """What bench/run.sh ran against both servers, round by round: a dict with
+    `scenarios` [(key, label, {server: [wrk run per round]})], `uploads` and `singles`
+    {server: [kv per round]}, `servers` [(server, label)] and `orig` (the original's details, or
+    None when ORIGINAL_DIR was not set)."""
+    raw = Path(raw)
+    env = kv(raw / "env.txt")
+    orig = kv(raw / "original.txt") if (raw / "original.txt").exists() else None
+    servers = [("ours", "portfolio-server")]
+    if orig:
+        servers.append(("orig", "original, best worker count"))
+    table = [(key, label, {who: by_round(raw, f"cmp_{who}_{key}", wrk_load) for who, _ in servers})
+             for key, label in scenarios(env.get("delay_ms", "20"))]
+    uploads = {who: by_round(raw, f"upcmp_{who}", with_load) for who in ("ours", "plain", "orig")}
+    singles = {who: by_round(raw, f"upone_{who}", with_load) for who in ("ours", "orig")}
+    return {"scenarios": table, "uploads": uploads, "singles": singles, "servers": servers, "orig": orig}
+
+
+def spread(values):
+    """(median, lowest, highest)."""
+    values = sorted(values)
+    return statistics.median(values), values[0], values[-1]
+
+
+def num(v):
+    return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}" if v >= 1 else f"{v:.2f}"
+
+
+def med_range(values):
+    if not values:
+        return "—"
+    m, lo, hi = spread(values)
+    return f"{num(m)} ({num(lo)}–{num(hi)})" if len(values) > 1 else num(m)
+
+
+def ratio(x):
+    return "—" if x is None else f"{x:,.1f}×" if x < 10 else f"{x:,.0f}×"
 
 
 def wrong(r):
@@ -97,57 +140,107 @@ def failed(r):
 
 
 def comparison_lines(raw, env):
-    table, orig, uploads = comparison(raw)
-    delay = env.get("delay_ms", "20")
+    c = comparison(raw)
+    delay, orig = env.get("delay_ms", "20"), c["orig"]
+    rounds = env.get("rounds", "1")
     out = ["## Against the original Python server", ""]
     if orig:
         out += [
             f"The original (Tydos/portfolio-backend-server, commit: {orig['commit']}; {orig['python']}, "
             f"{orig['packages'].strip()}) ran under uvicorn as its README says, on the same PostgreSQL and "
-            f"rows, with one worker and with the best of {orig['candidates'].replace(' ', ', ')} workers "
-            f"on this machine ({orig['best_workers']}). Only a 200 whose body is the database's rows counts "
-            "as a good answer, for both servers: *wrong* is a 200 with anything else (the original answers "
-            "from its static demo data when its pool of 10 connections is exhausted or the database is "
-            "down), *failed* a non-2xx answer or a socket error.",
+            f"rows, with its best worker count on this machine of {orig['candidates'].replace(' ', ', ')}: "
+            f"{orig['best_workers']} by good answers on the cached first page, for the local scenarios, "
+            f"and {orig.get('best_workers_remote', orig['best_workers'])} by good answers on rotating pages "
+            f"{delay} ms from the database, for the remote ones (each worker has a pool of 10 connections). "
+            f"Every scenario ran in {rounds} interleaved rounds, ours then the original's, "
+            "round after round; each cell is the median of the rounds with their range, and the ratio "
+            "is ours ÷ the original's, of the medians (in brackets: the lowest of the rounds' own ratios). "
+            "Only a 200 whose body is the database's rows counts as a good answer, for both servers "
+            "(`bench/check.lua`; rotating pages are checked row by row): *wrong* is a 200 with "
+            "anything else (the original answers from its static demo data when its pool of 10 "
+            "connections is exhausted or the database is down), *failed* a non-2xx answer or a socket "
+            "error, both summed over the rounds.",
         ]
     else:
         out += ["`ORIGINAL_DIR` was not set, so only this server ran; see `bench/run.sh` for running "
                 "the original beside it."]
     out += [
         f"The remote rows go through `bench/delay_proxy.py`, which delays every byte {delay} ms each way "
-        "(a 40 ms round trip, as to a managed database elsewhere); the proxy shares the cores.",
+        "(a 40 ms round trip, as to a managed database elsewhere); the proxy shares the cores. "
+        "`load` is the 1-minute load average before each run.",
         "",
-        "| scenario | server | good answers/s | p50 ms | p99 ms | wrong | failed | ours ÷ this |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for key, label, cells in table:
-        ours = cells[0][2]
-        for prefix, name, r in cells:
-            if r is None:
-                continue
-            ratio = ""
-            if prefix and ours is not None:
-                x = ours["rps"] / r["rps"] if r["rps"] > 0 else None
-                ratio = "no good answers" if x is None else f"{x:,.1f}×" if x < 10 else f"{x:,.0f}×"
-            out.append(f"| {label} | {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
-                       f"{wrong(r):,} | {failed(r):,} | {ratio} |")
-    if uploads:
+    names = dict(c["servers"])
+    head = "| scenario | " + " | ".join(
+        f"{names[w]}: good/s | p50 ms | p99 ms | wrong, failed" for w, _ in c["servers"])
+    out += [head + " | ours ÷ original | load |",
+            "|---|" + "---:|---:|---:|---:|" * len(c["servers"]) + "---:|---|"]
+    for key, label, runs in c["scenarios"]:
+        cells = []
+        for who, _ in c["servers"]:
+            rs = runs[who]
+            cells.append(" | ".join([
+                med_range([r["rps"] for r in rs]),
+                med_range([r["p50"] for r in rs]),
+                med_range([r["p99"] for r in rs]),
+                f"{sum(wrong(r) for r in rs):,}, {sum(failed(r) for r in rs):,}" if rs else "—",
+            ]))
+        x = ""
+        ours, theirs = runs.get("ours", []), runs.get("orig", [])
+        if ours and theirs:
+            om, tm = spread([r["rps"] for r in ours])[0], spread([r["rps"] for r in theirs])[0]
+            per_round = [a["rps"] / b["rps"] for a, b in zip(ours, theirs) if b["rps"] > 0]
+            x = "no good answers from the original" if tm == 0 else ratio(om / tm)
+            if per_round and tm > 0:
+                x += f" ({ratio(min(per_round))})"
+        loads = [r["load"] for who, _ in c["servers"] for r in runs[who]]
+        load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else ""
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {x} | {load} |")
+
+    up, one = c["uploads"], c["singles"]
+    if up["ours"]:
+        first = up["ours"][0]
         out += [
             "",
-            f"Uploads: one `/api/upload-batch` request of {uploads[0][1]['files']} copies of a "
-            f"{int(uploads[0][1]['bytes_each']) / 1e6:.1f} MB JPEG (1560x1560) under fresh names, into "
-            "`bench/storage_standin.py`, a Supabase Storage stand-in that answers as the real one does "
-            "(the original stores only to Supabase). Ours by default also strips the metadata and writes "
-            "two variants (three objects a photo); the second row turns variants and resizing off, as the "
-            "original does neither.",
+            f"Uploads into `bench/storage_standin.py`, a Supabase Storage stand-in that answers as the "
+            "real one does (the original stores only to Supabase), each round under fresh names: one "
+            f"`/api/upload-batch` request of {first['files']} copies of a "
+            f"{int(first['bytes_each']) / 1e6:.1f} MB JPEG (1560x1560, colour noise: it barely "
+            f"compresses), then {one['ours'][0]['files'] if one['ours'] else '—'} single `/api/upload` "
+            "requests one after another. Ours by default strips the metadata and writes two variants "
+            "(three objects a photo, about 74 ms of CPU for this photo); the no-variants row turns "
+            "variants and resizing off, as the original does neither.",
             "",
-            "| server | uploaded | failed | rows in the table | wall s | photos/s |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| server | batch: photos/s | uploaded, rows (all rounds) | single upload p50 ms | load |",
+            "|---|---:|---:|---:|---|",
         ]
-        for name, u in uploads:
-            out.append(f"| {name} | {u['uploaded']} | {u['failed']} | {u['rows']} | "
-                       f"{float(u['wall_s']):.2f} | {float(u['photos_per_s']):.1f} |")
-    out += ["", "![requests per second and p99 per scenario and server](results.png)", ""]
+        rows_for = [("ours", "portfolio-server (defaults)", "ours"),
+                    ("plain", "portfolio-server, no variants or resizing", None),
+                    ("orig", f"original, {orig['best_workers']} workers" if orig else "original", "orig")]
+        for who, label, single in rows_for:
+            runs = up[who]
+            if not runs:
+                continue
+            singles = one.get(single, []) if single else []
+            total = sum(int(u["files"]) for u in runs)
+            loads = [u["load"] for u in runs + singles]
+            out.append(
+                f"| {label} | {med_range([float(u['photos_per_s']) for u in runs])} | "
+                f"{sum(int(u['uploaded']) for u in runs)} of {total}, {sum(int(u['rows']) for u in runs)} | "
+                f"{med_range([float(s['p50_ms']) for s in singles]) if singles else '—'} | "
+                f"{min(loads):.1f}–{max(loads):.1f} |")
+        if up["orig"]:
+            said = []
+            for who, label in (("ours", "defaults"), ("plain", "no variants")):
+                om = spread([float(u["photos_per_s"]) for u in up[who]])[0]
+                tm = spread([float(u["photos_per_s"]) for u in up["orig"]])[0]
+                said.append(f"Batch, ours ({label}) ÷ the original: **{ratio(om / tm)}** of the medians.")
+            if one["ours"] and one["orig"]:
+                om = spread([float(s["p50_ms"]) for s in one["ours"]])[0]
+                tm = spread([float(s["p50_ms"]) for s in one["orig"]])[0]
+                said.append(f"Single upload p50: ours {om:.0f} ms, the original {tm:.0f} ms.")
+            out += ["", " ".join(said)]
+    out += ["", "![good answers per second, median and range of the rounds, per scenario and server](results.png)", ""]
     return out
 
 
@@ -194,18 +287,24 @@ def main():
             problems.append(f"image batch: {img_batch}")
         if ours.get("photo") != "2560x1707":
             problems.append(f"image pipeline: {ours}")
-        table, orig, uploads = comparison(raw)
-        for key, _, cells in table:
-            for prefix, name, r in cells:
-                if r is None:
-                    problems.append(f"{prefix}{key}: did not run")
-                elif not prefix and (r["ok"] == 0 or (key != "outage" and (r["bad"] or r["non2xx"]))):
-                    problems.append(f"{key}: ok={r['ok']} bad={r['bad']} non2xx={r['non2xx']}")
-        for name, u in uploads:
-            if name.startswith("portfolio") and not (u["uploaded"] == u["files"] == u["rows"]):
-                problems.append(f"upload to the Supabase stand-in, {name}: {u}")
-        if len(uploads) < 2:
-            problems.append("uploads to the Supabase stand-in did not run")
+        c = comparison(raw)
+        for key, _, per in c["scenarios"]:
+            if not per["ours"]:
+                problems.append(f"cmp_ours_{key}: did not run")
+            for k, r in enumerate(per["ours"], 1):
+                if r["ok"] == 0 or r["bad"] or r["non2xx"]:
+                    problems.append(f"cmp_ours_{key}_r{k}: ok={r['ok']} bad={r['bad']} non2xx={r['non2xx']}")
+            if c["orig"] and not per["orig"]:
+                problems.append(f"cmp_orig_{key}: did not run")
+        for who in ("ours", "plain"):
+            if not c["uploads"][who]:
+                problems.append(f"uploads to the Supabase stand-in ({who}) did not run")
+            for u in c["uploads"][who]:
+                if not (u["uploaded"] == u["files"] == u["rows"]):
+                    problems.append(f"upload to the Supabase stand-in, {who}: {u}")
+        for u in c["singles"]["ours"] or [{"files": "none ran"}]:
+            if not (u.get("created") == u["files"] == u.get("rows")):
+                problems.append(f"single uploads to the Supabase stand-in: {u}")
         for name in ("images_before", "images_during"):
             r = runs.get(name)
             if r is None or r["ok"] == 0 or r["bad"] or r["non2xx"]:

@@ -7,7 +7,8 @@
 #   QUICK=1 bench/run.sh    a smoke test of every part: 1 s runs, small tables (CI)
 #   ORIGINAL_DIR=path bench/run.sh
 #                           also runs the original Python server (a checkout of
-#                           Tydos/portfolio-backend-server) on the same database and scenarios
+#                           Tydos/portfolio-backend-server) on the same database and scenarios,
+#                           taking turns with ours for ROUNDS rounds (default 3)
 #
 # Needs root (apt-get for wrk/nginx/PostgreSQL when missing; PostgreSQL runs as `postgres`).
 set -euo pipefail
@@ -17,10 +18,10 @@ ROOT=$PWD
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
   DUR=1s; ROWS_SMALL=2000; ROWS_BIG=20000; BATCH=5; STORM=300; IMG_RUNS=1; IMG_BATCH=3
-  PROBE_DUR=1s; ORIG_WORKERS="2"
+  PROBE_DUR=1s; ORIG_WORKERS="2"; ROUNDS=${ROUNDS:-1}; CMP_BATCH=3; CMP_SINGLES=3
 else
   DUR=10s; ROWS_SMALL=10000; ROWS_BIG=1000000; BATCH=100; STORM=5000; IMG_RUNS=5; IMG_BATCH=20
-  PROBE_DUR=5s; ORIG_WORKERS="2 4 8"
+  PROBE_DUR=5s; ORIG_WORKERS="2 4 8"; ROUNDS=${ROUNDS:-3}; CMP_BATCH=20; CMP_SINGLES=20
 fi
 DELAY_MS=${DELAY_MS:-20}       # each way, for the remote-database scenario
 ORIGINAL_DIR=${ORIGINAL_DIR:-}
@@ -178,8 +179,10 @@ PID_CACHED=$PID_cached
 # --- wrk ------------------------------------------------------------------------------------
 run_wrk() { # name url [VAR=value ...]: wrk with the checking script, output kept in raw/
   local name=$1 url=$2; shift 2
+  local load; load=$(cut -d' ' -f1 /proc/loadavg)
   env "$@" wrk -t2 -c"$CONNS" -d"${WRK_DUR:-$DUR}" --timeout 10s --latency -s "$ROOT/bench/check.lua" "$url" \
     >"$RAW/$name.txt" 2>&1
+  echo "loadavg_before=$load" >>"$RAW/$name.txt"
   grep -E 'Requests/sec|checked:' "$RAW/$name.txt" | tr '\n' ' ' >&2; echo >&2
 }
 
@@ -260,46 +263,6 @@ grep -E '^tps' "$RAW/pgbench_deep.txt" >&2
 wait_idle
 
 good_rps() { python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); from report import wrk; print(round(wrk(sys.argv[2])["rps"]))' "$ROOT/bench" "$1"; }
-BEST=1
-if [ -n "$ORIGINAL_DIR" ]; then
-  log "10. the original Python server on the same rows: one worker, its best worker count"
-  P_ORIG1=$(free_port)
-  start_original orig1 "$P_ORIG1" "$URL_SMALL" 1
-  curl -sf "http://127.0.0.1:$P_ORIG1/" >"$WORK/orig_root.json"
-  curl -sf "http://127.0.0.1:$P_ORIG1$PAGE" >"$WORK/orig_page.json"
-  if [ "$(head -c 9 "$WORK/orig_page.json")" != '[{"id":1,' ]; then
-    echo "the original's first page is not the database's rows:" >&2; cat "$WORK/orig_page.json" >&2; exit 1
-  fi
-  orig_runs() { # instance port: the scenarios of 1 and 3, counted the same way as ours
-    run_wrk "$1_root" "http://127.0.0.1:$2/" EXPECT_FILE="$WORK/orig_root.json"
-    run_wrk "$1_cached" "http://127.0.0.1:$2$PAGE" EXPECT_FILE="$WORK/orig_page.json"
-    run_wrk "$1_uncached" "http://127.0.0.1:$2/" ROTATE=$((ROWS_SMALL - 10))
-  }
-  orig_runs orig1 "$P_ORIG1"
-  best_rps=$(good_rps "$RAW/orig1_cached.txt")
-  for w in $ORIG_WORKERS; do
-    port=$(free_port)
-    start_original "probe$w" "$port" "$URL_SMALL" "$w"
-    WRK_DUR=$PROBE_DUR run_wrk "probe_w$w" "http://127.0.0.1:$port$PAGE" EXPECT_FILE="$WORK/orig_page.json"
-    stop "probe$w"
-    rps=$(good_rps "$RAW/probe_w$w.txt")
-    if [ "$rps" -gt "$best_rps" ]; then BEST=$w; best_rps=$rps; fi
-  done
-  log "the original's best worker count here: $BEST"
-  if [ "$BEST" != 1 ]; then
-    P_ORIGN=$(free_port)
-    start_original origN "$P_ORIGN" "$URL_SMALL" "$BEST"
-    orig_runs origN "$P_ORIGN"
-  fi
-  {
-    echo "best_workers=$BEST"
-    echo "candidates=1 $ORIG_WORKERS"
-    echo "commit=$(git -C "$ORIGINAL_DIR" rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")"
-    echo "python=$("$ORIG_VENV/bin/python" --version 2>&1)"
-    echo "packages=$("$ORIG_VENV/bin/pip" freeze 2>/dev/null | grep -iE '^(fastapi|uvicorn|psycopg2-binary|pydantic)==' | sed 's/==/ /' | paste -sd, - | sed 's/,/, /g')"
-  } >"$RAW/original.txt"
-  wait_idle
-fi
 
 log "11. PostgreSQL ${DELAY_MS} ms away each way, through a loopback proxy"
 P_PROXY=$(free_port)
@@ -312,21 +275,6 @@ P_RC=$(free_port); P_RU=$(free_port)
 # where only the pool and the driver's round trips count.
 start_server remote_c "$P_RC" "$URL_REMOTE"
 start_server remote_u "$P_RU" "$URL_REMOTE" APP_CACHE__MAX_BYTES=0
-run_wrk remote_cached "http://127.0.0.1:$P_RC$PAGE" EXPECT_FILE="$WORK/page.json"
-run_wrk remote_uncached "http://127.0.0.1:$P_RU/" ROTATE=$((ROWS_SMALL - 10))
-stop remote_c; stop remote_u
-if [ -n "$ORIGINAL_DIR" ]; then
-  for inst in orig1 origN; do
-    workers=1; [ "$inst" = origN ] && workers=$BEST
-    [ "$inst" = origN ] && [ "$BEST" = 1 ] && continue
-    port=$(free_port)
-    start_original "${inst}_r" "$port" "$URL_REMOTE" "$workers"
-    run_wrk "${inst}_remote_cached" "http://127.0.0.1:$port$PAGE" EXPECT_FILE="$WORK/orig_page.json"
-    run_wrk "${inst}_remote_uncached" "http://127.0.0.1:$port/" ROTATE=$((ROWS_SMALL - 10))
-    stop "${inst}_r"
-  done
-fi
-wait_idle
 
 log "6. batch upload of $BATCH generated JPEGs (local storage)"
 python3 - "$WORK/jpegs" "$BATCH" <<'PY'
@@ -360,10 +308,71 @@ print(f"wall_s={t1 - t0:.2f} base_rss_kib={base} peak_rss_kib={peak} growth_kib=
 PY
 cat "$RAW/upload.txt" >&2
 
-CMP_BATCH=$IMG_BATCH
-log "12. a batch of $CMP_BATCH photos through /api/upload-batch into the Supabase stand-in"
-# Scenario 6's JPEG (about 3 MB, 1560x1560, no EXIF) under one name prefix per server, category
-# `nature` (the original accepts six categories only).
+# --- against the original, in interleaved rounds -------------------------------------------
+# Every scenario runs ROUNDS times, ours then the original's, round after round, so that the
+# machine's drift (the load average is written beside every run) falls on both servers alike;
+# the report gives the median and range of each and the ratio of the medians.
+if [ -n "$ORIGINAL_DIR" ]; then
+  # More workers are more connections (10 each): 20 ms from the database that is what counts,
+  # so the remote scenarios get their own best count, probed on rotating pages there.
+  log "10. the original Python server: its best worker count, local (cached first page) and remote"
+  best_rps=-1; best_remote_rps=-1
+  for w in 1 $ORIG_WORKERS; do
+    port=$(free_port)
+    start_original "probe$w" "$port" "$URL_SMALL" "$w"
+    curl -sf "http://127.0.0.1:$port$PAGE" >"$WORK/orig_page.json"
+    WRK_DUR=$PROBE_DUR run_wrk "probe_w$w" "http://127.0.0.1:$port$PAGE" EXPECT_FILE="$WORK/orig_page.json"
+    stop "probe$w"
+    rps=$(good_rps "$RAW/probe_w$w.txt")
+    if [ "$rps" -gt "$best_rps" ]; then BEST=$w; best_rps=$rps; fi
+    start_original "probe_r$w" "$port" "$URL_REMOTE" "$w"
+    WRK_DUR=$PROBE_DUR run_wrk "probe_remote_w$w" "http://127.0.0.1:$port/" ROTATE=$((ROWS_SMALL - 10))
+    stop "probe_r$w"
+    rps=$(good_rps "$RAW/probe_remote_w$w.txt")
+    if [ "$rps" -gt "$best_remote_rps" ]; then BEST_R=$w; best_remote_rps=$rps; fi
+  done
+  log "the original's best worker count here: $BEST local, $BEST_R remote"
+  P_ORIG=$(free_port); P_ORIG_R=$(free_port)
+  start_original orig "$P_ORIG" "$URL_SMALL" "$BEST"
+  start_original orig_r "$P_ORIG_R" "$URL_REMOTE" "$BEST_R"
+  curl -sf "http://127.0.0.1:$P_ORIG/" >"$WORK/orig_root.json"
+  curl -sf "http://127.0.0.1:$P_ORIG$PAGE" >"$WORK/orig_page.json"
+  if [ "$(head -c 9 "$WORK/orig_page.json")" != '[{"id":1,' ]; then
+    echo "the original's first page is not the database's rows:" >&2; cat "$WORK/orig_page.json" >&2; exit 1
+  fi
+  {
+    echo "best_workers=$BEST"
+    echo "best_workers_remote=$BEST_R"
+    echo "candidates=1 $ORIG_WORKERS"
+    echo "commit=$(git -C "$ORIGINAL_DIR" rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")"
+    echo "python=$("$ORIG_VENV/bin/python" --version 2>&1)"
+    echo "packages=$("$ORIG_VENV/bin/pip" freeze 2>/dev/null | grep -iE '^(fastapi|uvicorn|psycopg2-binary|pydantic)==' | sed 's/==/ /' | paste -sd, - | sed 's/,/, /g')"
+  } >"$RAW/original.txt"
+  wait_idle
+fi
+SERVERS="ours"; [ -n "$ORIGINAL_DIR" ] && SERVERS="ours orig"
+compare() { # server scenario round: one wrk run of the comparison
+  local who=$1 s=$2 k=$3 port url pre="" conns=$CONNS args=()
+  [ "$who" = orig ] && pre=orig_
+  case "$who:$s" in
+    ours:root | ours:cached) port=$P_CACHED ;;
+    ours:uncached | ours:outage) port=$P_UNCACHED ;;
+    ours:remote_cached) port=$P_RC ;;
+    ours:remote_uncached*) port=$P_RU ;;
+    orig:remote_*) port=$P_ORIG_R ;;
+    orig:*) port=$P_ORIG ;;
+  esac
+  case $s in
+    root) url=/; args=(EXPECT_FILE="$WORK/${pre}root.json") ;;
+    cached | remote_cached) url=$PAGE; args=(EXPECT_FILE="$WORK/${pre}page.json") ;;
+    *) url=/; args=(ROTATE=$((ROWS_SMALL - 10))) ;;
+  esac
+  [ "$s" = remote_uncached_c10 ] && conns=10
+  CONNS=$conns run_wrk "cmp_${who}_${s}_r$k" "http://127.0.0.1:$port$url" "${args[@]}"
+}
+
+# Uploads: scenario 6's JPEG (about 3 MB, 1560x1560, no EXIF) into the Supabase stand-in, under
+# fresh names each time, category `nature` (the original accepts six categories only).
 P_SB=$(free_port); P_SBP=$(free_port)
 SB_ENV=(ADMIN_API_KEY=bench-key SUPABASE_URL="http://127.0.0.1:$P_STORE" SUPABASE_KEY="$FAKE_JWT"
   APP_CACHE__MAX_BYTES=0)
@@ -371,35 +380,69 @@ start_server sb "$P_SB" "$URL_SMALL" "${SB_ENV[@]}"
 # Like the original: no variants, no resizing (its metadata is still removed).
 start_server sb_plain "$P_SBP" "$URL_SMALL" "${SB_ENV[@]}" APP_IMAGE__MAX_DIMENSION=0 \
   APP_IMAGE__THUMB_PX=0 APP_IMAGE__MEDIUM_PX=0
-upload_batch() { # name port prefix
-  local dir=$WORK/cmp-$3 t0 t1; mkdir -p "$dir"
+rows_named() { "${PSQL[@]}" -d small -Atc "SELECT count(*) FROM photographs WHERE filename LIKE '$1%'"; }
+upload_batch() { # name port prefix: one /api/upload-batch of CMP_BATCH photos
+  local dir=$WORK/cmp-$3 t0 t1 load; mkdir -p "$dir"
   local args=()
   for i in $(seq 0 $((CMP_BATCH - 1))); do
     cp "$WORK/jpegs/p0.jpg" "$dir/$3$i.jpg"; args+=(-F "files=@$dir/$3$i.jpg")
   done
+  load=$(cut -d' ' -f1 /proc/loadavg)
   t0=$(date +%s.%N)
   curl -s -X POST "http://127.0.0.1:$2/api/upload-batch" -H "X-API-Key: bench-key" \
     -F category=nature "${args[@]}" >"$WORK/$1.json"
   t1=$(date +%s.%N)
-  python3 - "$WORK/$1.json" "$t0" "$t1" "$CMP_BATCH" \
-    "$("${PSQL[@]}" -d small -Atc "SELECT count(*) FROM photographs WHERE filename LIKE '$3%'")" \
-    "$(du -b "$WORK/jpegs/p0.jpg" | cut -f1)" >"$RAW/$1.txt" <<'PY'
+  python3 - "$WORK/$1.json" "$t0" "$t1" "$CMP_BATCH" "$(rows_named "$3")" \
+    "$(du -b "$WORK/jpegs/p0.jpg" | cut -f1)" "$load" >"$RAW/$1.txt" <<'PY'
 import json, sys
-path, t0, t1, n, rows, size = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+path, t0, t1, n, rows, size, load = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
 try:
     r = json.load(open(path))
     up, sk, fa = len(r["uploaded"]), len(r["skipped"]), len(r["failed"])
 except (ValueError, KeyError, TypeError):
     up, sk, fa = 0, 0, n
 print(f"files={n} bytes_each={size} uploaded={up} skipped={sk} failed={fa} rows={rows}")
-print(f"wall_s={t1 - t0:.2f} photos_per_s={n / (t1 - t0):.2f}")
+print(f"wall_s={t1 - t0:.2f} photos_per_s={n / (t1 - t0):.2f} loadavg_before={load}")
 PY
   echo "$1: $(tr '\n' ' ' <"$RAW/$1.txt")" >&2
 }
-upload_batch upcmp_ours "$P_SB" ours-
-upload_batch upcmp_plain "$P_SBP" plain-
-[ -n "$ORIGINAL_DIR" ] && upload_batch upcmp_orig1 "$P_ORIG1" orig-
-stop sb; stop sb_plain
+upload_single() { # name port prefix: CMP_SINGLES /api/upload requests, one after another
+  local dir=$WORK/one-$3 load; mkdir -p "$dir"
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  for i in $(seq 0 $((CMP_SINGLES - 1))); do
+    cp "$WORK/jpegs/p0.jpg" "$dir/$3$i.jpg"
+    curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -X POST "http://127.0.0.1:$2/api/upload" \
+      -H "X-API-Key: bench-key" -F category=nature -F "file=@$dir/$3$i.jpg"
+  done >"$WORK/$1.times"
+  python3 - "$WORK/$1.times" "$(rows_named "$3")" "$load" >"$RAW/$1.txt" <<'PY'
+import statistics, sys
+runs = [line.split() for line in open(sys.argv[1])]
+rows, load = sys.argv[2], sys.argv[3]
+ms = sorted(1000 * float(t) for _, t in runs)
+created = sum(code == "201" for code, _ in runs)
+print(f"files={len(runs)} created={created} rows={rows}")
+print(f"p50_ms={statistics.median(ms):.1f} min_ms={ms[0]:.1f} max_ms={ms[-1]:.1f} loadavg_before={load}")
+PY
+  echo "$1: $(tr '\n' ' ' <"$RAW/$1.txt")" >&2
+}
+SCENARIOS="root cached uncached remote_cached remote_uncached remote_uncached_c10"
+for k in $(seq "$ROUNDS"); do
+  log "12. round $k of $ROUNDS: $SCENARIOS, then uploads (${SERVERS// /, })"
+  for s in $SCENARIOS; do
+    for who in $SERVERS; do compare "$who" "$s" "$k"; done
+  done
+  wait_idle
+  upload_batch "upcmp_ours_r$k" "$P_SB" "ours$k-"
+  upload_batch "upcmp_plain_r$k" "$P_SBP" "plain$k-"
+  [ -n "$ORIGINAL_DIR" ] && upload_batch "upcmp_orig_r$k" "$P_ORIG" "orig$k-"
+  upload_single "upone_ours_r$k" "$P_SB" "one$k-"
+  [ -n "$ORIGINAL_DIR" ] && upload_single "upone_orig_r$k" "$P_ORIG" "origone$k-"
+  # The next round's pages are the seeded rows again (`check.lua` checks them).
+  "${PSQL[@]}" -d small -c "DELETE FROM photographs WHERE id > $ROWS_SMALL"
+done
+stop sb; stop sb_plain; stop remote_c; stop remote_u
+[ -n "$ORIGINAL_DIR" ] && stop orig_r
+wait_idle
 
 log "9. image pipeline: one 6000x4000 photo beside vipsthumbnail, then a batch of $IMG_BATCH"
 python3 - "$WORK/photos" "$IMG_BATCH" <<'PY'
@@ -467,15 +510,14 @@ start_server storm "$P_STORM" "$URL_SMALL" APP_SERVER__HEADER_READ_TIMEOUT_SECS=
 python3 "$ROOT/bench/storm.py" "$PID_storm" "$P_STORM" "$STORM" >"$RAW/storm.txt"
 cat "$RAW/storm.txt" >&2
 
-log "5. the database stopped: fallback latency"
+log "5. the database stopped: rotating pages from what each server has left"
 pg_ctl stop -m fast
 curl -s "http://127.0.0.1:$P_UNCACHED/api/images?limit=10&offset=1" >/dev/null || true # notices
-run_wrk outage "http://127.0.0.1:$P_UNCACHED/" ROTATE=$((ROWS_SMALL - 10)) OUTAGE=1
-
-if [ -n "$ORIGINAL_DIR" ]; then
-  run_wrk orig1_outage "http://127.0.0.1:$P_ORIG1/" ROTATE=$((ROWS_SMALL - 10)) OUTAGE=1
-  [ "$BEST" != 1 ] && run_wrk origN_outage "http://127.0.0.1:$P_ORIGN/" ROTATE=$((ROWS_SMALL - 10)) OUTAGE=1
-fi
+run_wrk outage "http://127.0.0.1:$P_UNCACHED/" ROTATE=$((ROWS_SMALL - 10))
+for k in $(seq "$ROUNDS"); do
+  for who in $SERVERS; do compare "$who" outage "$k"; done
+done
+[ -n "$ORIGINAL_DIR" ] && stop orig
 
 log "7. versions and the report"
 {
@@ -490,6 +532,8 @@ log "7. versions and the report"
   echo "wrk=$(wrk -v 2>&1 | head -1)"
   echo "vips=$(vipsthumbnail --vips-version)"
   echo "duration=$DUR connections=$CONNS rows_small=$ROWS_SMALL rows_big=$ROWS_BIG deep=$DEEP quick=$QUICK"
+  echo "rounds=$ROUNDS cmp_batch=$CMP_BATCH cmp_singles=$CMP_SINGLES"
+  echo "command=$([ "$QUICK" = 1 ] && printf 'QUICK=1 ')$([ -n "$ORIGINAL_DIR" ] && printf 'ORIGINAL_DIR=%s ' "$ORIGINAL_DIR")bench/run.sh"
   echo "delay_ms=$DELAY_MS"
 } >"$RAW/env.txt"
 python3 "$ROOT/bench/report.py" "$RAW" >"$RAW/results.md"
