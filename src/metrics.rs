@@ -34,6 +34,8 @@ pub struct Metrics {
     pub answers: IntCounterVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    /// Listing pages fetched by a statement shared with other pages ([`crate::read::batch`]).
+    pub pages_shared: IntCounter,
     pub cache_entries: IntGauge,
     pub cache_bytes: IntGauge,
     /// `db_pool_connections{state="in_use"|"idle"}`.
@@ -154,6 +156,11 @@ impl Metrics {
                 &r,
                 "page_cache_misses_total",
                 "Listing pages not in the page cache (loaded, or answered from a copy)",
+            ),
+            pages_shared: counter(
+                &r,
+                "listing_pages_shared_total",
+                "Listing pages fetched in one statement with others that waited for a connection at the same time",
             ),
             cache_entries: gauge(&r, "page_cache_entries", "Pages in the page cache"),
             cache_bytes: gauge(&r, "page_cache_bytes", "Bytes of pages in the page cache"),

@@ -9,7 +9,10 @@
 use postgres::{error::SqlState, types::Type};
 
 use super::{DbError, PgConn};
-use crate::model::{PageKey, Photo};
+use crate::{
+    blocking::Panicked,
+    model::{PageKey, Photo},
+};
 
 macro_rules! statement {
     ($(#[$doc:meta])* $name:ident = $file:literal) => {
@@ -20,6 +23,8 @@ macro_rules! statement {
 
 statement!(/// One listing page; see the file for its parameters.
     PAGE = "page.sql");
+statement!(/// Several plain listing pages in one round trip.
+    PAGES = "pages.sql");
 statement!(/// `X-Total-Count`.
     COUNT = "count.sql");
 statement!(/// One photograph by id.
@@ -95,6 +100,27 @@ pub fn fetch_page(c: &mut PgConn, key: &PageKey) -> Result<Vec<Photo>, DbError> 
     Ok(rows.iter().map(photo_from_row).collect())
 }
 
+/// Plain pages (no keyset, no category) in one round trip (see `sql/queries/pages.sql`): the
+/// rows of each, in the order of `pages`.
+pub fn fetch_pages(c: &mut PgConn, pages: &[(i64, i64)]) -> Result<Vec<Vec<Photo>>, DbError> {
+    let (limits, offsets): (Vec<i64>, Vec<i64>) = pages.iter().copied().unzip();
+    let rows = c.query_typed(
+        PAGES,
+        &[(&limits, Type::INT8_ARRAY), (&offsets, Type::INT8_ARRAY)],
+    )?;
+    let mut out = vec![Vec::new(); pages.len()];
+    for row in &rows {
+        let n: i64 = row.get(PHOTO_COLUMNS.split(", ").count());
+        let page = usize::try_from(n - 1)
+            .ok()
+            .and_then(|i| out.get_mut(i))
+            // pages.sql numbers the pages 1..=len: anything else is a bug here.
+            .ok_or_else(|| Panicked(format!("pages.sql answered page {n} of {}", pages.len())))?;
+        page.push(photo_from_row(row));
+    }
+    Ok(out)
+}
+
 /// Number of photographs, optionally of one lower-cased category (`X-Total-Count`).
 pub fn count(c: &mut PgConn, category: Option<&str>) -> Result<i64, DbError> {
     let rows = c.query_typed(COUNT, &[(&category, Type::TEXT)])?;
@@ -129,7 +155,7 @@ mod tests {
 
     #[test]
     fn every_statement_that_returns_photos_selects_the_columns_photo_from_row_reads() {
-        for sql in [PAGE, PHOTO, TABLE_COPY] {
+        for sql in [PAGE, PAGES, PHOTO, TABLE_COPY] {
             assert!(sql.contains(&format!("SELECT {PHOTO_COLUMNS}\n")), "{sql}");
         }
         assert!(SET_CATEGORY.contains(&format!("RETURNING {PHOTO_COLUMNS}\n")));

@@ -27,7 +27,10 @@ use crate::{
     db::{self, Db, DbError, queries},
     metrics::Metrics,
     model::{CategoryCount, PageKey, Photo},
-    read::cache::{Page, PageCache},
+    read::{
+        batch::PageBatcher,
+        cache::{Page, PageCache},
+    },
 };
 
 /// Where a response's data came from; sent as `X-Data-Source`.
@@ -205,6 +208,8 @@ pub struct Listing {
     categories: Mutex<Option<(Instant, u64, bytes::Bytes)>>,
     /// How long the categories are kept (`cache.ttl_secs`; 0 keeps nothing).
     categories_ttl: Duration,
+    /// Plain pages that wait for a connection together share one round trip.
+    pages: Arc<PageBatcher>,
     metrics: Arc<Metrics>,
 }
 
@@ -250,6 +255,7 @@ impl Listing {
             } else {
                 Duration::from_secs(settings.ttl_secs)
             },
+            pages: Arc::new(PageBatcher::new(metrics.pages_shared.clone())),
             metrics,
         }
     }
@@ -521,7 +527,7 @@ impl Listing {
                 .map_err(db::DbError::Shared)?
         };
         let key = key.clone();
-        let photos = db.run(move |c| queries::fetch_page(c, &key)).await?;
+        let photos = self.pages.fetch(db, &key).await?;
         let body = serde_json::to_vec(&photos).expect("photos serialise");
         let last_id = photos.last().map(|p| i64::from(p.id));
         Ok(Arc::new(Page::new(body, total, photos.len(), last_id)))

@@ -3,11 +3,13 @@
 //!
 //! # Modules
 //!
+//! - [`batch`]: Plain pages that wait for a database connection together share one round trip.
 //! - [`cache`]: The byte-bounded cache of pre-serialised listing pages.
 //! - [`listing`]: The listing use case: cache, database, the table copy kept for outages, embedded
 //!   data.
 //! - [`notify`]: LISTEN/NOTIFY: every replica drops its cached pages when `photographs` changes.
 
+pub mod batch;
 pub mod cache;
 pub mod listing;
 pub mod notify;

@@ -153,3 +153,159 @@ async fn metrics_can_be_turned_off() {
     let app = TestApp::spawn(s).await;
     assert_eq!(app.get("/metrics").await.status, StatusCode::NOT_FOUND);
 }
+
+/// Plain pages whose requests wait for a connection at the same time are fetched by one
+/// statement (`read::batch`), and each request still gets exactly its own page. The only pooled
+/// connection is held by a page query stuck behind a table lock; 20 more pages are asked for
+/// meanwhile; once all 20 wait for the connection the lock goes, and the 20 are answered by
+/// shared statements (`listing_pages_shared_total`), each with its own rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_that_wait_for_a_connection_together_share_a_statement() {
+    let db = TestDb::new();
+    let mut s = crate::helpers::settings(Some(&db.url));
+    s.cache.max_bytes = 0; // every page from the database
+    s.database.pool_max_size = 1;
+    let app = TestApp::spawn(s).await;
+    db.seed(60);
+    assert_eq!(app.get("/api/images?limit=2").await.ids(), [1, 2]); // the count is cached
+    let before = get(&scrape(&app).await, "listing_pages_shared_total");
+
+    let lock = TableLock::ask(&db, true).await;
+
+    let page = |n: usize| format!("/api/images?limit=2&offset={}", 2 * n);
+    let asks = futures_util::future::join_all((0..21).map(|n| {
+        let app = &app;
+        async move { (n, app.get(&page(n)).await) }
+    }));
+    let release = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut waited = false;
+        while !waited && std::time::Instant::now() < deadline {
+            waited = get(&scrape(&app).await, "db_pool_waiting") == 20.0;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        lock.release().await;
+        waited
+    };
+    let (answers, waited) = tokio::join!(asks, release);
+    assert!(
+        waited,
+        "the 20 requests never all waited for the connection"
+    );
+    for (n, r) in answers {
+        assert_eq!(r.status, StatusCode::OK, "page {n}");
+        assert_eq!(r.header("x-data-source"), Some("database"), "page {n}");
+        let first = 2 * n as i64 + 1;
+        assert_eq!(r.ids(), [first, first + 1], "page {n}");
+    }
+    let shared = get(&scrape(&app).await, "listing_pages_shared_total") - before;
+    assert!(shared >= 20.0, "{shared} pages shared a statement");
+}
+
+/// A shared statement that fails answers every page it carried, each from the copy of the
+/// table, and none waits on. A page query holds the only connection behind a lock (`first`) while
+/// 20 more requests write their pages down; a second lock is queued behind that query, so that
+/// the shared statement for the 20 waits behind it in turn, and its connection is then killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_statement_that_fails_answers_all_its_pages_from_the_copy() {
+    let db = TestDb::new();
+    let mut s = crate::helpers::settings(Some(&db.url));
+    s.cache.max_bytes = 0;
+    s.database.pool_max_size = 1;
+    s.cache.copy_max_rows = 1000; // the copy the failed pages are answered from
+    s.cache.copy_refresh_secs = 3600; // taken below, then left alone
+    let app = TestApp::spawn(s).await;
+    db.seed(60);
+    assert_eq!(app.get("/api/images?limit=2").await.ids(), [1, 2]); // the count is cached
+    assert!(app.state.listing.refresh_copy().await);
+    assert_eq!(get(&scrape(&app).await, "table_copy_rows"), 60.0);
+
+    let first = TableLock::ask(&db, true).await;
+    let page = |n: usize| format!("/api/images?limit=2&offset={}", 2 * n);
+    let first_url = page(0);
+    let held = app.get(&first_url);
+    let others = async {
+        // The first page's query waits on `first`, holding the connection...
+        let stuck = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND query LIKE '-- One page of the listing%'";
+        assert!(crate::helpers::eventually(10, || db.rows(stuck).len() == 1).await);
+        // ...a second lock queues behind it, and 20 more pages wait for the connection.
+        let second = TableLock::ask(&db, false).await;
+        let rest = futures_util::future::join_all((1..21).map(|n| {
+            let app = &app;
+            async move { (n, app.get(&page(n)).await) }
+        }));
+        let script = async {
+            let mut waiting = false;
+            for _ in 0..500 {
+                waiting = get(&scrape(&app).await, "db_pool_waiting") == 20.0;
+                if waiting {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert!(
+                waiting,
+                "the 20 requests never all waited for the connection"
+            );
+            first.release().await;
+            // The shared statement now waits behind `second`: its connection is cut.
+            let shared = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                          WHERE wait_event_type = 'Lock' AND query LIKE '%WITH ORDINALITY%'";
+            assert!(crate::helpers::eventually(10, || db.rows(shared).len() == 1).await);
+            second.release().await;
+        };
+        tokio::join!(rest, script).0
+    };
+    let (first_page, answers) = tokio::join!(held, others);
+    assert_eq!(first_page.ids(), [1, 2]);
+    assert_eq!(first_page.header("x-data-source"), Some("database"));
+    for (n, r) in answers {
+        assert_eq!(r.status, StatusCode::OK, "page {n}");
+        assert_eq!(r.header("x-data-source"), Some("stale"), "page {n}");
+        let first = 2 * n as i64 + 1;
+        assert_eq!(r.ids(), [first, first + 1], "page {n}");
+    }
+}
+
+/// An `ACCESS EXCLUSIVE` lock on `photographs`, asked for by a transaction of its own and held
+/// until [`TableLock::release`].
+struct TableLock {
+    release: std::sync::mpsc::Sender<()>,
+    holder: tokio::task::JoinHandle<()>,
+}
+
+impl TableLock {
+    /// Asks for the lock; returns once PostgreSQL has granted it (`granted`) or queued it.
+    async fn ask(db: &TestDb, granted: bool) -> TableLock {
+        let url = db.url.clone();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
+        let holder = tokio::task::spawn_blocking(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+            pid_tx.send(pid).unwrap();
+            let mut tx = c.transaction().unwrap();
+            tx.batch_execute("LOCK TABLE photographs IN ACCESS EXCLUSIVE MODE")
+                .unwrap();
+            released.recv().unwrap();
+            tx.commit().unwrap();
+        });
+        let pid = pid_rx.await.unwrap();
+        let state = format!(
+            "SELECT 1 FROM pg_locks WHERE pid = {pid} AND relation = 'photographs'::regclass \
+             AND granted = {granted}"
+        );
+        assert!(
+            crate::helpers::eventually(10, || !db.rows(&state).is_empty()).await,
+            "the lock was never {}",
+            if granted { "granted" } else { "queued" }
+        );
+        TableLock { release, holder }
+    }
+
+    async fn release(self) {
+        self.release.send(()).unwrap();
+        self.holder.await.unwrap();
+    }
+}
