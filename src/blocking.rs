@@ -44,6 +44,27 @@ where
     }
 }
 
+/// Allocations of this size and larger are mapped on their own and unmapped when freed.
+pub const OWN_MAPPING_BYTES: usize = 1 << 20;
+
+/// Has glibc map every allocation of [`OWN_MAPPING_BYTES`] or more on its own, so that freeing it
+/// gives the memory back at once. By default glibc raises that threshold (up to 32 MiB) each time
+/// such a buffer is freed, after which photos (3 MB files, decoded images of tens of MB) are
+/// carved from its arenas and their memory stays counted in the RSS once freed. Measured on
+/// batches of 60 photos of 3 MB (release, 4 in work at once, 2 rounds each): peak RSS growth
+/// 54-61 MiB with this against 72-133 MiB without, and 35 MiB RSS after the batch against
+/// 87-113 MiB, for 7 % fewer photos a second (22.2 against 23.8). Called once at start-up.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn map_large_buffers_on_their_own() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any photo is read.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_BYTES as libc::c_int);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn map_large_buffers_on_their_own() {}
+
 /// Gives the pages the allocator holds free back to the system (glibc keeps freed memory in
 /// per-thread arenas; after a burst of connections or of photo buffers it would stay counted in
 /// the RSS). Whether anything was released.

@@ -111,6 +111,7 @@ fn exit(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    crate::blocking::map_large_buffers_on_their_own();
     let app = App::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("server stopped");
