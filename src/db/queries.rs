@@ -103,11 +103,13 @@ pub fn fetch_page(c: &mut PgConn, key: &PageKey) -> Result<Vec<Photo>, DbError> 
 /// Plain pages (no keyset, no category) in one round trip (see `sql/queries/pages.sql`): the
 /// rows of each, in the order of `pages`.
 pub fn fetch_pages(c: &mut PgConn, pages: &[(i64, i64)]) -> Result<Vec<Vec<Photo>>, DbError> {
-    let (limits, offsets): (Vec<i64>, Vec<i64>) = pages.iter().copied().unzip();
-    let rows = c.query_typed(
-        PAGES,
-        &[(&limits, Type::INT8_ARRAY), (&offsets, Type::INT8_ARRAY)],
-    )?;
+    let sql = pages_statement(pages.len());
+    let mut params: Vec<(&(dyn postgres::types::ToSql + Sync), Type)> = Vec::new();
+    for (limit, offset) in pages {
+        params.push((limit, Type::INT8));
+        params.push((offset, Type::INT8));
+    }
+    let rows = c.query_typed(&sql, &params)?;
     let mut out = vec![Vec::new(); pages.len()];
     for row in &rows {
         let n: i64 = row.get(PHOTO_COLUMNS.split(", ").count());
@@ -119,6 +121,30 @@ pub fn fetch_pages(c: &mut PgConn, pages: &[(i64, i64)]) -> Result<Vec<Vec<Photo
         page.push(photo_from_row(row));
     }
     Ok(out)
+}
+
+/// `pages.sql` for `count` pages: page n (from 1) has the parameters $2n-1 (limit) and $2n
+/// (offset).
+fn pages_statement(count: usize) -> String {
+    let body = PAGES
+        .lines()
+        .filter(|l| !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut sql = String::new();
+    for n in 1..=count {
+        if n > 1 {
+            sql.push_str("\nUNION ALL\n");
+        }
+        sql.push_str(
+            &body
+                .replace("@n", &n.to_string())
+                .replace("@limit", &format!("${}", 2 * n - 1))
+                .replace("@offset", &format!("${}", 2 * n)),
+        );
+    }
+    sql.push_str("\nORDER BY n, id");
+    sql
 }
 
 /// Number of photographs, optionally of one lower-cased category (`X-Total-Count`).
@@ -159,5 +185,22 @@ mod tests {
             assert!(sql.contains(&format!("SELECT {PHOTO_COLUMNS}\n")), "{sql}");
         }
         assert!(SET_CATEGORY.contains(&format!("RETURNING {PHOTO_COLUMNS}\n")));
+    }
+
+    #[test]
+    fn several_pages_are_one_union_with_each_pages_own_numbered_limit_and_offset() {
+        let one = pages_statement(1);
+        assert!(!one.contains("UNION ALL") && !one.contains("--"), "{one}");
+        assert!(one.contains("1::int8 AS n") && one.contains("LIMIT $1 OFFSET $2)"));
+        let three = pages_statement(3);
+        assert_eq!(three.matches("UNION ALL").count(), 2);
+        for (n, limit, offset) in [(1, 1, 2), (2, 3, 4), (3, 5, 6)] {
+            assert!(three.contains(&format!("{n}::int8 AS n")), "{three}");
+            assert!(
+                three.contains(&format!("LIMIT ${limit} OFFSET ${offset})")),
+                "{three}"
+            );
+        }
+        assert!(three.ends_with("ORDER BY n, id") && !three.contains('@'));
     }
 }

@@ -251,7 +251,7 @@ async fn a_shared_statement_that_fails_answers_all_its_pages_from_the_copy() {
             first.release().await;
             // The shared statement now waits behind `second`: its connection is cut.
             let shared = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                          WHERE wait_event_type = 'Lock' AND query LIKE '%WITH ORDINALITY%'";
+                          WHERE wait_event_type = 'Lock' AND query LIKE '%UNION ALL%'";
             assert!(crate::helpers::eventually(10, || db.rows(shared).len() == 1).await);
             second.release().await;
         };
