@@ -309,3 +309,70 @@ impl TableLock {
         self.holder.await.unwrap();
     }
 }
+
+/// A request that gives up waiting for a connection crosses out only its own page: a younger
+/// request still waiting keeps its place and gets its page from the database. The connection
+/// is held behind a table lock; the older request times out; then the lock goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_gives_up_leaves_the_other_waiting_pages_in_place() {
+    let db = TestDb::new();
+    let mut s = crate::helpers::settings(Some(&db.url));
+    s.cache.max_bytes = 0;
+    s.database.pool_max_size = 1;
+    s.database.queue_timeout_ms = 2000;
+    let app = TestApp::spawn(s).await;
+    db.seed(60);
+    assert_eq!(app.get("/api/images?limit=2").await.ids(), [1, 2]); // the count is cached
+
+    let lock = TableLock::ask(&db, true).await;
+    let (held_url, older_url, younger_url) = (
+        "/api/images?limit=2&offset=0",
+        "/api/images?limit=2&offset=2",
+        "/api/images?limit=2&offset=4",
+    );
+    let waiting = |n: f64| {
+        let app = &app;
+        async move {
+            for _ in 0..500 {
+                if get(&scrape(app).await, "db_pool_waiting") == n {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    let held = app.get(held_url);
+    let rest = async {
+        let stuck = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND query LIKE '-- One page of the listing%'";
+        assert!(crate::helpers::eventually(10, || db.rows(stuck).len() == 1).await);
+        let started = std::time::Instant::now();
+        let older = app.get(older_url);
+        let younger = async {
+            assert!(waiting(1.0).await, "the older request never waited");
+            // A second younger: it must still be waiting when the older one gives up (the
+            // passing of time is the condition here).
+            tokio::time::sleep(std::time::Duration::from_secs(1).saturating_sub(started.elapsed()))
+                .await;
+            app.get(younger_url).await
+        };
+        let script = async {
+            assert!(waiting(2.0).await, "the younger request never waited");
+            assert!(waiting(1.0).await, "the older request never gave up");
+            lock.release().await;
+        };
+        let (older, younger, ()) = tokio::join!(older, younger, script);
+        (older, younger)
+    };
+    let (held, (older, younger)) = tokio::join!(held, rest);
+    assert_eq!(held.ids(), [1, 2]);
+    assert_ne!(
+        older.header("x-data-source"),
+        Some("database"),
+        "it gave up"
+    );
+    assert_eq!(younger.status, StatusCode::OK);
+    assert_eq!(younger.header("x-data-source"), Some("database"));
+    assert_eq!(younger.ids(), [5, 6]);
+}
