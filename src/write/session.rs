@@ -436,3 +436,25 @@ pub(crate) fn clear_spool_at_start(dir: &Path) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cap is inclusive: a file of exactly the limit is kept whole, one byte more is not
+    /// (and is read to its end all the same, so the next field can be reached).
+    #[tokio::test]
+    async fn a_file_of_exactly_the_cap_is_kept_and_one_byte_more_is_not() {
+        let body = vec![7u8; 200 * 1024]; // several reads of the 64 KiB buffer
+        let cap = body.len() as u64;
+        assert_eq!(
+            read_capped(&body[..], cap).await.unwrap(),
+            Some(body.clone())
+        );
+        assert_eq!(read_capped(&body[..], cap - 1).await.unwrap(), None);
+        let mut rest = &body[..];
+        assert_eq!(read_capped(&mut rest, 10).await.unwrap(), None);
+        assert!(rest.is_empty(), "read to its end");
+        assert_eq!(read_capped(&b""[..], 0).await.unwrap(), Some(Vec::new()));
+    }
+}
