@@ -457,4 +457,25 @@ mod tests {
         assert!(rest.is_empty(), "read to its end");
         assert_eq!(read_capped(&b""[..], 0).await.unwrap(), Some(Vec::new()));
     }
+
+    /// Start-up removes only this server's parked files, and says how many; a folder that is
+    /// not there yet is nothing to clear, and one that cannot be read is an error (logged).
+    #[test]
+    fn clearing_the_spool_removes_only_parked_files_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [".spool-a.part", ".spool-b.part", "keep.txt"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(clear_spool(dir.path()).unwrap(), 2);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["keep.txt"]);
+        assert_eq!(clear_spool(&dir.path().join("not-yet")).unwrap(), 0);
+        assert!(
+            clear_spool(&dir.path().join("keep.txt")).is_err(),
+            "a file, not a folder"
+        );
+    }
 }

@@ -953,3 +953,32 @@ async fn a_batch_with_a_bad_category_or_a_text_files_part_is_refused_whole() {
         Some("0")
     );
 }
+
+/// A batch file that fails inside the server is reported with a plain message, never with the
+/// internals (they are logged). Here the clean-up journal cannot be opened (its folder is a
+/// file), so every write is refused before anything is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_file_that_fails_inside_the_server_says_so_without_the_internals() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let mut s = upload_settings(Some(&db.url), media.path());
+    let not_a_folder = media.path().join("journal-is-a-file");
+    std::fs::write(&not_a_folder, b"x").unwrap();
+    s.upload.journal_dir = not_a_folder;
+    let app = TestApp::spawn(s).await;
+    let form = Form::new().file("files", "a.jpg", jpeg(8, 8, None));
+    let r = app
+        .post_form("/api/upload-batch", &form, Some(API_KEY))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let report = r.json();
+    assert_eq!(
+        report["failed"][0]["error"], "Internal error while saving the photo; nothing was kept",
+        "{report}"
+    );
+    assert!(rows(&db).is_empty());
+    assert!(
+        files_in(media.path())
+            .iter()
+            .all(|f| f == "journal-is-a-file")
+    );
+}
