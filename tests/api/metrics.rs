@@ -161,13 +161,7 @@ async fn metrics_can_be_turned_off() {
 /// shared statements (`listing_pages_shared_total`), each with its own rows.
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_that_wait_for_a_connection_together_share_a_statement() {
-    let db = TestDb::new();
-    let mut s = crate::helpers::settings(Some(&db.url));
-    s.cache.max_bytes = 0; // every page from the database
-    s.database.pool_max_size = 1;
-    let app = TestApp::spawn(s).await;
-    db.seed(60);
-    assert_eq!(app.get("/api/images?limit=2").await.ids(), [1, 2]); // the count is cached
+    let (db, app) = one_connection(|_| {}).await;
     let before = get(&scrape(&app).await, "listing_pages_shared_total");
 
     let lock = TableLock::ask(&db, true).await;
@@ -178,12 +172,7 @@ async fn pages_that_wait_for_a_connection_together_share_a_statement() {
         async move { (n, app.get(&page(n)).await) }
     }));
     let release = async {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut waited = false;
-        while !waited && std::time::Instant::now() < deadline {
-            waited = get(&scrape(&app).await, "db_pool_waiting") == 20.0;
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let waited = pool_waiting_reaches(&app, 20.0).await;
         lock.release().await;
         waited
     };
@@ -208,15 +197,11 @@ async fn pages_that_wait_for_a_connection_together_share_a_statement() {
 /// the shared statement for the 20 waits behind it in turn, and its connection is then killed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shared_statement_that_fails_answers_all_its_pages_from_the_copy() {
-    let db = TestDb::new();
-    let mut s = crate::helpers::settings(Some(&db.url));
-    s.cache.max_bytes = 0;
-    s.database.pool_max_size = 1;
-    s.cache.copy_max_rows = 1000; // the copy the failed pages are answered from
-    s.cache.copy_refresh_secs = 3600; // taken below, then left alone
-    let app = TestApp::spawn(s).await;
-    db.seed(60);
-    assert_eq!(app.get("/api/images?limit=2").await.ids(), [1, 2]); // the count is cached
+    let (db, app) = one_connection(|s| {
+        s.cache.copy_max_rows = 1000; // the copy the failed pages are answered from
+        s.cache.copy_refresh_secs = 3600; // taken below, then left alone
+    })
+    .await;
     assert!(app.state.listing.refresh_copy().await);
     assert_eq!(get(&scrape(&app).await, "table_copy_rows"), 60.0);
 
@@ -226,7 +211,8 @@ async fn a_shared_statement_that_fails_answers_all_its_pages_from_the_copy() {
     let held = app.get(&first_url);
     let others = async {
         // The first page's query waits on `first`, holding the connection...
-        let stuck = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+        let stuck = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+                     AND wait_event_type = 'Lock' \
                      AND query LIKE '-- One page of the listing%'";
         assert!(crate::helpers::eventually(10, || db.rows(stuck).len() == 1).await);
         // ...a second lock queues behind it, and 20 more pages wait for the connection.
@@ -236,22 +222,14 @@ async fn a_shared_statement_that_fails_answers_all_its_pages_from_the_copy() {
             async move { (n, app.get(&page(n)).await) }
         }));
         let script = async {
-            let mut waiting = false;
-            for _ in 0..500 {
-                waiting = get(&scrape(&app).await, "db_pool_waiting") == 20.0;
-                if waiting {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
             assert!(
-                waiting,
+                pool_waiting_reaches(&app, 20.0).await,
                 "the 20 requests never all waited for the connection"
             );
             first.release().await;
             // The shared statement now waits behind `second`: its connection is cut.
             let shared = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                          WHERE wait_event_type = 'Lock' AND query LIKE '%UNION ALL%'";
+                          WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%UNION ALL%'";
             assert!(crate::helpers::eventually(10, || db.rows(shared).len() == 1).await);
             second.release().await;
         };
@@ -315,14 +293,7 @@ impl TableLock {
 /// is held behind a table lock; the older request times out; then the lock goes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_that_gives_up_leaves_the_other_waiting_pages_in_place() {
-    let db = TestDb::new();
-    let mut s = crate::helpers::settings(Some(&db.url));
-    s.cache.max_bytes = 0;
-    s.database.pool_max_size = 1;
-    s.database.queue_timeout_ms = 2000;
-    let app = TestApp::spawn(s).await;
-    db.seed(60);
-    assert_eq!(app.get("/api/images?limit=2").await.ids(), [1, 2]); // the count is cached
+    let (db, app) = one_connection(|s| s.database.queue_timeout_ms = 2000).await;
 
     let lock = TableLock::ask(&db, true).await;
     let (held_url, older_url, younger_url) = (
@@ -330,27 +301,19 @@ async fn a_request_that_gives_up_leaves_the_other_waiting_pages_in_place() {
         "/api/images?limit=2&offset=2",
         "/api/images?limit=2&offset=4",
     );
-    let waiting = |n: f64| {
-        let app = &app;
-        async move {
-            for _ in 0..500 {
-                if get(&scrape(app).await, "db_pool_waiting") == n {
-                    return true;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            false
-        }
-    };
     let held = app.get(held_url);
     let rest = async {
-        let stuck = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+        let stuck = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+                     AND wait_event_type = 'Lock' \
                      AND query LIKE '-- One page of the listing%'";
         assert!(crate::helpers::eventually(10, || db.rows(stuck).len() == 1).await);
         let started = std::time::Instant::now();
         let older = app.get(older_url);
         let younger = async {
-            assert!(waiting(1.0).await, "the older request never waited");
+            assert!(
+                pool_waiting_reaches(&app, 1.0).await,
+                "the older request never waited"
+            );
             // A second younger: it must still be waiting when the older one gives up (the
             // passing of time is the condition here).
             tokio::time::sleep(std::time::Duration::from_secs(1).saturating_sub(started.elapsed()))
@@ -358,8 +321,14 @@ async fn a_request_that_gives_up_leaves_the_other_waiting_pages_in_place() {
             app.get(younger_url).await
         };
         let script = async {
-            assert!(waiting(2.0).await, "the younger request never waited");
-            assert!(waiting(1.0).await, "the older request never gave up");
+            assert!(
+                pool_waiting_reaches(&app, 2.0).await,
+                "the younger request never waited"
+            );
+            assert!(
+                pool_waiting_reaches(&app, 1.0).await,
+                "the older request never gave up"
+            );
             lock.release().await;
         };
         let (older, younger, ()) = tokio::join!(older, younger, script);
@@ -375,4 +344,34 @@ async fn a_request_that_gives_up_leaves_the_other_waiting_pages_in_place() {
     assert_eq!(younger.status, StatusCode::OK);
     assert_eq!(younger.header("x-data-source"), Some("database"));
     assert_eq!(younger.ids(), [5, 6]);
+}
+
+/// A server with the page cache off and one pooled connection, on 60 seeded rows, the row
+/// count already cached (so that a page request runs only the page's statement); `tweak`
+/// changes the settings first. It does not listen for changes: the seed's notification would
+/// drop the cached count (and have the table copy taken again) at a moment no test chooses.
+async fn one_connection(
+    tweak: impl FnOnce(&mut portfolio_server::config::Settings),
+) -> (TestDb, TestApp) {
+    let db = TestDb::new();
+    let mut s = crate::helpers::settings(Some(&db.url));
+    s.cache.max_bytes = 0; // every page from the database
+    s.database.pool_max_size = 1;
+    s.database.listen = false;
+    tweak(&mut s);
+    let app = TestApp::spawn(s).await;
+    db.seed(60);
+    assert_eq!(app.get("/api/images?limit=2").await.ids(), [1, 2]);
+    (db, app)
+}
+
+/// Whether `db_pool_waiting` reaches `n` within 10 s.
+async fn pool_waiting_reaches(app: &TestApp, n: f64) -> bool {
+    for _ in 0..500 {
+        if get(&scrape(app).await, "db_pool_waiting") == n {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
 }
