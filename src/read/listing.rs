@@ -526,8 +526,7 @@ impl Listing {
                 .await
                 .map_err(db::DbError::Shared)?
         };
-        let key = key.clone();
-        let photos = self.pages.fetch(db, &key).await?;
+        let photos = self.pages.fetch(db, key).await?;
         let body = serde_json::to_vec(&photos).expect("photos serialise");
         let last_id = photos.last().map(|p| i64::from(p.id));
         Ok(Arc::new(Page::new(body, total, photos.len(), last_id)))
