@@ -58,6 +58,16 @@ fn router(state: &Arc<AppState>) -> Route {
         // Read-only pages: any other method is 405 (poem answers HEAD as GET).
         .nest("/docs", poem::get(docs.with(Compression::new())))
         .at("/openapi.json", poem::get(spec.with(Compression::new())));
+    let admin = Arc::new(crate::http::admin::Admin::new(state));
+    route = route
+        .at(
+            "/admin",
+            poem::get(crate::http::admin::index).data(admin.clone()),
+        )
+        .at(
+            "/admin/:file",
+            poem::get(crate::http::admin::asset).data(admin),
+        );
     if state.settings.server.metrics {
         route = route.at("/metrics", poem::get(metrics));
     }

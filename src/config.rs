@@ -70,6 +70,8 @@ pub struct ServerSettings {
     pub send_stall_timeout_secs: u64,
     /// Serve `GET /metrics` (Prometheus text format).
     pub metrics: bool,
+    /// Serve the owner's page at `/admin` (only while an admin key is set).
+    pub admin_page: bool,
     /// Proxies (addresses or networks, `10.0.0.0/8`) whose `X-Forwarded-For` names the client
     /// that the wrong-key throttle counts. Empty: every request counts against its peer.
     #[serde(deserialize_with = "networks")]
@@ -285,6 +287,7 @@ impl Default for Settings {
                 keep_alive_timeout_secs: 5,
                 send_stall_timeout_secs: 60,
                 metrics: true,
+                admin_page: true,
                 trusted_proxies: Vec::new(),
             },
             database: DatabaseSettings {

@@ -28,8 +28,8 @@
 //! - [`cli`]: The command line: one file per subcommand; `main` only parses and dispatches.
 //! - [`config`]: Layered configuration (defaults, `Config.toml`, `.env`, environment).
 //! - [`db`]: PostgreSQL: the pool and outage tracking, migrations, every query.
-//! - [`http`]: HTTP: the listener, the front layer, the handlers, the admin key and what they can
-//!   reach.
+//! - [`http`]: HTTP: the listener, the front layer, the handlers, the admin key, the admin page
+//!   and what they can reach.
 //! - [`imaging`]: Photos in, web-ready images out: checks, downscaling, variants, placeholders,
 //!   metadata.
 //! - [`metrics`]: `GET /metrics`: Prometheus counters, histograms and gauges.

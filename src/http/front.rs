@@ -179,6 +179,9 @@ fn route_of(path: &str) -> (&'static str, &'static str) {
         "/api/portfolio" => ("/api/portfolio", READ),
         "/api/categories" => ("/api/categories", READ),
         "/metrics" => ("/metrics", READ),
+        "/api/auth" => ("/api/auth", READ),
+        "/admin" => ("/admin", READ),
+        p if p.strip_prefix("/admin/").is_some_and(|f| !f.contains('/')) => ("/admin/{file}", READ),
         p if p
             .strip_prefix("/api/images/")
             .is_some_and(|id| !id.contains('/')) =>
@@ -308,6 +311,15 @@ impl<E: Endpoint> Front<E> {
         let Some(origin) = origin else {
             return self.respond(req).await; // curl, scripts: CORS is for browsers
         };
+        if !preflight && same_origin(&req, &origin) {
+            // The server's own pages (`/admin`): browsers send `Origin` on a same-origin write
+            // too, and read the answer without any CORS header.
+            let mut r = self.respond(req).await;
+            if matches!(self.cors, CorsPolicy::Listed(_)) {
+                add_vary_origin(&mut r);
+            }
+            return r;
+        }
         let mut r = match self.cors.admin_origin(&origin) {
             Some(allowed) => {
                 let mut r = if preflight {
@@ -384,6 +396,32 @@ async fn limit_json_body(req: &mut Request) -> Result<(), ApiError<()>> {
             format!("Cannot read the request body: {e}"),
         )),
     }
+}
+
+/// Whether `origin` is the server's own: its host and port are the request's `Host` (a default
+/// port written or not). A browser sets both itself, so a page of another site cannot pass for
+/// this one; a script could, but CORS does not stand in a script's way anyway. Behind a reverse
+/// proxy, the proxy must pass the `Host` it was asked for (nginx: `proxy_set_header Host $host`).
+fn same_origin(req: &Request, origin: &HeaderValue) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let (authority, default_port) = if let Some(rest) = origin.strip_prefix("https://") {
+        (rest, ":443")
+    } else if let Some(rest) = origin.strip_prefix("http://") {
+        (rest, ":80")
+    } else {
+        return false; // `null` (a sandboxed frame, a file), or another scheme
+    };
+    let host = host.strip_suffix(default_port).unwrap_or(host);
+    !authority.is_empty() && authority.eq_ignore_ascii_case(host)
 }
 
 /// A cross-origin admin request from an origin not in `CORS_ORIGINS`.
@@ -554,6 +592,59 @@ fn trim_trailing_slash(req: &mut Request) {
         parts.path_and_query = Some(pq);
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::{
+        Request,
+        http::{HeaderValue, header},
+    };
+
+    use super::same_origin;
+
+    fn same(host: Option<&str>, origin: &str) -> bool {
+        let mut req = Request::builder();
+        if let Some(h) = host {
+            req = req.header(header::HOST, h);
+        }
+        same_origin(&req.finish(), &HeaderValue::from_str(origin).unwrap())
+    }
+
+    #[test]
+    fn an_origin_is_the_servers_own_when_it_names_the_host_asked_for() {
+        assert!(same(Some("127.0.0.1:8000"), "http://127.0.0.1:8000"));
+        assert!(same(Some("Photos.Example"), "https://photos.example"));
+        // The default port, written in Host or not.
+        assert!(same(Some("photos.example:443"), "https://photos.example"));
+        assert!(same(Some("photos.example:80"), "http://photos.example"));
+        assert!(same(Some("[::1]:8000"), "http://[::1]:8000"));
+    }
+
+    #[test]
+    fn every_other_origin_is_not() {
+        let other = [
+            (Some("127.0.0.1:8000"), "http://127.0.0.1:8001"),
+            (Some("127.0.0.1:8000"), "http://evil.example"),
+            (
+                Some("photos.example"),
+                "https://photos.example.evil.example",
+            ),
+            (Some("photos.example"), "https://evil.photos.example"),
+            // Another scheme's default port is a port like any other.
+            (Some("photos.example:80"), "https://photos.example"),
+            (Some("photos.example:443"), "http://photos.example"),
+            (Some("photos.example"), "null"),
+            (Some("photos.example"), "ftp://photos.example"),
+            (Some("photos.example"), "photos.example"),
+            (Some(""), "https://"),
+            (Some(":443"), "https://"),
+            (None, "https://photos.example"),
+        ];
+        for (host, origin) in other {
+            assert!(!same(host, origin), "{host:?} {origin}");
         }
     }
 }

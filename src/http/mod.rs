@@ -3,6 +3,7 @@
 //!
 //! # Modules
 //!
+//! - [`admin`]: `/admin`, the owner's page, embedded in the binary.
 //! - [`api`]: The routes' handlers, one file per resource, the one API error type and the OpenAPI
 //!   document.
 //! - [`front`]: The layer in front of every route: request span and id, CORS, JSON errors, request
@@ -11,6 +12,7 @@
 //! - [`state`]: What every request can reach, built once at start-up.
 //! - [`throttle`]: Wrong admin keys, throttled per client address.
 
+pub mod admin;
 pub mod api;
 pub mod front;
 pub mod server;

@@ -57,6 +57,7 @@ impl Source {
 
 #[derive(Embed)]
 #[folder = "assets/"]
+#[exclude = "admin/*"]
 pub struct Assets;
 
 /// The embedded photographs, as parsed JSON objects (they carry `title` and `location` besides

@@ -1,6 +1,7 @@
 //! Black-box tests of the HTTP API against a real PostgreSQL. One test binary, so the cluster is
 //! started once; every test gets a fresh database.
 
+mod admin;
 mod binary;
 mod cli;
 mod connections;

@@ -372,6 +372,16 @@ impl Statuses for PhotoErrors {
     ];
 }
 
+/// `GET /api/auth`.
+pub struct KeyErrors;
+impl Statuses for KeyErrors {
+    const LIST: &'static [(u16, &'static str)] = &[
+        (401, "Missing or wrong `X-API-Key`"),
+        THROTTLED,
+        (503, "Admin routes are disabled: no admin key is configured"),
+    ];
+}
+
 /// `PATCH /api/images/{id}`.
 pub struct ChangeErrors;
 impl Statuses for ChangeErrors {

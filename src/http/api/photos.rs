@@ -1,4 +1,5 @@
-//! `GET`, `PATCH` and `DELETE /api/images/{id}` (admin), and `GET /api/categories`.
+//! `GET`, `PATCH` and `DELETE /api/images/{id}` (admin), `GET /api/auth` (is this the admin
+//! key?), and `GET /api/categories`.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use poem_openapi::{
 use super::{
     ApiTags, CategoryText, RawJson,
     auth::{AdminKey, require_admin_key},
-    error::{ApiError, CategoryErrors, ChangeErrors, PhotoErrors},
+    error::{ApiError, CategoryErrors, ChangeErrors, KeyErrors, PhotoErrors},
 };
 use crate::{
     http::state::AppState,
@@ -125,8 +126,25 @@ pub enum Deleted {
     NoContent,
 }
 
+#[derive(ApiResponse)]
+pub enum KeyChecked {
+    /// The key is the admin key.
+    #[oai(status = 204)]
+    Right,
+}
+
 #[OpenApi(tag = "ApiTags::Photos")]
 impl PhotosApi {
+    /// Check the admin key
+    ///
+    /// 204 when `X-API-Key` is the admin key, 401 when it is not: what a page asks when signing
+    /// in (`/admin` does), with nothing read or changed. Wrong keys count against the address
+    /// like on every admin route.
+    #[oai(path = "/api/auth", method = "get", transform = "require_admin_key")]
+    async fn auth(&self, _key: AdminKey) -> Result<KeyChecked, ApiError<KeyErrors>> {
+        Ok(KeyChecked::Right)
+    }
+
     /// One photo
     #[oai(
         path = "/api/images/:id",
