@@ -114,7 +114,6 @@ fn serve(req: &Request, admin: &Admin, name: &str) -> Result<Response, ApiError>
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
-        Some("svg") => "image/svg+xml",
         _ => "application/octet-stream",
     };
     let fresh = req

@@ -204,6 +204,54 @@ async fn admin_routes_answer_only_listed_origins_or_every_origin_with_a_star() {
     }
 }
 
+/// A preflight is an `OPTIONS` with both `Origin` and `Access-Control-Request-Method`; a request
+/// lacking either is an ordinary one, answered by its route.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_an_options_with_origin_and_a_requested_method_is_a_preflight() {
+    let CorsApp { app, .. } = &cors_app(&[ADMIN_PAGE]).await;
+    // OPTIONS without Origin, or without the method it announces: the route's 405.
+    for (path, headers) in [
+        (
+            "/api/images",
+            &[("access-control-request-method", "GET")][..],
+        ),
+        (
+            "/api/upload",
+            &[("access-control-request-method", "POST")][..],
+        ),
+        ("/api/images", &[("origin", ADMIN_PAGE)][..]),
+        ("/api/upload", &[("origin", ADMIN_PAGE)][..]),
+    ] {
+        let mut req = app.client.options(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = TestApp::reply_of(req.send().await.0).await;
+        assert_eq!(
+            r.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{path} {headers:?}"
+        );
+        assert!(
+            r.header("access-control-allow-methods").is_none(),
+            "{path} {headers:?}"
+        );
+    }
+    // A real request that happens to carry the header is served as itself, not as a preflight.
+    let r = app
+        .client
+        .delete("/api/images/1")
+        .header("origin", ADMIN_PAGE)
+        .header("access-control-request-method", "DELETE")
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .0;
+    let r = TestApp::reply_of(r).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert!(r.header("access-control-allow-methods").is_none());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_without_an_origin_are_never_refused_for_cors() {
     for (i, origins) in [&[][..], &[ADMIN_PAGE][..], &["*"][..]]
