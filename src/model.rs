@@ -196,6 +196,55 @@ pub struct PageKey {
     pub after_id: Option<i64>,
     /// Only this category.
     pub category: Option<Category>,
+    /// Which route's JSON the page is.
+    pub shape: Shape,
+}
+
+/// The JSON a listing page is written in: one table, two routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Shape {
+    /// `GET /api/images`, the original's: every field of [`Photo`].
+    #[default]
+    Records,
+    /// `GET /api/photos`, the second system's: [`PhotoLink`]s.
+    Links,
+}
+
+/// A photo as the second system's `/api/photos` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, poem_openapi::Object)]
+pub struct PhotoLink {
+    pub id: i32,
+    /// Where the photo can be read.
+    pub photo_url: String,
+}
+
+impl From<&Photo> for PhotoLink {
+    fn from(p: &Photo) -> PhotoLink {
+        PhotoLink {
+            id: p.id,
+            photo_url: p.url.clone(),
+        }
+    }
+}
+
+impl Shape {
+    /// The route that lists pages of this shape.
+    pub fn path(self) -> &'static str {
+        match self {
+            Shape::Records => "/api/images",
+            Shape::Links => "/api/photos",
+        }
+    }
+
+    /// The JSON array of `photos` in this shape.
+    pub fn body<'a>(self, photos: impl IntoIterator<Item = &'a Photo>) -> Vec<u8> {
+        let photos = photos.into_iter();
+        match self {
+            Shape::Records => serde_json::to_vec(&photos.collect::<Vec<_>>()),
+            Shape::Links => serde_json::to_vec(&photos.map(PhotoLink::from).collect::<Vec<_>>()),
+        }
+        .expect("photos serialise")
+    }
 }
 
 /// A listing query that breaks a rule; the message names the parameter.
@@ -242,6 +291,7 @@ impl PageKey {
             offset: offset.unwrap_or(0),
             after_id,
             category,
+            shape: Shape::Records,
         })
     }
 
@@ -252,7 +302,13 @@ impl PageKey {
             offset,
             after_id: None,
             category: None,
+            shape: Shape::Records,
         }
+    }
+
+    /// The same page in `shape`.
+    pub fn in_shape(self, shape: Shape) -> PageKey {
+        PageKey { shape, ..self }
     }
 
     /// The `Link` header value for the page after this one, which held `len` photographs ending
@@ -262,9 +318,15 @@ impl PageKey {
             return None;
         }
         let mut url = match self.after_id {
-            Some(_) => format!("/api/images?after_id={}&limit={}", last_id?, self.limit),
+            Some(_) => format!(
+                "{}?after_id={}&limit={}",
+                self.shape.path(),
+                last_id?,
+                self.limit
+            ),
             None => format!(
-                "/api/images?limit={}&offset={}",
+                "{}?limit={}&offset={}",
+                self.shape.path(),
                 self.limit,
                 self.offset + len as i64
             ),

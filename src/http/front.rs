@@ -173,6 +173,7 @@ fn route_of(path: &str) -> (&'static str, &'static str) {
     match path {
         "/" => ("/", READ),
         "/api/images" => ("/api/images", READ),
+        "/api/photos" => ("/api/photos", "GET, HEAD, POST"),
         "/api/upload" => ("/api/upload", "POST"),
         "/api/upload-batch" => ("/api/upload-batch", "POST"),
         "/api/health" => ("/api/health", READ),
@@ -216,7 +217,7 @@ impl<E: Endpoint> Endpoint for Front<E> {
             let status = r.status();
             r.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
             self.count(
-                "/api/images",
+                route_of(req.uri().path()).0,
                 status,
                 r.headers().get(&X_DATA_SOURCE),
                 started.elapsed(),

@@ -99,12 +99,7 @@ impl PageBatcher {
         let fetched = match batch.as_slice() {
             [] => return Ok(()),
             [one] => {
-                let key = PageKey {
-                    limit: one.limit,
-                    offset: one.offset,
-                    after_id: None,
-                    category: None,
-                };
+                let key = PageKey::offset(one.limit, one.offset);
                 queries::fetch_page(c, &key).map(|rows| vec![rows])
             }
             many => {

@@ -220,6 +220,7 @@ mod tests {
         offset: 0,
         after_id: None,
         category: None,
+        shape: crate::model::Shape::Records,
     };
 
     #[test]

@@ -26,7 +26,7 @@ use crate::{
     config::CacheSettings,
     db::{self, Db, DbError, queries},
     metrics::Metrics,
-    model::{CategoryCount, PageKey, Photo},
+    model::{CategoryCount, PageKey, Photo, Shape},
     read::{
         batch::PageBatcher,
         cache::{Page, PageCache},
@@ -123,7 +123,16 @@ impl Fallback {
             .collect();
         let last_id = body.last().and_then(|p| p["id"].as_i64());
         let len = body.len();
-        let body = serde_json::to_vec(&body).expect("JSON values serialise");
+        let body = match key.shape {
+            Shape::Records => serde_json::to_vec(&body),
+            Shape::Links => serde_json::to_vec(
+                &body
+                    .iter()
+                    .map(|p| serde_json::json!({"id": p["id"], "photo_url": p["url"]}))
+                    .collect::<Vec<_>>(),
+            ),
+        }
+        .expect("JSON values serialise");
         Arc::new(Page::new(body, total, len, last_id))
     }
 }
@@ -171,7 +180,7 @@ impl TableCopy {
             .take(usize::try_from(key.limit).unwrap_or(0))
             .collect();
         let last_id = photos.last().map(|p| i64::from(p.id));
-        let body = serde_json::to_vec(&photos).expect("photos serialise");
+        let body = key.shape.body(photos.iter().copied());
         let page = Arc::new(Page::new(body, total, photos.len(), last_id));
         let mut pages = self.pages.lock().expect("not poisoned");
         if pages.len() >= FALLBACK_PAGES_MAX {
@@ -528,7 +537,7 @@ impl Listing {
                 .map_err(db::DbError::Shared)?
         };
         let photos = self.pages.fetch(db, key).await?;
-        let body = serde_json::to_vec(&photos).expect("photos serialise");
+        let body = key.shape.body(&photos);
         let last_id = photos.last().map(|p| i64::from(p.id));
         Ok(Arc::new(Page::new(body, total, photos.len(), last_id)))
     }

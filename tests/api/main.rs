@@ -13,6 +13,7 @@ mod helpers;
 mod http;
 mod images;
 mod layout;
+mod links;
 mod manage;
 mod metrics;
 mod migrations;

@@ -41,6 +41,8 @@ pub struct Problem {
     detail: String,
     /// `Retry-After` seconds, for answers that mean "try again shortly".
     retry_after: Option<u32>,
+    /// Why, when `detail` is a fixed text a contract sets (`Photo upload failed`).
+    reason: Option<String>,
 }
 
 /// An error answer, documented in the OpenAPI document with the statuses of `S`.
@@ -53,6 +55,7 @@ impl<S> ApiError<S> {
                 status,
                 detail: detail.into(),
                 retry_after: None,
+                reason: None,
             },
             PhantomData,
         )
@@ -90,6 +93,12 @@ impl<S> ApiError<S> {
     pub fn internal(cause: &dyn fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL)
+    }
+
+    /// The same answer with a `reason` beside its `detail`.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.0.reason = Some(reason.into());
+        self
     }
 
     pub fn status(&self) -> StatusCode {
@@ -213,7 +222,12 @@ impl ResponseError for Problem {
     }
 
     fn as_response(&self) -> Response {
-        render(self.status, &self.detail, self.retry_after)
+        render(
+            self.status,
+            &self.detail,
+            self.reason.as_deref(),
+            self.retry_after,
+        )
     }
 }
 
@@ -223,9 +237,17 @@ impl<S> IntoResponse for ApiError<S> {
     }
 }
 
-fn render(status: StatusCode, detail: &str, retry_after: Option<u32>) -> Response {
-    let body =
-        serde_json::to_vec(&serde_json::json!({ "detail": detail })).expect("a string serialises");
+fn render(
+    status: StatusCode,
+    detail: &str,
+    reason: Option<&str>,
+    retry_after: Option<u32>,
+) -> Response {
+    let body = match reason {
+        None => serde_json::json!({ "detail": detail }),
+        Some(reason) => serde_json::json!({ "detail": detail, "reason": reason }),
+    };
+    let body = serde_json::to_vec(&body).expect("strings serialise");
     let mut r = Response::builder()
         .status(status)
         .content_type("application/json; charset=utf-8")
@@ -368,6 +390,31 @@ impl Statuses for PhotoErrors {
             503,
             "Admin routes are disabled (no admin key) or the database is unavailable; nothing was \
              changed",
+        ),
+    ];
+}
+
+/// `POST /api/photos`.
+pub struct PhotoUploadErrors;
+impl Statuses for PhotoUploadErrors {
+    const LIST: &'static [(u16, &'static str)] = &[
+        (
+            400,
+            "`Photo upload failed`: not a JPEG (by extension or content), unreadable, too large, \
+             a bad name, or no `photo` field; `reason` says which. Nothing was stored",
+        ),
+        (401, "Missing or wrong `X-API-Key`"),
+        (
+            413,
+            "The request body declares more than `upload.max_request_bytes`: refused before it \
+             is read",
+        ),
+        THROTTLED,
+        (500, "An unexpected failure; nothing was kept"),
+        (502, "Storage refused or failed; nothing was kept"),
+        (
+            503,
+            "Uploads are disabled (no admin key) or the database is unavailable; nothing was kept",
         ),
     ];
 }

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     http::state::AppState,
-    model::{PageKey, Photo},
+    model::{PageKey, Photo, Shape},
     read::cache::Page,
     read::listing::{Busy, Source},
 };
@@ -113,7 +113,7 @@ impl ApiResponse for ListReply {
 /// The OpenAPI description of [`ListReply`] (documentation only).
 #[derive(ApiResponse)]
 #[allow(dead_code)]
-enum ListReplyDoc {
+pub(super) enum ListReplyDoc {
     /// A page of photographs in id order: always a JSON array, also while the database is down.
     #[oai(status = 200)]
     Ok(
@@ -145,7 +145,7 @@ enum ListReplyDoc {
     ),
 }
 
-fn default_limit() -> i64 {
+pub(super) fn default_limit() -> i64 {
     PageKey::DEFAULT_LIMIT
 }
 
@@ -198,7 +198,7 @@ impl ImagesApi {
 /// The answer to a valid listing request, whichever path parsed it: the documented operation
 /// above, or [`fast_listing`]. Both render through [`render`] and [`ListReply`], so they cannot
 /// differ.
-async fn reply(
+pub(super) async fn reply(
     state: &AppState,
     key: &PageKey,
     if_none_match: Option<&str>,
@@ -298,13 +298,19 @@ pub async fn ready_listing(state: &AppState, req: &Request) -> Option<Response> 
     Some(reply.into_response())
 }
 
-/// The page a plain `GET /api/images` asks for, if the request is one.
+/// The page a plain `GET /api/images` (or `/api/photos`) asks for, if the request is one.
 fn plain_listing_key(req: &Request) -> Option<PageKey> {
-    if req.method() != Method::GET || req.uri().path() != "/api/images" {
+    if req.method() != Method::GET {
         return None;
     }
+    let shape = match req.uri().path() {
+        "/api/images" => Shape::Records,
+        "/api/photos" => Shape::Links,
+        _ => return None,
+    };
     let q = parse_plain_query(req.uri().query().unwrap_or(""))?;
-    PageKey::parse(q.limit, q.offset, q.after_id, q.category).ok()
+    let key = PageKey::parse(q.limit, q.offset, q.after_id, q.category).ok()?;
+    Some(key.in_shape(shape))
 }
 
 /// The parameters of a plain query, before any rule is applied.

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 mod images;
+mod links;
 pub mod media;
 mod meta;
 mod photos;
@@ -45,6 +46,9 @@ pub enum ApiTags {
 pub struct ErrorBody {
     /// What went wrong, for a person.
     pub detail: String,
+    /// Why, where `detail` is a fixed text (`POST /api/photos`: `Photo upload failed`).
+    #[oai(skip_serializing_if_is_none)]
+    pub reason: Option<String>,
 }
 
 /// A JSON body that is already serialised (a cached page, an embedded file), documented in the
@@ -101,6 +105,7 @@ impl<T: Type> ApiResponse for RawJson<T> {
 pub type Service = OpenApiService<
     (
         images::ImagesApi,
+        links::LinksApi,
         upload::UploadApi,
         photos::PhotosApi,
         meta::MetaApi,
@@ -127,6 +132,9 @@ pub fn service(state: Arc<AppState>) -> Service {
     OpenApiService::new(
         (
             images::ImagesApi {
+                state: state.clone(),
+            },
+            links::LinksApi {
                 state: state.clone(),
             },
             upload::UploadApi {

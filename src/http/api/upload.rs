@@ -57,7 +57,7 @@ pub struct MultipartBody<F> {
 
 impl<F> MultipartBody<F> {
     /// The next field, or None at the end of the form.
-    async fn next(&mut self) -> Result<Option<Field>, ApiError> {
+    pub(super) async fn next(&mut self) -> Result<Option<Field>, ApiError> {
         self.parts
             .next_field()
             .await
@@ -79,7 +79,7 @@ impl<F> MultipartBody<F> {
         }
     }
 
-    fn field_error(&self, e: FieldError) -> ApiError {
+    pub(super) fn field_error(&self, e: FieldError) -> ApiError {
         match e {
             FieldError::Body(e) => self.body_error(e),
             FieldError::Refused(e) => e.into(),
@@ -99,7 +99,7 @@ impl<F> MultipartBody<F> {
     }
 
     /// Reads past a field this form does not use.
-    async fn skip(&self, field: Field) -> Result<(), ApiError> {
+    pub(super) async fn skip(&self, field: Field) -> Result<(), ApiError> {
         read_capped(field.into_async_read(), 0)
             .await
             .map(drop)
@@ -318,7 +318,7 @@ impl UploadApi {
 
 /// The file name of a file field. A part without one is a text field, not a file: the form
 /// is malformed (400), as the schema says (`files` holds binary parts).
-fn file_name(field: &Field) -> Result<String, ApiError> {
+pub(super) fn file_name(field: &Field) -> Result<String, ApiError> {
     match field.file_name() {
         Some(name) => Ok(name.to_string()),
         None => Err(ApiError::new(
