@@ -112,8 +112,10 @@ fn exit(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
 
 async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     crate::blocking::map_large_buffers_on_their_own();
+    // Caught from here on: a SIGTERM while starting stops the server as soon as it is up.
+    let stop = shutdown_signal();
     let app = App::build(settings).await?;
-    app.run_until_stopped(shutdown_signal()).await?;
+    app.run_until_stopped(stop).await?;
     tracing::info!("server stopped");
     Ok(())
 }

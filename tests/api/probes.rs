@@ -240,3 +240,61 @@ fn the_healthcheck_command_exits_by_the_probe() {
     let gone = check("/livez");
     assert_eq!(gone.status.code(), Some(1), "nothing answers");
 }
+
+/// A SIGTERM while the server is still starting (here: waiting on a database that accepts
+/// connections and never answers) is caught, not fatal: once up, the server drains at once and
+/// exits 0, saying so. Before the handlers were installed first, the default action killed the
+/// process on the spot (seen once in CI, a SIGTERM sent right after the first answer).
+#[test]
+fn a_sigterm_while_starting_stops_the_server_gracefully() {
+    use std::io::BufRead;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let db_port = silent.local_addr().unwrap().port();
+    // Accepts and holds every connection without a byte: a database that never answers.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().map_while(Result::ok) {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_portfolio-server"))
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PORT", "0")
+            .env("APP_SERVER__HOST", "127.0.0.1")
+            .env(
+                "DATABASE_URL",
+                format!("postgres://nobody@127.0.0.1:{db_port}/none"),
+            )
+            .env("APP_DATABASE__CONNECT_TIMEOUT_MS", "3000")
+            .env("APP_DATABASE__CHECKOUT_TIMEOUT_MS", "3000")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let starting = line.contains("connecting to the database");
+        seen.push(line);
+        if starting {
+            break;
+        }
+    }
+    assert!(!seen.iter().any(|l| l.contains("listening")), "{seen:#?}");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}: {seen:#?}");
+    assert!(
+        seen.iter().any(|l| l.contains("shutdown requested")),
+        "{seen:#?}"
+    );
+}
