@@ -17,7 +17,7 @@ use crate::{
     http::front::{CorsPolicy, Front},
     http::server,
     http::state::AppState,
-    storage::local::LocalStore,
+    storage::{local::LocalStore, signing::UrlKey},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +74,21 @@ fn router(state: &Arc<AppState>) -> Route {
     let storage = &state.settings.storage;
     if storage.backend() == StorageBackend::Local {
         let store = LocalStore::new(&storage.local_dir, &storage.public_base_url);
+        // Private: the key the store signs with (made by the store's opening, so the same).
+        let url_key = storage
+            .private
+            .then(|| UrlKey::from_settings(storage))
+            .transpose()
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the key for signing /media URLs");
+                // Nothing signed can be checked, so nothing is served: a key no one has.
+                Some(UrlKey::unknown())
+            });
         route = route.nest(
             "/media",
             Route::new()
                 .at("/:filename", poem::get(media::media))
-                .data(Arc::new(media::Media(store))),
+                .data(Arc::new(media::Media(store, url_key))),
         );
     }
     route

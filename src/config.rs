@@ -170,6 +170,16 @@ pub struct StorageSettings {
     /// Where photos are read publicly (a CDN, R2's public bucket URL); the key is appended.
     /// None: the bucket's own URL, which must then allow public reads.
     pub s3_public_url: Option<String>,
+    /// Private mode: every URL handed out (listings, records) is signed and expires; nothing is
+    /// readable without one.
+    pub private: bool,
+    /// How long a signed URL works, in seconds.
+    pub signed_url_secs: u64,
+    /// The local backend's key for signing `/media` URLs. None: read from (or made once in)
+    /// `signing_key_path`.
+    pub signing_key: Option<Secret>,
+    /// Where the local backend's signing key is kept when `signing_key` is unset.
+    pub signing_key_path: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -331,6 +341,10 @@ impl Default for Settings {
                 s3_session_token: None,
                 s3_public_url: None,
                 timeout_secs: 60,
+                private: false,
+                signed_url_secs: 3600,
+                signing_key: None,
+                signing_key_path: PathBuf::from("data/signing-key"),
             },
             upload: UploadSettings {
                 max_file_bytes: 25 << 20,

@@ -1,9 +1,12 @@
 //! What every request can reach: the settings, the database, the listing, the uploader and the
 //! object store, built once at start-up.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use tokio::sync::Semaphore;
@@ -13,10 +16,12 @@ use crate::{
     db::{Db, DbError},
     http::throttle::KeyThrottle,
     metrics::Metrics,
+    model::Photo,
     read::cache::PageCache,
     read::listing::Listing,
+    read::signed::Signer,
     storage::{
-        ObjectStore,
+        ObjectStore, StorageError,
         monitored::{Monitored, StorageState},
         open::from_settings,
     },
@@ -136,12 +141,32 @@ impl AppState {
             ttl_secs = c.ttl_secs,
             "page cache"
         );
-        let listing = Arc::new(Listing::new(
+        let mut listing = Listing::new(
             db.clone(),
             PageCache::new(&settings.cache),
             &settings.cache,
             metrics.clone(),
-        ));
+        );
+        let mut http_max_age = settings.cache.http_max_age_secs;
+        if settings.storage.private {
+            let signer = Signer::new(
+                store.clone(),
+                Duration::from_secs(settings.storage.signed_url_secs),
+            );
+            // No copy of a page outlives its signatures in a browser or a CDN either.
+            http_max_age = http_max_age.min(signer.page_life().as_secs());
+            tracing::info!(
+                signed_url_secs = signer.lifetime().as_secs(),
+                "storage is private: every URL handed out is signed, and pages are signed again \
+                 after a quarter of that"
+            );
+            listing = listing.signing_with(Arc::new(signer));
+        } else {
+            tracing::info!(
+                "storage is public: URLs are the objects' own (storage.private = false)"
+            );
+        }
+        let listing = Arc::new(listing);
         if let Some(db) = db.as_ref().filter(|db| !db.is_available()) {
             // Say what is served: the saved copy of the table, or the photographs built in.
             let serving = match listing.copy_rows() {
@@ -183,11 +208,9 @@ impl AppState {
         };
         let uploader = Uploader::new(writes.clone(), metrics.clone(), &settings);
         let manager = Manager::new(writes, settings.upload.allowed_categories.clone());
-        let cache_control = poem::http::HeaderValue::from_str(&format!(
-            "public, max-age={}",
-            settings.cache.http_max_age_secs
-        ))
-        .expect("digits are a valid header value");
+        let cache_control =
+            poem::http::HeaderValue::from_str(&format!("public, max-age={http_max_age}"))
+                .expect("digits are a valid header value");
         let key_throttle = KeyThrottle::new(
             settings.auth.wrong_key_burst,
             settings.auth.wrong_keys_per_minute,
@@ -208,6 +231,37 @@ impl AppState {
             key_throttle,
             draining: AtomicBool::new(false),
         }))
+    }
+}
+
+impl AppState {
+    /// `photos` as handed out: in private mode with their URLs signed (one call to storage for
+    /// all of them).
+    pub async fn signed(&self, photos: Vec<Photo>) -> Result<Vec<Photo>, StorageError> {
+        let Some(signer) = self.listing.signer().cloned() else {
+            return Ok(photos);
+        };
+        crate::blocking::run(move || signer.sign(&photos))
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?
+    }
+
+    /// The records a write made or changed, as handed out. The write stands whatever happens
+    /// here: if storage cannot sign their URLs, they are handed out as stored (and it is
+    /// logged), rather than answering an error that would have the client write again.
+    pub async fn written(&self, photos: Vec<Photo>) -> Vec<Photo> {
+        match self.signed(photos.clone()).await {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::warn!(error = %e, "storage could not sign the URLs of a written photo");
+                photos
+            }
+        }
+    }
+
+    /// One record a write made or changed, as handed out ([`AppState::written`]).
+    pub async fn written_one(&self, photo: Photo) -> Photo {
+        self.written(vec![photo]).await.remove(0)
     }
 }
 
@@ -267,9 +321,38 @@ fn check_storage(settings: &Settings, store: &Arc<Monitored>) {
     );
     store.checking();
     let store = store.clone();
+    let private_remote = settings.storage.private && backend != StorageBackend::Local;
+    let timeout = std::time::Duration::from_secs(settings.storage.timeout_secs.max(1));
     tokio::spawn(async move {
         let s = store.clone();
         let _ = crate::blocking::run(move || s.check()).await;
+        if private_remote && store.state().0 == StorageState::Ok {
+            let s = store.clone();
+            let found =
+                crate::blocking::run(move || crate::storage::readable_anonymously(&*s, timeout))
+                    .await;
+            match found {
+                Ok(Ok(true)) => {
+                    store.set_readable_anonymously(true);
+                    tracing::error!(
+                        "storage is in private mode, but anyone can read its objects without a \
+                         signature: the bucket is public, so private mode protects nothing. Make \
+                         the bucket private (no public-read policy or ACL)"
+                    );
+                }
+                Ok(Ok(false)) => {
+                    store.set_readable_anonymously(false);
+                    tracing::info!(
+                        "private storage: anonymous reads are refused, as they should be"
+                    );
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "could not check whether anyone can read the private bucket"
+                ),
+                Err(_) => {}
+            }
+        }
         match store.state().0 {
             StorageState::Ok => tracing::info!("storage check passed"),
             StorageState::Refused(why) => tracing::error!(

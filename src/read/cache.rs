@@ -46,6 +46,10 @@ pub struct Page {
     pub last_id: Option<i64>,
     /// The body gzipped, made the first time a client accepts gzip.
     gzip: OnceLock<Bytes>,
+    /// Private mode: the rows the body was made of (their URLs unsigned), to sign again.
+    pub rows: Option<Arc<[crate::model::Photo]>>,
+    /// Private mode: this page with its URLs signed, and until when it may be sent.
+    pub signed: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Page>)>>,
 }
 
 /// The ETag of the gzip copy: a different representation, so a different strong tag.
@@ -69,7 +73,15 @@ impl Page {
             len,
             last_id,
             gzip: OnceLock::new(),
+            rows: None,
+            signed: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The same page, keeping the rows it was made of (private mode signs them when sent).
+    pub fn keeping(mut self, rows: Arc<[crate::model::Photo]>) -> Page {
+        self.rows = Some(rows);
+        self
     }
 
     /// The gzip copy of the body, or None when the body is too short to be worth it.

@@ -21,6 +21,8 @@ use std::{
 
 use rust_embed::Embed;
 
+use super::signed::{self, Signer};
+
 use crate::{
     blocking,
     config::CacheSettings,
@@ -160,8 +162,10 @@ impl TableCopy {
         self.rows.is_empty()
     }
 
-    /// The page `key` as the database's queries (`sql/queries/`) would give it.
-    fn page(&self, key: &PageKey) -> Arc<Page> {
+    /// The page `key` as the database's queries (`sql/queries/`) would give it; with its rows
+    /// when `keep_rows` (private mode signs them when the page is sent, an outage's pages like
+    /// any other).
+    fn page(&self, key: &PageKey, keep_rows: bool) -> Arc<Page> {
         if let Some(page) = self.pages.lock().expect("not poisoned").get(key) {
             return page.clone();
         }
@@ -181,7 +185,11 @@ impl TableCopy {
             .collect();
         let last_id = photos.last().map(|p| i64::from(p.id));
         let body = key.shape.body(photos.iter().copied());
-        let page = Arc::new(Page::new(body, total, photos.len(), last_id));
+        let mut page = Page::new(body, total, photos.len(), last_id);
+        if keep_rows {
+            page = page.keeping(photos.iter().map(|p| (*p).clone()).collect());
+        }
+        let page = Arc::new(page);
         let mut pages = self.pages.lock().expect("not poisoned");
         if pages.len() >= FALLBACK_PAGES_MAX {
             pages.clear();
@@ -191,9 +199,14 @@ impl TableCopy {
     }
 }
 
-/// The database is up but saturated, and there is no earlier copy of the page.
-#[derive(Debug, Clone, Copy)]
-pub struct Busy;
+/// Why a page cannot be given.
+#[derive(Debug)]
+pub enum NotServed {
+    /// The database is up but saturated, and there is no earlier copy of the page.
+    Busy,
+    /// Private mode: storage could not sign the page's URLs.
+    Unsigned(crate::storage::StorageError),
+}
 
 pub struct Listing {
     db: Option<Db>,
@@ -221,6 +234,8 @@ pub struct Listing {
     /// Plain pages that wait for a connection together share one round trip.
     pages: Arc<PageBatcher>,
     metrics: Arc<Metrics>,
+    /// Private mode: signs the URLs of every page sent.
+    signer: Option<Arc<Signer>>,
 }
 
 /// The copy in memory follows writes within a second; the file on disk (for a restart during an
@@ -267,7 +282,19 @@ impl Listing {
             },
             pages: Arc::new(PageBatcher::new(metrics.pages_shared.clone())),
             metrics,
+            signer: None,
         }
+    }
+
+    /// The same listing in private mode: every page is sent with its URLs signed by `signer`.
+    pub fn signing_with(mut self, signer: Arc<Signer>) -> Listing {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Private mode's signer, if on.
+    pub fn signer(&self) -> Option<&Arc<Signer>> {
+        self.signer.as_ref()
     }
 
     /// Rows in the table copy kept for outages, if there is one.
@@ -471,7 +498,10 @@ impl Listing {
         match &self.db {
             None => Some((self.fallback.page(key), Source::Fallback)),
             Some(_) => {
-                let page = self.cache.get(key).await?;
+                let mut page = self.cache.get(key).await?;
+                if self.signer.is_some() {
+                    page = signed::ready_signed(&page)?;
+                }
                 self.metrics.cache_hits.inc();
                 Some((page, Source::Database))
             }
@@ -485,9 +515,24 @@ impl Listing {
         self.copy_dirty.store(true, Ordering::Release);
     }
 
-    /// The page for `key` and where it came from, or [`Busy`] when the database is up but had
-    /// no free connection in time and there is no earlier copy of the page to give instead.
-    pub async fn page(&self, key: &PageKey) -> Result<(Arc<Page>, Source), Busy> {
+    /// The page for `key` and where it came from, as sent (signed in private mode), or why
+    /// not: [`NotServed::Busy`] when the database is up but had no free connection in time and
+    /// there is no earlier copy of the page to give instead.
+    pub async fn page(&self, key: &PageKey) -> Result<(Arc<Page>, Source), NotServed> {
+        let (page, source) = self.unsigned_page(key).await?;
+        match &self.signer {
+            None => Ok((page, source)),
+            Some(signer) => match signed::signed_page(signer, key, page).await {
+                Ok(page) => Ok((page, source)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "storage could not sign a page's URLs");
+                    Err(NotServed::Unsigned(e))
+                }
+            },
+        }
+    }
+
+    async fn unsigned_page(&self, key: &PageKey) -> Result<(Arc<Page>, Source), NotServed> {
         let Some(db) = &self.db else {
             return Ok((self.fallback.page(key), Source::Fallback));
         };
@@ -514,12 +559,12 @@ impl Listing {
         }
         // The owner's photographs, whatever the page: the table copy first.
         if let Some(copy) = self.copy() {
-            return Ok((copy.page(key), Source::Stale));
+            return Ok((copy.page(key, self.signer.is_some()), Source::Stale));
         }
         match self.cache.stale(key).await {
             Some(page) => Ok((page, Source::Stale)),
             // Saturated is not down: the embedded photographs would be the wrong answer.
-            None if busy => Err(Busy),
+            None if busy => Err(NotServed::Busy),
             None => Ok((self.fallback.page(key), Source::Fallback)),
         }
     }
@@ -539,7 +584,11 @@ impl Listing {
         let photos = self.pages.fetch(db, key).await?;
         let body = key.shape.body(&photos);
         let last_id = photos.last().map(|p| i64::from(p.id));
-        Ok(Arc::new(Page::new(body, total, photos.len(), last_id)))
+        let page = Page::new(body, total, photos.len(), last_id);
+        Ok(Arc::new(match self.signer {
+            Some(_) => page.keeping(photos.into()),
+            None => page,
+        }))
     }
 }
 

@@ -7,12 +7,14 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use super::{ObjectInfo, ObjectStore, Put, StorageError, encode_key};
+use super::{ObjectInfo, ObjectStore, Put, StorageError, encode_key, signing::UrlKey};
 
 /// Files in a folder. Keys are single path components (see [`crate::model::FileName`]).
 pub struct LocalStore {
     dir: PathBuf,
     public_base_url: String,
+    /// Private mode: the key `/media` URLs are signed with.
+    url_key: Option<std::sync::Arc<UrlKey>>,
 }
 
 /// Makes each temporary file name of this process unique.
@@ -23,7 +25,14 @@ impl LocalStore {
         LocalStore {
             dir: dir.to_path_buf(),
             public_base_url: public_base_url.trim_end_matches('/').to_string(),
+            url_key: None,
         }
+    }
+
+    /// The same store in private mode: its URLs are signed with `key`.
+    pub fn signing_with(mut self, key: std::sync::Arc<UrlKey>) -> LocalStore {
+        self.url_key = Some(key);
+        self
     }
 
     /// The file of `key`: a single file name of at most 255 bytes without a NUL, not hidden.
@@ -150,6 +159,27 @@ impl ObjectStore for LocalStore {
 
     fn public_url(&self, key: &str) -> String {
         format!("{}/{}", self.public_base_url, encode_key(key))
+    }
+
+    fn signed_urls(
+        &self,
+        keys: &[&str],
+        lifetime: std::time::Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        let Some(url_key) = &self.url_key else {
+            return Err(StorageError::Unsupported("sign URLs without a signing key"));
+        };
+        let now = super::signing::unix_now();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                format!(
+                    "{}?{}",
+                    self.public_url(k),
+                    url_key.query_for(k, now, lifetime)
+                )
+            })
+            .collect())
     }
 
     fn accepts_key(&self, key: &str) -> bool {

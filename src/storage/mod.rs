@@ -5,11 +5,13 @@
 //! the key is taken, so an upload can never replace a photo someone else stored. One file per
 //! backend implements it ([`local`], [`supabase`], [`s3`]); [`open`] builds the configured one,
 //! and [`monitored`] wraps it to record what the last real operation found, for health.
+//! [`signing`] signs the local backend's `/media` URLs in private mode.
 
 pub mod local;
 pub mod monitored;
 pub mod open;
 pub mod s3;
+pub mod signing;
 pub mod supabase;
 
 use std::{
@@ -67,6 +69,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
     /// The public URL recorded for `key`.
     fn public_url(&self, key: &str) -> String;
+    /// Private mode: URLs that read `keys` (in order) for `lifetime`, and no longer.
+    fn signed_urls(
+        &self,
+        _keys: &[&str],
+        _lifetime: Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        Err(StorageError::Unsupported("sign URLs"))
+    }
     /// Whether the store would take `key` at all (Supabase refuses many characters). Keys this
     /// server makes are accepted everywhere; this sorts out keys of earlier schemes.
     fn accepts_key(&self, key: &str) -> bool {
@@ -98,6 +108,27 @@ pub fn key_of_url(store: &dyn ObjectStore, url: &str) -> Option<String> {
         .decode_utf8_lossy()
         .into_owned();
     (!key.is_empty()).then_some(key)
+}
+
+/// Private mode's check: whether anyone can read this store's objects without a signature. A
+/// probe object is written, asked for at its public URL with no credentials, and deleted.
+pub fn readable_anonymously(
+    store: &dyn ObjectStore,
+    timeout: Duration,
+) -> Result<bool, StorageError> {
+    let key = probe_key();
+    store.put_new(&key, b"probe")?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let answer = agent.get(&store.public_url(&key)).call();
+    let _ = store.delete(&key);
+    match answer {
+        Ok(r) => Ok(r.status().is_success()),
+        Err(e) => Err(StorageError::Unavailable(e.to_string())),
+    }
 }
 
 /// One stored object, as a listing shows it.

@@ -93,6 +93,8 @@ pub struct Monitored {
     checking: AtomicBool,
     /// Counts every call that failed (`storage_errors_total`), if set.
     errors: Option<prometheus::IntCounter>,
+    /// Private mode's finding: 0 not checked, 1 anonymous reads refused, 2 anyone can read.
+    exposure: std::sync::atomic::AtomicU8,
 }
 
 impl Monitored {
@@ -102,6 +104,21 @@ impl Monitored {
             state: Mutex::new((StorageState::Unchecked, Instant::now())),
             checking: AtomicBool::new(false),
             errors: None,
+            exposure: std::sync::atomic::AtomicU8::new(0),
+        }
+    }
+
+    /// Records whether anyone can read this store's objects without a signature.
+    pub fn set_readable_anonymously(&self, readable: bool) {
+        self.exposure
+            .store(if readable { 2 } else { 1 }, Ordering::Release);
+    }
+
+    /// Whether anyone can read this store's objects without a signature; None: not checked.
+    pub fn readable_anonymously(&self) -> Option<bool> {
+        match self.exposure.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n == 2),
         }
     }
 
@@ -170,6 +187,12 @@ impl ObjectStore for Monitored {
     }
     fn public_url(&self, key: &str) -> String {
         self.inner.public_url(key)
+    }
+    fn signed_urls(&self, keys: &[&str], lifetime: Duration) -> Result<Vec<String>, StorageError> {
+        self.record(
+            self.inner.signed_urls(keys, lifetime),
+            StorageState::after_read,
+        )
     }
     fn accepts_key(&self, key: &str) -> bool {
         self.inner.accepts_key(key)

@@ -6,6 +6,7 @@ use super::{
     ObjectStore, Put, StorageError,
     local::LocalStore,
     s3::{S3Config, S3Store},
+    signing::UrlKey,
     supabase::SupabaseStore,
 };
 use crate::config::{StorageBackend, StorageSettings};
@@ -26,7 +27,16 @@ fn build(s: &StorageSettings) -> Result<Box<dyn ObjectStore>, String> {
     }
     let timeout = Duration::from_secs(s.timeout_secs.max(1));
     Ok(match s.backend() {
-        StorageBackend::Local => Box::new(LocalStore::new(&s.local_dir, &s.public_base_url)),
+        StorageBackend::Local => {
+            let store = LocalStore::new(&s.local_dir, &s.public_base_url);
+            if s.private {
+                let key = UrlKey::from_settings(s)
+                    .map_err(|e| format!("the key for signing /media URLs: {e}"))?;
+                Box::new(store.signing_with(std::sync::Arc::new(key)))
+            } else {
+                Box::new(store)
+            }
+        }
         StorageBackend::Supabase => Box::new(SupabaseStore::new(
             needed(s.supabase_url.as_deref(), "SUPABASE_URL")?,
             needed(s.supabase_key.clone(), "SUPABASE_KEY")?,

@@ -121,6 +121,30 @@ impl SupabaseStore {
     }
 }
 
+/// The `signedURL` of each answer of the sign endpoint, in order; None for an item it could
+/// not sign (its `error` says why).
+fn signed_answers(body: &str) -> Result<Vec<Option<String>>, StorageError> {
+    let items: Vec<serde_json::Value> = serde_json::from_str(body).map_err(|e| {
+        StorageError::Unreadable(format!(
+            "the sign endpoint's answer is not a JSON array: {e}"
+        ))
+    })?;
+    Ok(items
+        .iter()
+        .map(|item| {
+            let signed = item["signedURL"].as_str().filter(|p| p.starts_with('/'));
+            if signed.is_none() {
+                tracing::warn!(
+                    path = %item["path"],
+                    error = %item["error"],
+                    "storage could not sign a URL"
+                );
+            }
+            signed.map(str::to_string)
+        })
+        .collect())
+}
+
 /// The error a Supabase error answer means: the refusal of one object (a key it does not
 /// take, too large) or of the request as a whole.
 fn refusal(http_status: u16, body: &str) -> StorageError {
@@ -246,6 +270,48 @@ impl ObjectStore for SupabaseStore {
 
     fn accepts_key(&self, key: &str) -> bool {
         supabase_accepts(key)
+    }
+
+    /// One request for all of them: `POST /storage/v1/object/sign/{bucket}` with
+    /// `{"expiresIn", "paths"}`, which answers `[{"error", "path", "signedURL"}]` in order, each
+    /// `signedURL` a path under `/storage/v1` (`/object/sign/…?token=…`). A key it cannot sign
+    /// (no such object) keeps its public URL, which reads nothing from a private bucket.
+    fn signed_urls(&self, keys: &[&str], lifetime: Duration) -> Result<Vec<String>, StorageError> {
+        let url = format!(
+            "{}/storage/v1/object/sign/{}",
+            self.base,
+            encode_key(&self.bucket)
+        );
+        let mut resp = self
+            .agent
+            .post(&url)
+            .authed(self)
+            .send_json(serde_json::json!({
+                "expiresIn": lifetime.as_secs().max(1),
+                "paths": keys,
+            }))
+            .map_err(transport)?;
+        let http = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().map_err(transport)?;
+        if !(200..300).contains(&http) {
+            return Err(refusal(http, &body));
+        }
+        let answers = signed_answers(&body)?;
+        if answers.len() != keys.len() {
+            return Err(StorageError::Unreadable(format!(
+                "signing {} URLs gave {} answers",
+                keys.len(),
+                answers.len()
+            )));
+        }
+        Ok(keys
+            .iter()
+            .zip(answers)
+            .map(|(key, signed)| match signed {
+                Some(path) => format!("{}/storage/v1{path}", self.base),
+                None => self.public_url(key),
+            })
+            .collect())
     }
 
     /// `GET /storage/v1/bucket/{bucket}` (answers only with a valid service key, and only if the

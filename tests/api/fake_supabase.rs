@@ -6,7 +6,12 @@
 //!   `..` segment, else 400 `InvalidKey` (on every object route, and for bulk deletes too:
 //!   stricter than recorded, so a key we should never send is caught);
 //! - the global 50 MiB limit and a bucket's `file_size_limit` (413 `EntityTooLarge`) and
-//!   `allowed_mime_types` (415 `InvalidMimeType`).
+//!   `allowed_mime_types` (415 `InvalidMimeType`);
+//! - signed URLs: `POST /object/sign/{bucket}` with `{"expiresIn", "paths"}` answers
+//!   `[{"error", "path", "signedURL"}]`, each `signedURL` under `/storage/v1` but without that
+//!   prefix (`/object/sign/…?token=…`), as the notes record for one path and the storage
+//!   server's route (`getSignedURLs.ts`) defines for many; such a URL reads the object until
+//!   `expiresIn` has passed. A private bucket (`private`) answers no public read.
 
 use std::{
     collections::HashMap,
@@ -63,6 +68,12 @@ pub struct FakeStorage {
     pub hold: Mutex<Option<(String, String)>>,
     /// Whether a held upload was let go because the awaited one arrived (not by the 10 s).
     pub hold_released: AtomicBool,
+    /// The bucket is private: public URLs read nothing.
+    pub private: AtomicBool,
+    /// The paths of each sign request, in order.
+    pub sign_requests: Mutex<Vec<Vec<String>>>,
+    /// Token -> ("bucket/key", expiry) of every signed URL handed out.
+    pub tokens: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 /// The real server's `UPLOAD_FILE_SIZE_LIMIT` default.
@@ -135,11 +146,8 @@ async fn upload(
     body: Vec<u8>,
     fake: Data<&Arc<FakeStorage>>,
 ) -> Response {
-    if let Some(denied) = check_auth(req) {
-        return denied;
-    }
-    if bucket != BUCKET {
-        return no_bucket();
+    if let Some(refused) = refuse_bucket_call(req, &bucket) {
+        return refused;
     }
     fake.received.lock().unwrap().push(key.clone());
     let hold = fake.hold.lock().unwrap().clone();
@@ -306,6 +314,14 @@ async fn download(
         ("public", Some((b, k))) => (format!("{b}/{k}"), true),
         _ => (format!("{bucket}/{key}"), false),
     };
+    if public && fake.private.load(Ordering::SeqCst) {
+        return error(
+            "400",
+            "Bucket not found",
+            "Bucket not found",
+            "NoSuchBucket",
+        );
+    }
     if !public && let Some(denied) = check_auth(req) {
         return denied;
     }
@@ -328,6 +344,102 @@ async fn download(
     }
 }
 
+/// The answer to a call on a bucket without the service key, or on a bucket that does not
+/// exist; None if neither.
+fn refuse_bucket_call(req: &Request, bucket: &str) -> Option<Response> {
+    check_auth(req).or_else(|| (bucket != BUCKET).then(no_bucket))
+}
+
+/// `POST /storage/v1/object/sign/{bucket}` with `{"expiresIn", "paths"}`: one signed URL per
+/// path, in order; `error` for a path with no object.
+#[handler]
+async fn sign(
+    req: &Request,
+    Path(bucket): Path<String>,
+    Json(body): Json<serde_json::Value>,
+    fake: Data<&Arc<FakeStorage>>,
+) -> Response {
+    if let Some(refused) = refuse_bucket_call(req, &bucket) {
+        return refused;
+    }
+    let (Some(expires_in), Some(paths)) = (body["expiresIn"].as_u64(), body["paths"].as_array())
+    else {
+        return error(
+            "400",
+            "Bad Request",
+            "body must have expiresIn and paths",
+            "InvalidRequest",
+        );
+    };
+    if expires_in < 1 || paths.is_empty() {
+        return error(
+            "400",
+            "Bad Request",
+            "expiresIn >= 1 and one path or more",
+            "InvalidRequest",
+        );
+    }
+    let paths: Vec<String> = paths
+        .iter()
+        .map(|p| p.as_str().unwrap_or_default().to_string())
+        .collect();
+    for p in &paths {
+        if !valid_key(p) {
+            fake.invalid_keys.lock().unwrap().push(p.clone());
+        }
+    }
+    fake.sign_requests.lock().unwrap().push(paths.clone());
+    let expires = std::time::Instant::now() + Duration::from_secs(expires_in);
+    let answers: Vec<serde_json::Value> = paths
+        .iter()
+        .map(|p| {
+            let full = format!("{bucket}/{p}");
+            if !fake.objects.lock().unwrap().contains_key(&full) {
+                return json!({"error": "Either the object does not exist or you do not have access to it",
+                              "path": p, "signedURL": null});
+            }
+            let mut tokens = fake.tokens.lock().unwrap();
+            let token = format!("t{}", tokens.len() + 1);
+            tokens.insert(token.clone(), (full.clone(), expires));
+            json!({"error": null, "path": p,
+                   "signedURL": format!("/object/sign/{full}?token={token}")})
+        })
+        .collect();
+    Json(answers).into_response()
+}
+
+/// `GET /storage/v1/object/sign/{bucket}/{key}?token=…`: the object, while the token is good.
+/// (What the real server answers for an expired token is not in the notes: a 400 here.)
+#[handler]
+async fn signed_download(
+    req: &Request,
+    Path((bucket, key)): Path<(String, String)>,
+    fake: Data<&Arc<FakeStorage>>,
+) -> Response {
+    let token = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("token=")))
+        .unwrap_or_default();
+    let full = format!("{bucket}/{key}");
+    let good = match fake.tokens.lock().unwrap().get(token) {
+        Some((path, until)) if *path == full && std::time::Instant::now() < *until => true,
+        Some((path, _)) if *path == full => {
+            return error("400", "InvalidJWT", "jwt expired", "InvalidJWT");
+        }
+        _ => false,
+    };
+    if !good {
+        return error("400", "InvalidJWT", "invalid signature", "InvalidJWT");
+    }
+    match fake.objects.lock().unwrap().get(&full) {
+        Some(bytes) => Response::builder()
+            .content_type("image/jpeg")
+            .body(bytes.clone()),
+        None => error("404", "not_found", "Object not found", "NoSuchKey"),
+    }
+}
+
 /// `POST /storage/v1/object/list/{bucket}` with `{"prefix", "limit", "offset", "sortBy"}`:
 /// objects sorted by name, as the real server pages them. Every object reads as written on
 /// 2026-01-01 (long past any grace period).
@@ -338,11 +450,8 @@ async fn list(
     Json(body): Json<serde_json::Value>,
     fake: Data<&Arc<FakeStorage>>,
 ) -> Response {
-    if let Some(denied) = check_auth(req) {
-        return denied;
-    }
-    if bucket != BUCKET {
-        return no_bucket();
+    if let Some(refused) = refuse_bucket_call(req, &bucket) {
+        return refused;
     }
     let limit = body["limit"].as_u64().unwrap_or(100) as usize;
     let offset = body["offset"].as_u64().unwrap_or(0) as usize;
@@ -376,13 +485,11 @@ async fn bucket_details(
     fake: Data<&Arc<FakeStorage>>,
 ) -> Response {
     fake.bucket_checks.fetch_add(1, Ordering::SeqCst);
-    if let Some(denied) = check_auth(req) {
-        return denied;
+    if let Some(refused) = refuse_bucket_call(req, &bucket) {
+        return refused;
     }
-    if bucket != BUCKET {
-        return no_bucket();
-    }
-    Json(json!({"id": bucket, "name": bucket, "public": true})).into_response()
+    let public = !fake.private.load(Ordering::SeqCst);
+    Json(json!({"id": bucket, "name": bucket, "public": public})).into_response()
 }
 
 /// Starts the fake on a free port; returns its base URL.
@@ -400,6 +507,11 @@ pub async fn start_fake(fake: Arc<FakeStorage>) -> String {
         .at("/storage/v1/object/:bucket", poem::delete(delete))
         .at("/storage/v1/bucket/:bucket", poem::get(bucket_details))
         .at("/storage/v1/object/list/:bucket", poem::post(list))
+        .at("/storage/v1/object/sign/:bucket", poem::post(sign))
+        .at(
+            "/storage/v1/object/sign/:bucket/*key",
+            poem::get(signed_download),
+        )
         .data(fake);
     tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
     format!("http://127.0.0.1:{port}")

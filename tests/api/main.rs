@@ -20,6 +20,7 @@ mod migrations;
 mod outage;
 mod pipeline;
 mod pooler;
+mod private;
 mod probes;
 mod reconcile;
 mod replicas;

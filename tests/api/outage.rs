@@ -108,7 +108,8 @@ async fn health_follows_the_database_and_the_server_recovers_by_itself() {
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(
         health.json(),
-        serde_json::json!({"message": "server active", "database": "connected", "storage": "ok"})
+        serde_json::json!({"message": "server active", "database": "connected", "storage": "ok",
+                           "storage_mode": "public"})
     );
 
     proxy.cut();

@@ -874,3 +874,101 @@ fn an_s3_refusal_at_start_up_names_the_s3_settings() {
     assert!(!refused.contains("SUPABASE"), "{refused}");
     assert!(!refused.contains("(0)"), "{refused}");
 }
+
+/// A GET with no credentials: its status and body.
+async fn anonymous_get(url: String) -> (u16, Vec<u8>) {
+    off(move || {
+        let mut r = agent().get(&url).call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
+    })
+    .await
+}
+
+on!(a_private_bucket_is_read_only_through_fresh_signed_urls:
+    a_private_bucket_is_read_only_through_fresh_signed_urls_on_s3s_fs => S3sFs,
+    a_private_bucket_is_read_only_through_fresh_signed_urls_on_moto5 => Moto5,
+);
+
+/// Private mode on servers that refuse anonymous reads: the object cannot be read at its plain
+/// URL; the listing's pre-signed URL reads it; past its expiry it no longer does (where the
+/// server checks signatures); and the page handed out after that carries fresh signatures.
+async fn a_private_bucket_is_read_only_through_fresh_signed_urls(kind: Kind) {
+    let b = Arc::new(TestBucket::new(kind));
+    let db = TestDb::new();
+    let mut s = b.settings(&db.url, SECRET_KEY);
+    s.storage.private = true;
+    s.storage.signed_url_secs = 4;
+    let app = TestApp::spawn(s).await;
+    let photo = jpeg(40, 30, None);
+    let r = app.upload("harbour.jpg", photo.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert!(
+        r.json()["url"]
+            .as_str()
+            .unwrap()
+            .contains("X-Amz-Signature=")
+    );
+
+    let plain = format!("{}/{}/harbour.jpg", b.endpoint, b.bucket.name());
+    assert_eq!(anonymous_get(plain).await.0, 403, "the bucket is private");
+
+    let listed = app.get("/api/images").await.json()[0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let query = listed.split_once('?').unwrap().1.to_string();
+    assert!(query.contains("X-Amz-Expires=4"), "{listed}");
+    let (status, body) = anonymous_get(listed.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, photo);
+    let photos = app.get("/api/photos").await.json()[0]["photo_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(anonymous_get(photos).await.0, 200);
+
+    // The signatures are SigV4's, dated to the second: wait out the URL's 4 s.
+    let signed_at = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    if kind.checks_signatures() {
+        assert_eq!(anonymous_get(listed.clone()).await.0, 403, "expired");
+    }
+    let later = app.get("/api/images").await.json()[0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(later, listed, "signed again");
+    assert_eq!(anonymous_get(later).await.0, 200);
+    assert!(signed_at.elapsed().unwrap() >= Duration::from_secs(5));
+
+    let health = app.get("/api/health").await.json();
+    assert_eq!(health["storage_mode"], "private");
+    assert!(health.get("storage_warning").is_none(), "{health}");
+}
+
+/// Private mode on a bucket anyone can read (SeaweedFS here allows anonymous reads) is
+/// reported: at start-up in the log and in health, since private mode protects nothing there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_mode_bucket_that_anyone_can_read_is_reported() {
+    let b = TestBucket::new(Kind::SeaweedFs);
+    let db = TestDb::new();
+    let mut s = b.settings(&db.url, SECRET_KEY);
+    s.storage.private = true;
+    let app = TestApp::spawn(s).await;
+    let reply = app
+        .wait_for("/api/health", 10, |r| {
+            r.json().get("storage_warning").is_some()
+        })
+        .await;
+    let health = reply.json();
+    assert_eq!(health["storage_mode"], "private");
+    assert!(
+        health["storage_warning"]
+            .as_str()
+            .unwrap()
+            .contains("private mode protects nothing"),
+        "{health}"
+    );
+    // The check left nothing behind.
+    assert_eq!(off(move || b.keys()).await, Vec::<String>::new());
+}

@@ -583,3 +583,62 @@ async fn a_bucket_that_refuses_jpegs_is_refused_in_health_from_the_start() {
     assert!(stored(&fake).is_empty());
     assert_eq!(rows(&db), 0);
 }
+
+/// Private mode with Supabase: a page's URLs are signed in one request to the sign endpoint
+/// (its paths the page's photos and variants), the signed rendition is reused while fresh, and
+/// every URL handed out reads its object, which the public URL of the private bucket does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn private_mode_signs_each_page_in_one_request_and_its_urls_read_the_photos() {
+    let db = TestDb::new();
+    let fake = Arc::new(FakeStorage::default());
+    fake.private.store(true, Ordering::SeqCst);
+    let base = start_fake(fake.clone()).await;
+    let mut s = upload_settings(Some(&db.url), &std::env::temp_dir());
+    s.storage.backend = Some(StorageBackend::Supabase);
+    s.storage.supabase_url = Some(base.clone());
+    s.storage.supabase_key = Some(Secret::new(SERVICE_KEY));
+    s.storage.private = true;
+    s.storage.signed_url_secs = 600;
+    let app = TestApp::spawn(s).await;
+    for name in ["a.jpg", "b.jpg", "c.jpg"] {
+        let r = app.upload(name, jpeg(40, 30, None)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let url = r.json()["url"].as_str().unwrap().to_string();
+        assert!(
+            url.starts_with(&format!(
+                "{base}/storage/v1/object/sign/{BUCKET}/{name}?token="
+            )),
+            "{url}"
+        );
+    }
+    fake.sign_requests.lock().unwrap().clear();
+
+    let page = app.get("/api/images?limit=2").await;
+    let requests = fake.sign_requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1, "one request for the page: {requests:?}");
+    let mut paths = requests[0].clone();
+    paths.sort();
+    assert_eq!(paths, objects_of("", &["a.jpg", "b.jpg"]));
+    // The same page again: its signed rendition, no new request; another page: one more.
+    app.get("/api/images?limit=2").await;
+    app.get("/api/photos?limit=3").await;
+    assert_eq!(fake.sign_requests.lock().unwrap().len(), 2);
+
+    let agent = crate::helpers::agent();
+    for photo in page.json().as_array().unwrap() {
+        for field in ["url", "thumbnail_url", "medium_url"] {
+            let url = photo[field].as_str().unwrap();
+            let r = agent.get(url).call().unwrap();
+            assert_eq!(r.status(), 200, "{field}: {url}");
+        }
+        let public = format!(
+            "{base}/storage/v1/object/public/{BUCKET}/{}",
+            photo["filename"].as_str().unwrap()
+        );
+        assert_eq!(agent.get(&public).call().unwrap().status(), 400, "private");
+    }
+    let health = app.get("/api/health").await.json();
+    assert_eq!(health["storage_mode"], "private");
+    assert!(health.get("storage_warning").is_none(), "{health}");
+    assert!(fake.invalid_keys.lock().unwrap().is_empty());
+}

@@ -21,7 +21,7 @@ use crate::{
     http::state::AppState,
     model::{PageKey, Photo, Shape},
     read::cache::Page,
-    read::listing::{Busy, Source},
+    read::listing::{NotServed, Source},
 };
 
 pub struct ImagesApi {
@@ -204,11 +204,13 @@ pub(super) async fn reply(
     if_none_match: Option<&str>,
     accept_encoding: Option<&str>,
 ) -> Result<ListReply, ApiError<ListErrors>> {
-    let (page, source) = state
-        .listing
-        .page(key)
-        .await
-        .map_err(|Busy| ApiError::busy())?;
+    let (page, source) = state.listing.page(key).await.map_err(|e| match e {
+        NotServed::Busy => ApiError::busy(),
+        NotServed::Unsigned(e) => ApiError::new(
+            poem::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("Photos are private, and storage could not sign their URLs: {e}"),
+        ),
+    })?;
     Ok(render(
         state,
         key,

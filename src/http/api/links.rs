@@ -180,7 +180,7 @@ impl LinksApi {
             ));
         }
         let photo = session.finish().await?;
-        Ok(PhotoLink::from(&photo))
+        Ok(PhotoLink::from(&self.state.written_one(photo).await))
     }
 }
 

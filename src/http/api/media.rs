@@ -3,6 +3,10 @@
 //! Served by hand rather than with poem's `StaticFilesEndpoint`, which follows symbolic links
 //! out of the folder and answers `HEAD` with 405. Objects never change under a name (nothing is
 //! overwritten), so they may be cached for a year.
+//!
+//! In private mode (`storage.private`) only a signed URL is answered
+//! ([`crate::storage::signing`]): unsigned, forged and expired ones are 403 with JSON, before
+//! the file is looked for, and a good one may be cached only until it expires.
 
 use poem::{
     Body, IntoResponse, Request, Response, handler,
@@ -11,10 +15,16 @@ use poem::{
 };
 
 use super::error::ApiError;
-use crate::{blocking, storage::local::LocalStore};
+use crate::{
+    blocking,
+    storage::{
+        local::LocalStore,
+        signing::{UrlKey, unix_now},
+    },
+};
 
-/// The folder's store, for reading.
-pub struct Media(pub LocalStore);
+/// The folder's store, for reading, and in private mode the key its URLs are signed with.
+pub struct Media(pub LocalStore, pub Option<UrlKey>);
 
 #[handler]
 pub async fn media(
@@ -22,6 +32,15 @@ pub async fn media(
     Path(name): Path<String>,
     Data(media): Data<&std::sync::Arc<Media>>,
 ) -> Result<Response, ApiError> {
+    let mut cache_control = HeaderValue::from_static(crate::storage::IMMUTABLE);
+    if let Some(url_key) = &media.1 {
+        let now = unix_now();
+        let expires = url_key
+            .check(&name, req.uri().query(), now)
+            .map_err(|refused| ApiError::new(StatusCode::FORBIDDEN, refused.detail()))?;
+        cache_control = HeaderValue::from_str(&format!("private, max-age={}", expires - now))
+            .expect("digits are a header value");
+    }
     let media = media.clone();
     let key = name.clone();
     let opened = blocking::run(move || media.0.open_object(&key))
@@ -39,7 +58,7 @@ pub async fn media(
     let etag = format!("\"{:x}-{:x}\"", meta.len(), modified);
     let mut builder = Response::builder()
         .header(header::ETAG, &etag)
-        .header(header::CACHE_CONTROL, crate::storage::IMMUTABLE);
+        .header(header::CACHE_CONTROL, cache_control);
     let not_modified = req
         .headers()
         .get(header::IF_NONE_MATCH)

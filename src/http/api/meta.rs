@@ -41,6 +41,13 @@ pub struct Health {
     /// Why storage is not `ok`, when it is not.
     #[oai(skip_serializing_if_is_none)]
     pub storage_reason: Option<String>,
+    /// `public` (URLs are the objects' own), or `private` (every URL handed out is signed and
+    /// expires: `storage.private`).
+    pub storage_mode: String,
+    /// Private mode, but anyone can read the bucket's objects without a signature (checked at
+    /// start-up): private mode protects nothing until the bucket is made private.
+    #[oai(skip_serializing_if_is_none)]
+    pub storage_warning: Option<String>,
 }
 
 /// `GET /livez`.
@@ -113,6 +120,12 @@ impl MetaApi {
             self.state.store.recheck_in_background();
         }
         let (word, why) = state.word_and_reason();
+        let private = self.state.settings.storage.private;
+        let mode = if private { "private" } else { "public" };
+        let warning = (private && self.state.store.readable_anonymously() == Some(true)).then_some(
+            "anyone can read this bucket's objects without a signature: private mode protects \
+             nothing until the bucket is made private",
+        );
         let health = |database: &str, reason: Option<String>, busy: Option<bool>| {
             Json(Health {
                 message: "server active".into(),
@@ -121,6 +134,8 @@ impl MetaApi {
                 busy,
                 storage: word.into(),
                 storage_reason: why.map(str::to_string),
+                storage_mode: mode.into(),
+                storage_warning: warning.map(str::to_string),
             })
         };
         let Some(db) = &self.state.db else {

@@ -156,7 +156,14 @@ impl PhotosApi {
         _key: AdminKey,
         id: Path<i32>,
     ) -> Result<Json<Photo>, ApiError<PhotoErrors>> {
-        Ok(Json(self.state.manager.photo(id.0).await?))
+        let photo = self.state.manager.photo(id.0).await?;
+        let signed = self.state.signed(vec![photo]).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Photos are private, and storage could not sign their URLs: {e}"),
+            )
+        })?;
+        Ok(Json(signed.into_iter().next().expect("one in, one out")))
     }
 
     /// Change a photo's category
@@ -174,7 +181,8 @@ impl PhotosApi {
         change: ChangeBody,
     ) -> Result<Json<Photo>, ApiError<ChangeErrors>> {
         let category = &change.category;
-        Ok(Json(self.state.manager.set_category(id.0, category).await?))
+        let photo = self.state.manager.set_category(id.0, category).await?;
+        Ok(Json(self.state.written_one(photo).await))
     }
 
     /// Delete a photo

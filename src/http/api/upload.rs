@@ -268,7 +268,10 @@ impl UploadApi {
                 _ => body.skip(field).await.map_err(ApiError::retag)?,
             }
         }
-        Ok(UploadReply::Created(Json(session.finish().await?)))
+        let photo = session.finish().await?;
+        Ok(UploadReply::Created(Json(
+            self.state.written_one(photo).await,
+        )))
     }
 
     /// Upload many photos
@@ -312,7 +315,9 @@ impl UploadApi {
                 return cut_short(session.abort(e.detail()).await, e);
             }
         }
-        Ok(BatchReply::Ok(Json(session.finish().await?)))
+        let mut report = session.finish().await?;
+        report.uploaded = self.state.written(report.uploaded).await;
+        Ok(BatchReply::Ok(Json(report)))
     }
 }
 
