@@ -49,7 +49,7 @@ def wrk(path):
     return r
 
 
-NOT_WRK = ("env", "rss", "upload", "storm", "original")
+NOT_WRK = ("env", "rss", "upload", "storm", "original", "signing")
 
 
 def wrk_runs(raw):
@@ -262,6 +262,7 @@ def main():
     up = kv(raw / "upload.txt")
     storm = kv(raw / "storm.txt")
     ours, vips, img_batch = kv(raw / "image_pipeline.txt"), kv(raw / "image_vips.txt"), kv(raw / "image_batch.txt")
+    signing = kv(raw / "signing.txt")
     img_ratio = float(vips["wall_median_s"]) / float(ours["wall_median_s"])
     two_growth_mib = int(ours["two_at_once_growth_kib"]) / 1024
 
@@ -287,6 +288,8 @@ def main():
             problems.append(f"image batch: {img_batch}")
         if ours.get("photo") != "2560x1707":
             problems.append(f"image pipeline: {ours}")
+        if signing.get("urls") != "300" or not all(f"{b}_page_us" in signing for b in ("s3", "local")):
+            problems.append(f"signing: {signing}")
         c = comparison(raw)
         for key, _, per in c["scenarios"]:
             if not per["ours"]:
@@ -396,6 +399,21 @@ def main():
         f"The cached listing on the same server answered {runs['images_before']['rps']:,.0f} req/s before the "
         f"batch and {runs['images_during']['rps']:,.0f} req/s during it (p99 {runs['images_before']['p99']:.2f} → "
         f"{runs['images_during']['p99']:.2f} ms; each upload invalidates the cached pages).",
+        "",
+        "## Private mode: signing a page",
+        "",
+        f"`bench/signing.rs`: a page of {signing['photos']} photos, {signing['urls']} URLs (each photo and its "
+        f"two variants), median of {signing['runs']} runs. Signed once per page per quarter of "
+        "`storage.signed_url_secs` (15 min by default), not per request.",
+        "",
+        "| backend | the store signs 300 URLs | the page: rows signed and serialised |",
+        "|---|---:|---:|",
+        f"| S3 (SigV4 query signing, local) | {float(signing['s3_sign_us']) / 1000:.2f} ms | "
+        f"{float(signing['s3_page_us']) / 1000:.2f} ms |",
+        f"| local `/media` (HMAC-SHA256) | {float(signing['local_sign_us']) / 1000:.2f} ms | "
+        f"{float(signing['local_page_us']) / 1000:.2f} ms |",
+        "",
+        "Supabase signs a page with one request to its sign endpoint: its cost is that round trip.",
         "",
         "## Targets",
         "",

@@ -17,10 +17,10 @@ ROOT=$PWD
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-  DUR=1s; ROWS_SMALL=2000; ROWS_BIG=20000; BATCH=5; STORM=300; IMG_RUNS=1; IMG_BATCH=3
+  DUR=1s; ROWS_SMALL=2000; ROWS_BIG=20000; BATCH=5; STORM=300; IMG_RUNS=1; IMG_BATCH=3; SIGN_RUNS=20
   PROBE_DUR=1s; ORIG_WORKERS="2"; ROUNDS=${ROUNDS:-1}; CMP_BATCH=3; CMP_SINGLES=3
 else
-  DUR=10s; ROWS_SMALL=10000; ROWS_BIG=1000000; BATCH=100; STORM=5000; IMG_RUNS=5; IMG_BATCH=20
+  DUR=10s; ROWS_SMALL=10000; ROWS_BIG=1000000; BATCH=100; STORM=5000; IMG_RUNS=5; IMG_BATCH=20; SIGN_RUNS=500
   PROBE_DUR=5s; ORIG_WORKERS="2 4 8"; ROUNDS=${ROUNDS:-3}; CMP_BATCH=20; CMP_SINGLES=20
 fi
 DELAY_MS=${DELAY_MS:-20}       # each way, for the remote-database scenario
@@ -80,7 +80,7 @@ fi
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 
 log "building the release binary"
-cargo build --release --locked --bins --example pipeline 2>&1 | tail -1
+cargo build --release --locked --bins --example pipeline --example signing 2>&1 | tail -1
 BIN=$ROOT/target/release/portfolio-server
 
 # --- a throwaway PostgreSQL ---------------------------------------------------------------
@@ -502,6 +502,10 @@ print(f"files={n} uploaded={len(report['uploaded'])} failed={len(report['failed'
 print(f"wall_s={t1 - t0:.2f} photos_per_s={n / (t1 - t0):.2f} base_rss_kib={base} peak_rss_kib={peak} growth_kib={peak - base}")
 PY
 cat "$RAW/image_batch.txt" >&2
+
+log "10. private mode: signing a page of 100 photos (300 URLs), S3 and local"
+"$ROOT/target/release/examples/signing" "$SIGN_RUNS" >"$RAW/signing.txt"
+cat "$RAW/signing.txt" >&2
 
 log "8. connection storm: $STORM keep-alive connections, RSS before, during, 10 s after"
 P_STORM=$(free_port)
