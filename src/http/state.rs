@@ -156,7 +156,7 @@ impl AppState {
             // No copy of a page outlives its signatures in a browser or a CDN either.
             http_max_age = http_max_age.min(signer.page_life().as_secs());
             tracing::info!(
-                signed_url_secs = signer.lifetime().as_secs(),
+                signed_url_secs = settings.storage.signed_url_secs,
                 "storage is private: every URL handed out is signed, and pages are signed again \
                  after a quarter of that"
             );

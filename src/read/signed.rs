@@ -36,11 +36,6 @@ impl Signer {
         }
     }
 
-    /// How long a signed URL works.
-    pub fn lifetime(&self) -> Duration {
-        self.lifetime
-    }
-
     /// How long a signed page is sent: a quarter of the URLs' lifetime, so every URL handed out
     /// has at least three quarters of it left.
     pub fn page_life(&self) -> Duration {

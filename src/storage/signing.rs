@@ -134,8 +134,9 @@ impl UrlKey {
                 _ => {}
             }
         }
+        // Digits only: `parse` would also take a sign (`+1000`), another spelling of one URL.
         let expires: u64 = expires
-            .filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|e| e.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|e| e.parse().ok())
             .ok_or(Refused::Unsigned)?;
         let signature = signature
@@ -247,6 +248,7 @@ mod tests {
             Some(&format!("expires=&signature={sig}")[..]),
             Some(&format!("expires=-5&signature={sig}")[..]),
             Some(&format!("expires=1e3&signature={sig}")[..]),
+            Some(&format!("expires=+1000&signature={sig}")[..]),
             Some("expires=1000&signature="),
             Some("expires=1000&signature=abc"),
             Some("expires=1000&signature=zz"),
@@ -281,6 +283,42 @@ mod tests {
         assert!(UrlKey::kept_in(&path).is_err());
         std::fs::write(&path, "abcd").unwrap(); // too short
         assert!(UrlKey::kept_in(&path).is_err());
+    }
+
+    #[test]
+    fn an_empty_key_setting_is_no_key_and_an_unreadable_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = crate::config::Settings::default().storage;
+        s.signing_key_path = dir.path().join("signing-key");
+        s.signing_key = Some(crate::config::Secret::new(""));
+        let made = UrlKey::from_settings(&s).unwrap();
+        assert_eq!(
+            made.0.len(),
+            MADE_KEY_BYTES,
+            "the file's key, not the empty one"
+        );
+        assert!(s.signing_key_path.exists());
+        s.signing_key = Some(crate::config::Secret::new("set"));
+        assert_eq!(UrlKey::from_settings(&s).unwrap().0, b"set");
+        // A path that cannot be read (a folder) is an error, never a new key over it.
+        let e = UrlKey::kept_in(dir.path()).unwrap_err();
+        assert_ne!(e.kind(), io::ErrorKind::NotFound);
+        // Its Debug shows nothing of the secret.
+        assert_eq!(format!("{made:?}"), "UrlKey(..)");
+    }
+
+    #[test]
+    fn a_key_file_another_process_made_first_is_kept_and_other_failures_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing-key");
+        std::fs::write(&path, "first").unwrap();
+        write_private(&path, "second").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first");
+        // A name the file system refuses (too long): an error, and nothing left behind.
+        let long = dir.path().join(format!("k.{}", "x".repeat(300)));
+        assert!(write_private(&long, "key").is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 
     #[test]

@@ -481,6 +481,17 @@ async fn media_serves_stored_photos_with_head_and_etags_and_never_follows_symlin
         .await;
     assert_eq!(again.status, StatusCode::NOT_MODIFIED);
     assert!(again.body.is_empty());
+    // `*` matches any stored object; another tag does not.
+    for (tag, status) in [
+        ("*", StatusCode::NOT_MODIFIED),
+        ("\"other\"", StatusCode::OK),
+        (&format!("\"x\", {etag}")[..], StatusCode::NOT_MODIFIED),
+    ] {
+        let r = app
+            .request("/media/photo.jpg", &[("if-none-match", tag)])
+            .await;
+        assert_eq!(r.status, status, "{tag}");
+    }
 
     let head = TestApp::reply_of(app.client.head("/media/photo.jpg").send().await.0).await;
     assert_eq!(head.status, StatusCode::OK);

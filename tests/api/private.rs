@@ -174,6 +174,22 @@ async fn every_url_handed_out_is_fresh_and_works_also_during_an_outage() {
         etags.len() >= 2,
         "the page was signed again, and its ETag changed: {etags:?}"
     );
+    // A freshly signed page is ready for the fast path at once; once it has served its time it
+    // is not, and the next request signs it again.
+    let key = portfolio_server::model::PageKey::parse(Some(7), None, None, None).unwrap();
+    app.get("/api/images?limit=7").await;
+    assert!(
+        app.state.listing.ready(&key).await.is_some(),
+        "a fresh page is ready"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while app.state.listing.ready(&key).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "a page past its time is still ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let fresh = app.get("/api/images").await;
     for url in urls_of(&fresh, "medium_url") {
         assert_eq!(
