@@ -250,6 +250,9 @@ impl AppState {
     /// here: if storage cannot sign their URLs, they are handed out as stored (and it is
     /// logged), rather than answering an error that would have the client write again.
     pub async fn written(&self, photos: Vec<Photo>) -> Vec<Photo> {
+        if self.listing.signer().is_none() {
+            return photos; // public: nothing to sign, and no copy to keep
+        }
         match self.signed(photos.clone()).await {
             Ok(signed) => signed,
             Err(e) => {
