@@ -252,20 +252,26 @@
         el('progress', { max: 1, value: 0 }),
         el('span', { class: 'status' }, 'Checking…'));
       list.append(row);
-      const item = { file, name: file.name, row, state: 'queued', loaded: 0, xhr: null, go: false };
+      // `checking` until its first bytes are read: Upload pressed meanwhile marks it to go, and
+      // it goes once it has passed.
+      const item = {
+        file, name: file.name, row, state: 'queued', loaded: 0, xhr: null, go: false, checking: true,
+      };
       uploads.push(item);
       return item;
     });
     $('#clear-uploads').hidden = false;
     await Promise.all(added.map(async (item) => {
       const problem = await jpegProblem(item.file);
+      item.checking = false;
       if (problem) {
         item.refused = true;
         setState(item, 'failed', problem, false);
       } else {
-        setState(item, 'queued', 'Ready: press Upload');
+        setState(item, 'queued', item.go ? 'Waiting to upload' : 'Ready: press Upload');
       }
     }));
+    pump();
   }
 
   function startUploads() {
@@ -273,14 +279,14 @@
     for (const item of waiting) {
       item.go = true;
       item.category = $('#category').value.trim();
-      setState(item, 'queued', 'Waiting to upload');
+      if (!item.checking) setState(item, 'queued', 'Waiting to upload');
     }
     pump();
   }
 
   function pump() {
     while (inFlight < IN_FLIGHT) {
-      const next = uploads.find((u) => u.state === 'queued' && u.go);
+      const next = uploads.find((u) => u.state === 'queued' && u.go && !u.checking);
       if (!next) break;
       send(next);
     }
