@@ -314,6 +314,9 @@ async fn download(
         ("public", Some((b, k))) => (format!("{b}/{k}"), true),
         _ => (format!("{bucket}/{key}"), false),
     };
+    // A private bucket's public read: refused (the notes do not record the exact answer; a
+    // 400 here, which the product never reads: only the anonymous-read check looks at it, and
+    // takes anything but a 2xx as refused).
     if public && fake.private.load(Ordering::SeqCst) {
         return error(
             "400",
