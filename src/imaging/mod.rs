@@ -139,7 +139,7 @@ pub fn image_end(bytes: &[u8]) -> Option<usize> {
     }
     // Entropy-coded data, and whatever segments come between scans.
     loop {
-        let ff = i + bytes.get(i..)?.iter().position(|&b| b == 0xFF)?;
+        let ff = i + memchr::memchr(0xFF, bytes.get(i..)?)?;
         match *bytes.get(ff + 1)? {
             0x00 | 0x01 | 0xD0..=0xD7 => i = ff + 2,
             0xFF => i = ff + 1,
@@ -254,6 +254,40 @@ pub(crate) mod tests {
         early.extend_from_slice(&[0xFF, 0xD9, 0x00, 0x04, 0xAB, 0xCD]);
         early.extend_from_slice(&plain[2..]);
         assert_eq!(image_end(&early), None);
+    }
+
+    #[test]
+    fn an_end_marker_inside_a_segment_or_after_fill_bytes_is_read_as_the_spec_says() {
+        let plain = jpeg(16, 16, None);
+        let (body, eoi) = plain.split_at(plain.len() - 2);
+        assert_eq!(eoi, [0xFF, 0xD9]);
+        let with = |before_eoi: &[u8]| [body, before_eoi, eoi].concat();
+
+        // Fill bytes before the end marker.
+        let filled = with(&[0xFF, 0xFF]);
+        assert_eq!(image_end(&filled), Some(filled.len()));
+
+        // A table segment between two scans whose contents end in FF D9, then a second scan:
+        // the segment is stepped over by its length, so the end is the last marker.
+        let second_scan = [
+            &[0xFF, 0xC4, 0x00, 0x06, 0xAA, 0xBB, 0xFF, 0xD9][..], // DHT, 4 bytes of contents
+            &[0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x3F, 0x00], // SOS, 1 component
+            &[0x12, 0x34, 0xFF, 0x00, 0x56],                       // data, a stuffed FF
+        ]
+        .concat();
+        let progressive = with(&second_scan);
+        assert_eq!(image_end(&progressive), Some(progressive.len()));
+        // And with the end marker straight after such a segment.
+        let table_last = with(&second_scan[..8]);
+        assert_eq!(image_end(&table_last), Some(table_last.len()));
+
+        // The same inside a comment just before the first scan's header.
+        let sos = plain.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        let mut comment = vec![0xFF, 0xFE, 0x00, 32];
+        comment.extend_from_slice(&[0x20; 28]);
+        comment.extend_from_slice(&[0xFF, 0xD9]);
+        let commented = [&plain[..sos], &comment, &plain[sos..]].concat();
+        assert_eq!(image_end(&commented), Some(commented.len()));
     }
 
     #[test]
