@@ -52,6 +52,24 @@ def wrk(path):
 NOT_WRK = ("env", "rss", "upload", "storm", "original", "signing")
 
 
+def memory_parts(rss, rows):
+    """What the loaded RSS is made of (`bench/smaps.py`), and what the copy of the table adds."""
+    mib = lambda prefix, *keys: sum(int(rss[f"{prefix}_{k}_kib"]) for k in keys) / 1024
+    program = mib("loaded", "binary_code", "binary_rodata", "binary_data", "libraries")
+    heap = mib("loaded", "malloc_main", "malloc_threads", "other_anon")
+    copy = mib("loaded", "total") - mib("nocopy", "total")
+    return (
+        f"Of that, {program:.1f} MiB is the program itself, paged in from its file "
+        f"({mib('loaded', 'binary_code'):.1f} code, {mib('loaded', 'binary_rodata'):.1f} constants and "
+        f"embedded assets, {mib('loaded', 'libraries'):.1f} glibc), "
+        f"{heap:.1f} MiB is allocated memory ({mib('loaded', 'malloc_main', 'malloc_threads'):.1f} in "
+        f"malloc's arenas, {mib('loaded', 'other_anon'):.1f} in blocks mapped on their own) and "
+        f"{mib('loaded', 'stacks'):.1f} MiB thread stacks (`bench/smaps.py`). The same load on a "
+        f"server without the copy of the table kept for outages ended at "
+        f"{mib('nocopy', 'total'):.1f} MiB: the copy of {rows:,} rows costs {copy:.1f} MiB."
+    )
+
+
 def wrk_runs(raw):
     """Every wrk output in RAW_DIR, by name."""
     return {p.stem: wrk_load(p) for p in Path(raw).glob("*.txt")
@@ -368,7 +386,8 @@ def main():
         row("database stopped: rotating pages (stale or embedded)", "outage"),
         "",
         f"Memory: the cached server used {int(rss['idle_rss_kib']) / 1024:.1f} MiB RSS idle, "
-        f"{loaded_mib:.1f} MiB at the end of scenario 1 (peak {peak_mib:.1f} MiB).",
+        f"{loaded_mib:.1f} MiB at the end of scenario 1 (peak {peak_mib:.1f} MiB). "
+        + memory_parts(rss, int(env["rows_small"])),
         f"Batch upload: {up['files']} JPEGs of {mb:.1f} MB ({int(up['files']) * mb:.0f} MB) in one "
         f"`/api/upload-batch` request to the local backend took {float(up['wall_s']):.1f} s "
         f"({up['uploaded']} uploaded, {up['skipped']} skipped, {up['failed']} failed); "

@@ -196,6 +196,14 @@ run_wrk root "http://127.0.0.1:$P_CACHED/" EXPECT_FILE="$WORK/root.json"
 run_wrk cached "http://127.0.0.1:$P_CACHED$PAGE" EXPECT_FILE="$WORK/page.json"
 echo "loaded_rss_kib=$(rss_kib "$PID_CACHED")" >>"$RAW/rss.txt"
 echo "peak_rss_kib=$(hwm_kib "$PID_CACHED")" >>"$RAW/rss.txt"
+# What that RSS is made of (bench/smaps.py), and the same load on a server without the copy of
+# the table kept for outages, the one part that grows with the table.
+python3 "$ROOT/bench/smaps.py" "$PID_CACHED" | sed 's/^/loaded_/' >>"$RAW/rss.txt"
+P_NOCOPY=$(free_port)
+start_server nocopy "$P_NOCOPY" "$URL_SMALL" APP_CACHE__COPY_MAX_ROWS=0
+run_wrk cached_nocopy "http://127.0.0.1:$P_NOCOPY$PAGE" EXPECT_FILE="$WORK/page.json"
+python3 "$ROOT/bench/smaps.py" "$PID_nocopy" | sed 's/^/nocopy_/' >>"$RAW/rss.txt"
+stop nocopy
 
 log "2. nginx serving the same bytes"
 mkdir -p "$WORK/www/api" "$WORK/nginx"
