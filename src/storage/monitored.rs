@@ -47,6 +47,13 @@ impl StorageState {
         }
     }
 
+    fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            StorageState::Refused(_) | StorageState::Unreachable(_) | StorageState::Failing(_)
+        )
+    }
+
     /// The state a write's outcome (or a check's) shows, or None when it says nothing about
     /// the store as a whole (one object refused).
     fn after_write<T>(result: &Result<T, StorageError>) -> Option<StorageState> {
@@ -146,8 +153,12 @@ impl Monitored {
         (g.0.clone(), g.1.elapsed())
     }
 
+    /// Records what a call that began at `started` found. A success does not replace a failure
+    /// learnt while it was under way: that failure came from a concurrent call (an upload's
+    /// other variant, written at the same time), and the success says nothing about it.
     fn record<T>(
         &self,
+        started: Instant,
         result: Result<T, StorageError>,
         judge: fn(&Result<T, StorageError>) -> Option<StorageState>,
     ) -> Result<T, StorageError> {
@@ -157,7 +168,11 @@ impl Monitored {
             errors.inc();
         }
         if let Some(state) = judge(&result) {
-            self.set(state);
+            let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let failed_meanwhile = g.0.is_failure() && g.1 > started;
+            if !(state == StorageState::Ok && failed_meanwhile) {
+                *g = (state, Instant::now());
+            }
         }
         result
     }
@@ -174,22 +189,32 @@ impl Monitored {
 
 impl ObjectStore for Monitored {
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
-        self.record(self.inner.put_new(key, bytes), StorageState::after_write)
+        let started = Instant::now();
+        self.record(
+            started,
+            self.inner.put_new(key, bytes),
+            StorageState::after_write,
+        )
     }
     fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.record(self.inner.delete(key), StorageState::after_read)
+        let started = Instant::now();
+        self.record(started, self.inner.delete(key), StorageState::after_read)
     }
     fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        self.record(self.inner.exists(key), StorageState::after_read)
+        let started = Instant::now();
+        self.record(started, self.inner.exists(key), StorageState::after_read)
     }
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.record(self.inner.get(key), StorageState::after_read)
+        let started = Instant::now();
+        self.record(started, self.inner.get(key), StorageState::after_read)
     }
     fn public_url(&self, key: &str) -> String {
         self.inner.public_url(key)
     }
     fn signed_urls(&self, keys: &[&str], lifetime: Duration) -> Result<Vec<String>, StorageError> {
+        let started = Instant::now();
         self.record(
+            started,
             self.inner.signed_urls(keys, lifetime),
             StorageState::after_read,
         )
@@ -217,7 +242,8 @@ impl ObjectStore for Monitored {
         self.inner.describe()
     }
     fn list(&self, progress: &mut dyn FnMut(usize)) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.record(self.inner.list(progress), StorageState::after_read)
+        let started = Instant::now();
+        self.record(started, self.inner.list(progress), StorageState::after_read)
     }
 }
 
@@ -282,6 +308,41 @@ mod tests {
             "{word}{}",
             reason.map(|r| format!(": {r}")).unwrap_or_default()
         )
+    }
+
+    #[test]
+    fn a_success_does_not_hide_a_failure_learnt_while_it_was_under_way() {
+        let inner = Arc::new(Scripted::default());
+        let m = Monitored::new(inner.clone());
+        let put = |r: Result<Put, StorageError>| *inner.put.lock().unwrap() = Some(r);
+        // An upload's two variants written at once: the thumb's write starts first, the medium's
+        // fails (the disk is full), then the thumb's answers that it was stored.
+        let thumb_started = Instant::now();
+        while Instant::now() == thumb_started {}
+        put(Err(StorageError::Io(std::io::Error::from_raw_os_error(28))));
+        assert!(m.put_new("medium--a.jpg", b"").is_err());
+        let failing = word(&m);
+        assert!(failing.starts_with("failing: "), "{failing}");
+        let _ = m.record(thumb_started, Ok(Put::Created), StorageState::after_write);
+        assert_eq!(
+            word(&m),
+            failing,
+            "the thumb's success says nothing about the disk"
+        );
+        // A failure is news whenever it comes, and a write begun after the failure was learnt
+        // shows that storage works again.
+        put(Err(rejected(403)));
+        assert!(m.put_new("b.jpg", b"").is_err());
+        assert_eq!(word(&m), "refused: said 403");
+        put(Ok(Put::Created));
+        m.put_new("c.jpg", b"").unwrap();
+        assert_eq!(word(&m), "ok");
+        // A success begun before a success is no news either way.
+        let started = Instant::now();
+        put(Ok(Put::Created));
+        m.put_new("d.jpg", b"").unwrap();
+        let _ = m.record(started, Ok(Put::Created), StorageState::after_write);
+        assert_eq!(word(&m), "ok");
     }
 
     #[test]

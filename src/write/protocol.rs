@@ -1,6 +1,7 @@
 //! The write protocol: how a validated photo and its variants are stored so that it is never
 //! lost, never overwrites or deletes another request's photo, and never leaves an object without
-//! a row. All on one blocking thread with one pooled connection:
+//! a row. All on one blocking thread with one pooled connection (the variants are stored at
+//! once, from threads of their own):
 //! 1. `BEGIN`; `INSERT` the row. Its trigger claims the lower-cased name in `photograph_names`
 //!    (migration 0002). A concurrent upload of the same name blocks on that claim until this
 //!    transaction ends, then fails with a unique violation: 409.
@@ -140,19 +141,32 @@ pub(crate) fn write(
         }
     }
     let mut created = vec![name];
-    for (_, key, bytes) in &variants {
-        match put_variant(store, key, bytes) {
+    let mut failed: Option<VariantError> = None;
+    let mut may_still_land = false;
+    let mut occupied: Vec<String> = Vec::new();
+    for ((_, key, _), result) in variants.iter().zip(put_variants(store, &variants)) {
+        match result {
             Ok(true) => created.push(key),
             Ok(false) => {}
-            Err(VariantError::Storage(e)) => {
-                abandon(store, journal, entry, &created, outcome_unknown(&e));
-                return Err(e.into());
-            }
-            Err(VariantError::Occupied(key)) => {
-                abandon(store, journal, entry, &created, false);
-                return Err(UploadError::Occupied(key).into());
+            Err(e) => {
+                match &e {
+                    VariantError::Storage(e) => may_still_land |= outcome_unknown(e),
+                    VariantError::Occupied(key) => occupied.push(key.clone()),
+                }
+                failed.get_or_insert(e);
             }
         }
+    }
+    if let Some(e) = failed {
+        // An object found at a variant's key was not written by this upload: the resolver must
+        // never delete it, even while it settles the other variant's unknown outcome.
+        let mut entry = entry;
+        entry.also.retain(|key| !occupied.contains(key));
+        abandon(store, journal, entry, &created, may_still_land);
+        return Err(match e {
+            VariantError::Storage(e) => e.into(),
+            VariantError::Occupied(key) => UploadError::Occupied(key).into(),
+        });
     }
     if let Err(error) = tx.commit() {
         return Err(WriteFailure::CommitUncertain {
@@ -173,6 +187,37 @@ pub(crate) fn write(
         medium_url,
         placeholder: Some(preview.placeholder.clone()),
         color: Some(preview.color.clone()),
+    })
+}
+
+/// Stores every variant at once, each but the first on a thread of its own, so that a store
+/// far away costs one round trip for all of them rather than one each. The results are in the
+/// order of `variants`; every put has finished (or failed) when this returns.
+fn put_variants(
+    store: &dyn ObjectStore,
+    variants: &[(Variant, String, &[u8])],
+) -> Vec<Result<bool, VariantError>> {
+    let Some(((_, first_key, first_bytes), rest)) = variants.split_first() else {
+        return Vec::new();
+    };
+    let span = tracing::Span::current(); // the request's, for the threads' log lines
+    std::thread::scope(|s| {
+        let others: Vec<_> = rest
+            .iter()
+            .map(|(_, key, bytes)| {
+                let span = span.clone();
+                s.spawn(move || span.in_scope(|| put_variant(store, key, bytes)))
+            })
+            .collect();
+        let mut results = vec![put_variant(store, first_key, first_bytes)];
+        for other in others {
+            results.push(
+                other
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        results
     })
 }
 

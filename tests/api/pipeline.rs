@@ -621,3 +621,102 @@ async fn a_full_disk_shows_in_health_after_the_failed_upload_cleans_up() {
         "{h}"
     );
 }
+
+/// A local store whose variant writes each wait, up to `patience`, until every variant of the
+/// upload is being written: a store that writes them one after another never gets past the
+/// first. `medium_fails` refuses the medium variant's write as a lost connection would.
+struct Rendezvous {
+    inner: LocalStore,
+    waiting: std::sync::Mutex<usize>,
+    arrived: std::sync::Condvar,
+    patience: Duration,
+    medium_fails: bool,
+}
+
+impl Rendezvous {
+    fn new(dir: &std::path::Path, medium_fails: bool) -> Rendezvous {
+        Rendezvous {
+            inner: LocalStore::new(dir, "http://media.test/media"),
+            waiting: std::sync::Mutex::new(0),
+            arrived: std::sync::Condvar::new(),
+            patience: Duration::from_secs(5),
+            medium_fails,
+        }
+    }
+}
+
+impl ObjectStore for Rendezvous {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+        if key.contains("--") {
+            let mut waiting = self.waiting.lock().unwrap();
+            *waiting += 1;
+            self.arrived.notify_all();
+            let (waiting, timeout) = self
+                .arrived
+                .wait_timeout_while(waiting, self.patience, |n| *n < 2)
+                .unwrap();
+            drop(waiting);
+            if timeout.timed_out() {
+                return Err(StorageError::Rejected {
+                    status: 400,
+                    message: format!("{key}: written alone (injected)"),
+                });
+            }
+            if self.medium_fails && key.starts_with("medium--") {
+                return Err(StorageError::Unavailable(
+                    "connection reset (injected)".into(),
+                ));
+            }
+        }
+        self.inner.put_new(key, bytes)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key)
+    }
+    fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        self.inner.exists(key)
+    }
+    fn public_url(&self, key: &str) -> String {
+        self.inner.public_url(key)
+    }
+}
+
+/// The two variants go to the store at once (one round trip to a distant store, not two).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_variants_are_written_at_once() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let store = Arc::new(Rendezvous::new(media.path(), false));
+    let app = TestApp::spawn_with_store(upload_settings(Some(&db.url), media.path()), store).await;
+    let r = app.upload("both.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(files_in(media.path()), objects_of("", &["both.jpg"]));
+    assert_eq!(row_count(&db), "1");
+}
+
+/// One variant's key holds an object this server did not write while the other's write fails
+/// with an unknown outcome: the upload is refused, the photo is removed, and the resolver, which
+/// settles the unknown write, leaves the foreign object alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_object_at_one_variant_key_survives_the_other_variants_unknown_failure() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let foreign = b"not a variant of ours".to_vec();
+    std::fs::write(media.path().join("thumb--mixed.jpg"), &foreign).unwrap();
+    let store = Arc::new(Rendezvous::new(media.path(), true));
+    let app = TestApp::spawn_with_store(upload_settings(Some(&db.url), media.path()), store).await;
+    let r = app.upload("mixed.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("thumb--mixed.jpg"), "{}", r.text());
+    assert!(
+        eventually(10, || app.state.cleanup.pending() == 0).await,
+        "the resolver settled the medium's unknown write"
+    );
+    assert_eq!(files_in(media.path()), ["thumb--mixed.jpg"]);
+    assert_eq!(
+        std::fs::read(media.path().join("thumb--mixed.jpg")).unwrap(),
+        foreign
+    );
+    assert_eq!(row_count(&db), "0");
+}
