@@ -724,6 +724,97 @@ fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Err
         .collect()
 }
 
+/// Every setting this server reads that names no key of it, one line each for the log: a
+/// misspelt key in `Config.toml`, or an `APP_*` variable in `.env` or the environment, which
+/// figment would otherwise ignore without a word (`APP_STORAGE__PRIVAT=true` leaves a bucket
+/// public). Each line names where the setting was found and the nearest real key, if one is
+/// close.
+pub fn unknown_settings(dir: &Path) -> Vec<String> {
+    let known = known_keys();
+    let mut found = Vec::new();
+    let toml = dir.join("Config.toml");
+    if let Ok(data) = Toml::file_exact(&toml).data()
+        && let Some(dict) = data.get(&Profile::Default)
+    {
+        for path in leaf_paths("", dict) {
+            if !known.contains(&path) {
+                found.push(format!(
+                    "{}: `{path}` is not a setting and is ignored{}",
+                    toml.display(),
+                    nearest(&path, &known, |k| format!("`{k}`")),
+                ));
+            }
+        }
+    }
+    let dotenv = dir.join(".env");
+    let sources = [
+        (
+            format!("{}", dotenv.display()),
+            Verbatim::dotenv(&dotenv).ok(),
+        ),
+        ("the environment".to_string(), Some(Verbatim::environment())),
+    ];
+    for (source, pairs) in sources {
+        for (path, _) in pairs.map(|v| v.pairs).unwrap_or_default() {
+            let path = path.to_ascii_lowercase();
+            if !known.contains(&path) {
+                found.push(format!(
+                    "{} (in {source}) is not a setting and is ignored{}",
+                    variable_of(&path),
+                    nearest(&path, &known, variable_of),
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// `section.key` for every setting, from the defaults.
+fn known_keys() -> Vec<String> {
+    let defaults = serde_json::to_value(Settings::default()).expect("settings serialise");
+    let mut keys = Vec::new();
+    for (section, fields) in defaults.as_object().into_iter().flatten() {
+        for key in fields.as_object().into_iter().flat_map(|f| f.keys()) {
+            keys.push(format!("{section}.{key}"));
+        }
+    }
+    keys
+}
+
+/// The dotted path of every value in a TOML document that is not a table.
+fn leaf_paths(prefix: &str, dict: &Dict) -> Vec<String> {
+    let mut paths = Vec::new();
+    for (key, value) in dict {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            Value::Dict(_, inner) => paths.extend(leaf_paths(&path, inner)),
+            _ => paths.push(path),
+        }
+    }
+    paths
+}
+
+/// The `APP_*` variable that sets `path`.
+fn variable_of(path: &str) -> String {
+    format!("APP_{}", path.replace('.', "__").to_ascii_uppercase())
+}
+
+/// `; did you mean …?` for the known key closest to `path`, if it is at most two edits away
+/// (a letter missing, added, changed, or two swapped).
+fn nearest(path: &str, known: &[String], show: impl Fn(&str) -> String) -> String {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(path, k), k))
+        .filter(|(edits, _)| *edits <= 2)
+        .min_by_key(|(edits, _)| *edits)
+        .map(|(_, k)| format!("; did you mean {}?", show(k)))
+        .unwrap_or_default()
+}
+
 /// Maps an environment variable name to a settings key path, or None if it is not ours.
 fn key_for_var(name: &UncasedStr) -> Option<Uncased<'static>> {
     if let Some((_, key)) = LEGACY.iter().find(|(n, _)| *n == name.as_str()) {
@@ -872,6 +963,64 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn misspelt_settings_are_named_with_where_they_were_found_and_the_nearest_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "Config.toml",
+                "[storage]\nprivat = true\nprivate = false\n[sever]\nport = 1\n\
+                 [cache.extra]\nttl_secs = 5\n",
+            )?;
+            jail.create_file(
+                ".env",
+                "APP_CACHE__TTL_SEC=6\nAPP_CACHE__TTL_SECS=6\nPORT=1\n",
+            )?;
+            jail.set_env("APP_STORAGE__PRIVAT", "true");
+            jail.set_env("APP_PORT_8080_TCP", "tcp://10.0.0.1:8080"); // a Kubernetes service "app"
+            jail.set_env("APP_SERVER__PORT", "9000");
+            jail.set_env("DATABASE_URL", "postgres://db/x");
+            jail.set_env("app_storage__privat", "true"); // not ours: the prefix is upper case
+            let toml = jail.directory().join("Config.toml").display().to_string();
+            let dotenv = jail.directory().join(".env").display().to_string();
+            let mut found = unknown_settings(jail.directory());
+            found.sort();
+            let mut want = vec![
+                format!(
+                    "{toml}: `storage.privat` is not a setting and is ignored; did you mean \
+                     `storage.private`?"
+                ),
+                format!(
+                    "{toml}: `sever.port` is not a setting and is ignored; did you mean `server.port`?"
+                ),
+                format!("{toml}: `cache.extra.ttl_secs` is not a setting and is ignored"),
+                format!(
+                    "APP_CACHE__TTL_SEC (in {dotenv}) is not a setting and is ignored; did you \
+                     mean APP_CACHE__TTL_SECS?"
+                ),
+                "APP_STORAGE__PRIVAT (in the environment) is not a setting and is ignored; did \
+                 you mean APP_STORAGE__PRIVATE?"
+                    .to_string(),
+                "APP_PORT_8080_TCP (in the environment) is not a setting and is ignored"
+                    .to_string(),
+            ];
+            want.sort();
+            assert_eq!(found, want);
+            Ok(())
+        });
+        // Nothing to say about the shipped file, legacy names, or no files at all.
+        Jail::expect_with(|jail| {
+            jail.create_file("Config.toml", include_str!("../Config.toml"))?;
+            jail.set_env("SUPABASE_BUCKET", "b");
+            jail.set_env("APP_IMAGE__MEDIUM_PX", "0");
+            assert_eq!(unknown_settings(jail.directory()), Vec::<String>::new());
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            assert_eq!(unknown_settings(jail.directory()), Vec::<String>::new());
+            Ok(())
+        });
     }
 
     #[test]

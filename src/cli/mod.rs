@@ -76,6 +76,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     telemetry::init(settings.log.format);
+    for unknown in crate::config::unknown_settings(std::path::Path::new(".")) {
+        tracing::warn!("{unknown}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Bounded: blocking threads only ever wait on the pool, which has `pool_max_size`

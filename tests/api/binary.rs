@@ -148,6 +148,30 @@ fn zero_config_start_serves_embedded_photographs_and_stops_on_sigterm() {
 }
 
 #[test]
+fn a_misspelt_setting_is_warned_about_at_start_up_and_the_server_still_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Config.toml"), "[storage]\nprivat = true\n").unwrap();
+    let (mut child, port, lines) = start(dir.path(), &[("APP_CACHE__TTL_SEC", "5")]);
+    let warned = |needle: &str| {
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains(needle))
+    };
+    assert!(
+        warned("`storage.privat` is not a setting and is ignored; did you mean `storage.private`?"),
+        "{lines:#?}"
+    );
+    assert!(
+        warned(
+            "APP_CACHE__TTL_SEC (in the environment) is not a setting and is ignored; did you mean APP_CACHE__TTL_SECS?"
+        ),
+        "{lines:#?}"
+    );
+    assert_eq!(get(port, "/api/images").0, 200);
+    assert!(terminate(&mut child).success());
+}
+
+#[test]
 fn a_bad_setting_stops_start_up_with_a_message_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     crate::helpers::write_file(
