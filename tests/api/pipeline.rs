@@ -720,3 +720,29 @@ async fn a_foreign_object_at_one_variant_key_survives_the_other_variants_unknown
     );
     assert_eq!(row_count(&db), "0");
 }
+
+/// A variant left behind with exactly the bytes this upload makes (an earlier attempt at the same
+/// photo stored it) serves as it is: the upload succeeds and nothing is written over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_variant_already_stored_with_these_very_bytes_is_kept_and_the_upload_succeeds() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let app = TestApp::spawn(upload_settings(Some(&db.url), media.path())).await;
+    let photo = camera_photo(1600, 1000, 1);
+    assert_eq!(
+        app.upload("again.jpg", photo.clone()).await.status,
+        StatusCode::CREATED
+    );
+    // The photo and its row are gone, its variants stay.
+    std::fs::remove_file(media.path().join("again.jpg")).unwrap();
+    db.execute("DELETE FROM photographs");
+    let thumb = std::fs::read(media.path().join("thumb--again.jpg")).unwrap();
+
+    let r = app.upload("again.jpg", photo).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(files_in(media.path()), objects_of("", &["again.jpg"]));
+    assert_eq!(
+        std::fs::read(media.path().join("thumb--again.jpg")).unwrap(),
+        thumb
+    );
+    assert_eq!(row_count(&db), "1");
+}
