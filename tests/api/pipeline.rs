@@ -624,7 +624,8 @@ async fn a_full_disk_shows_in_health_after_the_failed_upload_cleans_up() {
 
 /// A local store whose variant writes each wait, up to `patience`, until every variant of the
 /// upload is being written: a store that writes them one after another never gets past the
-/// first. `medium_fails` refuses the medium variant's write as a lost connection would.
+/// first. With `medium_fails` the medium variant's write lands but its answer is lost, as when a
+/// connection is reset after the body was sent.
 struct Rendezvous {
     inner: LocalStore,
     waiting: std::sync::Mutex<usize>,
@@ -663,6 +664,8 @@ impl ObjectStore for Rendezvous {
                 });
             }
             if self.medium_fails && key.starts_with("medium--") {
+                // The object lands; the answer is lost.
+                self.inner.put_new(key, bytes)?;
                 return Err(StorageError::Unavailable(
                     "connection reset (injected)".into(),
                 ));
@@ -713,6 +716,7 @@ async fn a_foreign_object_at_one_variant_key_survives_the_other_variants_unknown
         eventually(10, || app.state.cleanup.pending() == 0).await,
         "the resolver settled the medium's unknown write"
     );
+    // It removed the medium that landed, and only that.
     assert_eq!(files_in(media.path()), ["thumb--mixed.jpg"]);
     assert_eq!(
         std::fs::read(media.path().join("thumb--mixed.jpg")).unwrap(),
