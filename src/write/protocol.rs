@@ -206,16 +206,25 @@ fn put_variants(
             .iter()
             .map(|(_, key, bytes)| {
                 let span = span.clone();
-                s.spawn(move || span.in_scope(|| put_variant(store, key, bytes)))
+                // A thread that cannot be started (the process is out of them) is no reason to
+                // fail the upload: that variant is then written here, after the first.
+                std::thread::Builder::new()
+                    .name("variant-put".into())
+                    .spawn_scoped(s, move || span.in_scope(|| put_variant(store, key, bytes)))
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "cannot start a thread; writing in turn");
+                        (key, bytes)
+                    })
             })
             .collect();
         let mut results = vec![put_variant(store, first_key, first_bytes)];
         for other in others {
-            results.push(
-                other
+            results.push(match other {
+                Ok(thread) => thread
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            );
+                Err((key, bytes)) => put_variant(store, key, bytes),
+            });
         }
         results
     })
