@@ -967,3 +967,54 @@ pub fn agent() -> ureq::Agent {
         .build()
         .into()
 }
+
+/// A real local store whose writes go through `put` (handed the store and the write), for tests
+/// that inject a failure or a wait into writes; every other call goes straight to the store.
+pub struct PutHook<F> {
+    inner: portfolio_server::storage::local::LocalStore,
+    put: F,
+}
+
+type PutResult = Result<portfolio_server::storage::Put, portfolio_server::storage::StorageError>;
+
+impl<F> PutHook<F>
+where
+    F: Fn(&portfolio_server::storage::local::LocalStore, &str, &[u8]) -> PutResult
+        + Send
+        + Sync
+        + 'static,
+{
+    pub fn new(dir: &std::path::Path, put: F) -> PutHook<F> {
+        PutHook {
+            inner: portfolio_server::storage::local::LocalStore::new(
+                dir,
+                "http://media.test/media",
+            ),
+            put,
+        }
+    }
+}
+
+impl<F> portfolio_server::storage::ObjectStore for PutHook<F>
+where
+    F: Fn(&portfolio_server::storage::local::LocalStore, &str, &[u8]) -> PutResult
+        + Send
+        + Sync
+        + 'static,
+{
+    fn put_new(&self, key: &str, bytes: &[u8]) -> PutResult {
+        (self.put)(&self.inner, key, bytes)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, portfolio_server::storage::StorageError> {
+        self.inner.get(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), portfolio_server::storage::StorageError> {
+        self.inner.delete(key)
+    }
+    fn exists(&self, key: &str) -> Result<bool, portfolio_server::storage::StorageError> {
+        self.inner.exists(key)
+    }
+    fn public_url(&self, key: &str) -> String {
+        self.inner.public_url(key)
+    }
+}

@@ -19,7 +19,7 @@ use portfolio_server::{
 
 use crate::{
     fake_supabase::{FakeStorage, SERVICE_KEY, start_fake},
-    helpers::{TestApp, TestDb, eventually, files_in, objects_of, upload_settings},
+    helpers::{PutHook, TestApp, TestDb, eventually, files_in, objects_of, upload_settings},
 };
 
 /// What no stored object may contain: it stands for a GPS position, a serial number, a name.
@@ -206,34 +206,6 @@ async fn an_orientation_6_photo_is_stored_upright_with_width_and_height_swapped(
     }
 }
 
-/// A local store whose writes of keys starting with `prefix` are refused while `failing`.
-struct RefusesPrefix {
-    inner: LocalStore,
-    prefix: &'static str,
-    failing: AtomicBool,
-}
-
-impl ObjectStore for RefusesPrefix {
-    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
-        if self.failing.load(Ordering::SeqCst) && key.starts_with(self.prefix) {
-            return Err(StorageError::Rejected {
-                status: 403,
-                message: "quota exceeded (injected)".into(),
-            });
-        }
-        self.inner.put_new(key, bytes)
-    }
-    fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key)
-    }
-    fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        self.inner.exists(key)
-    }
-    fn public_url(&self, key: &str) -> String {
-        self.inner.public_url(key)
-    }
-}
-
 fn row_count(db: &TestDb) -> String {
     db.rows("SELECT count(*) FROM photographs")[0][0]
         .clone()
@@ -243,14 +215,20 @@ fn row_count(db: &TestDb) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_second_variant_leaves_nothing_and_the_name_can_be_uploaded_again() {
     let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
-    let store = Arc::new(RefusesPrefix {
-        inner: LocalStore::new(media.path(), "http://media.test/media"),
-        // Variants are written smallest first: the thumb, then the medium.
-        prefix: "medium--",
-        failing: AtomicBool::new(true),
-    });
+    // Writes of the medium variant (written after the thumb) are refused while `failing`.
+    let failing = Arc::new(AtomicBool::new(true));
+    let refusing = failing.clone();
+    let store = Arc::new(PutHook::new(media.path(), move |inner, key, bytes| {
+        if refusing.load(Ordering::SeqCst) && key.starts_with("medium--") {
+            return Err(StorageError::Rejected {
+                status: 403,
+                message: "quota exceeded (injected)".into(),
+            });
+        }
+        inner.put_new(key, bytes)
+    }));
     let s = upload_settings(Some(&db.url), media.path());
-    let app = TestApp::spawn_with_store(s, store.clone()).await;
+    let app = TestApp::spawn_with_store(s, store).await;
     let r = app.upload("two.jpg", camera_photo(1600, 1000, 1)).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     assert!(r.text().contains("quota exceeded"), "{}", r.text());
@@ -262,7 +240,7 @@ async fn a_refused_second_variant_leaves_nothing_and_the_name_can_be_uploaded_ag
     assert_eq!(row_count(&db), "0");
     assert_eq!(app.state.cleanup.pending(), 0, "settled at once");
 
-    store.failing.store(false, Ordering::SeqCst);
+    failing.store(false, Ordering::SeqCst);
     let again = app.upload("two.jpg", camera_photo(1600, 1000, 1)).await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
     assert_eq!(files_in(media.path()), objects_of("", &["two.jpg"]));
@@ -574,32 +552,13 @@ fn backfill_on_supabase_writes_only_keys_supabase_takes_and_never_replaces_a_for
 /// written, deletes that succeed, must not make it `ok` again.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_shows_in_health_after_the_failed_upload_cleans_up() {
-    struct FullAt {
-        inner: LocalStore,
-        prefix: &'static str,
-    }
-    impl ObjectStore for FullAt {
-        fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
-            if key.starts_with(self.prefix) {
-                return Err(StorageError::Io(std::io::Error::from_raw_os_error(28))); // ENOSPC
-            }
-            self.inner.put_new(key, bytes)
-        }
-        fn delete(&self, key: &str) -> Result<(), StorageError> {
-            self.inner.delete(key)
-        }
-        fn exists(&self, key: &str) -> Result<bool, StorageError> {
-            self.inner.exists(key)
-        }
-        fn public_url(&self, key: &str) -> String {
-            self.inner.public_url(key)
-        }
-    }
     let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
-    let store = Arc::new(FullAt {
-        inner: LocalStore::new(media.path(), "http://media.test/media"),
-        prefix: "medium--",
-    });
+    let store = Arc::new(PutHook::new(media.path(), |inner, key, bytes| {
+        if key.starts_with("medium--") {
+            return Err(StorageError::Io(std::io::Error::from_raw_os_error(28))); // ENOSPC
+        }
+        inner.put_new(key, bytes)
+    }));
     let app = TestApp::spawn_with_store(upload_settings(Some(&db.url), media.path()), store).await;
     assert_eq!(app.get("/api/health").await.json()["storage"], "ok");
     let r = app.upload("full.jpg", camera_photo(1600, 1000, 1)).await;
@@ -622,12 +581,11 @@ async fn a_full_disk_shows_in_health_after_the_failed_upload_cleans_up() {
     );
 }
 
-/// A local store whose variant writes each wait, up to `patience`, until every variant of the
-/// upload is being written: a store that writes them one after another never gets past the
-/// first. With `medium_fails` the medium variant's write lands but its answer is lost, as when a
-/// connection is reset after the body was sent.
+/// Variant writes that each wait, up to `patience`, until every variant of the upload is being
+/// written: a store that writes them one after another never gets past the first. With
+/// `medium_fails` the medium variant's write lands but its answer is lost, as when a connection
+/// is reset after the body was sent.
 struct Rendezvous {
-    inner: LocalStore,
     waiting: std::sync::Mutex<usize>,
     arrived: std::sync::Condvar,
     patience: Duration,
@@ -635,19 +593,20 @@ struct Rendezvous {
 }
 
 impl Rendezvous {
-    fn new(dir: &std::path::Path, medium_fails: bool) -> Rendezvous {
-        Rendezvous {
-            inner: LocalStore::new(dir, "http://media.test/media"),
+    /// A local store in `dir` whose writes go through the rendezvous.
+    fn store(dir: &std::path::Path, medium_fails: bool) -> Arc<dyn ObjectStore> {
+        let rendezvous = Rendezvous {
             waiting: std::sync::Mutex::new(0),
             arrived: std::sync::Condvar::new(),
             patience: Duration::from_secs(5),
             medium_fails,
-        }
+        };
+        Arc::new(PutHook::new(dir, move |inner, key, bytes| {
+            rendezvous.put(inner, key, bytes)
+        }))
     }
-}
 
-impl ObjectStore for Rendezvous {
-    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
+    fn put(&self, inner: &LocalStore, key: &str, bytes: &[u8]) -> Result<Put, StorageError> {
         if key.contains("--") {
             let mut waiting = self.waiting.lock().unwrap();
             *waiting += 1;
@@ -665,25 +624,13 @@ impl ObjectStore for Rendezvous {
             }
             if self.medium_fails && key.starts_with("medium--") {
                 // The object lands; the answer is lost.
-                self.inner.put_new(key, bytes)?;
+                inner.put_new(key, bytes)?;
                 return Err(StorageError::Unavailable(
                     "connection reset (injected)".into(),
                 ));
             }
         }
-        self.inner.put_new(key, bytes)
-    }
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(key)
-    }
-    fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key)
-    }
-    fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        self.inner.exists(key)
-    }
-    fn public_url(&self, key: &str) -> String {
-        self.inner.public_url(key)
+        inner.put_new(key, bytes)
     }
 }
 
@@ -691,7 +638,7 @@ impl ObjectStore for Rendezvous {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_variants_are_written_at_once() {
     let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
-    let store = Arc::new(Rendezvous::new(media.path(), false));
+    let store = Rendezvous::store(media.path(), false);
     let app = TestApp::spawn_with_store(upload_settings(Some(&db.url), media.path()), store).await;
     let r = app.upload("both.jpg", camera_photo(1600, 1000, 1)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
@@ -707,7 +654,7 @@ async fn a_foreign_object_at_one_variant_key_survives_the_other_variants_unknown
     let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
     let foreign = b"not a variant of ours".to_vec();
     std::fs::write(media.path().join("thumb--mixed.jpg"), &foreign).unwrap();
-    let store = Arc::new(Rendezvous::new(media.path(), true));
+    let store = Rendezvous::store(media.path(), true);
     let app = TestApp::spawn_with_store(upload_settings(Some(&db.url), media.path()), store).await;
     let r = app.upload("mixed.jpg", camera_photo(1600, 1000, 1)).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
