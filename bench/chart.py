@@ -67,10 +67,13 @@ def main():
     if uploads["ours"]:
         ax = axes[1][0]
         series = [w for w in ("ours", "plain", "orig") if uploads[w]]
-        bars(ax, ["batch"], series, lambda _, who: [float(u["photos_per_s"]) for u in uploads[who]], names)
-        ax.set_xticks([0])
-        ax.set_xticklabels([f"one /api/upload-batch of {uploads['ours'][0]['files']} photos "
-                            "into the Supabase stand-in"], fontsize=8)
+        keys = ["photos_per_s", "all_stored_photos_per_s"]
+        bars(ax, keys, series,
+             lambda key, who: [float(u.get(key, u["photos_per_s"])) for u in uploads[who]], names)
+        ax.set_xticks([0, 1])
+        n = uploads["ours"][0]["files"]
+        ax.set_xticklabels([f"one /api/upload-batch of {n} photos: answered",
+                            "… and every variant stored"], fontsize=8)
         ax.set_ylim(0, ax.get_ylim()[1] * 1.25)
         ax.set_title("photos per second (median, bar: range)")
         ax.legend(fontsize=8, loc="upper center", ncol=len(series), frameon=False)

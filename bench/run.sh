@@ -264,6 +264,16 @@ wait_idle() {
     sleep 0.1
   done
 }
+# Until every upload named $1* has its variants (ours makes them after the answer by default),
+# for at most 60 s; polled inside PostgreSQL, so no process is started per check. Prints the
+# time it ended and how many are still waiting.
+wait_variants() {
+  "${PSQL[@]}" -d small -q -c "DO \$\$ BEGIN FOR i IN 1..3000 LOOP
+    EXIT WHEN NOT EXISTS (SELECT 1 FROM photographs WHERE filename LIKE '$1%' AND variants_pending);
+    PERFORM pg_sleep(0.02); END LOOP; END \$\$"
+  echo "$(date +%s.%N) $("${PSQL[@]}" -d small -Atc \
+    "SELECT count(*) FROM photographs WHERE filename LIKE '$1%' AND variants_pending")"
+}
 wait_idle
 pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -M extended -c "$CONNS" -j 2 -T "${DUR%s}" \
   -f "$WORK/deep.sql" big >"$RAW/pgbench_deep.txt" 2>&1
@@ -307,12 +317,14 @@ T0=$(date +%s.%N)
 curl -sf -X POST "http://127.0.0.1:$P_UPLOAD/api/upload-batch" -H "X-API-Key: bench-key" \
   -F category=bench "${args[@]}" >"$WORK/batch.json"
 T1=$(date +%s.%N)
-python3 - "$WORK/batch.json" "$T0" "$T1" "$BASE_RSS" "$(hwm_kib "$PID_UPLOAD")" "$(du -b "$WORK/jpegs/p0.jpg" | cut -f1)" "$BATCH" >"$RAW/upload.txt" <<'PY'
+read -r T2 WAITING < <(wait_variants p) # the peak includes the variants made after the answers
+python3 - "$WORK/batch.json" "$T0" "$T1" "$BASE_RSS" "$(hwm_kib "$PID_UPLOAD")" "$(du -b "$WORK/jpegs/p0.jpg" | cut -f1)" "$BATCH" "$T2" "$WAITING" >"$RAW/upload.txt" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
 t0, t1, base, peak, size, n = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+t2, waiting = float(sys.argv[8]), int(sys.argv[9])
 print(f"files={n} bytes_each={size} uploaded={len(report['uploaded'])} skipped={len(report['skipped'])} failed={len(report['failed'])}")
-print(f"wall_s={t1 - t0:.2f} base_rss_kib={base} peak_rss_kib={peak} growth_kib={peak - base}")
+print(f"wall_s={t1 - t0:.2f} all_stored_s={max(t1, t2) - t0:.2f} still_waiting={waiting} base_rss_kib={base} peak_rss_kib={peak} growth_kib={peak - base}")
 PY
 cat "$RAW/upload.txt" >&2
 
@@ -400,10 +412,12 @@ upload_batch() { # name port prefix: one /api/upload-batch of CMP_BATCH photos
   curl -s -X POST "http://127.0.0.1:$2/api/upload-batch" -H "X-API-Key: bench-key" \
     -F category=nature "${args[@]}" >"$WORK/$1.json"
   t1=$(date +%s.%N)
+  if [[ $1 == *_orig_* ]]; then t2=$t1 waiting=0; else read -r t2 waiting < <(wait_variants "$3"); fi
   python3 - "$WORK/$1.json" "$t0" "$t1" "$CMP_BATCH" "$(rows_named "$3")" \
-    "$(du -b "$WORK/jpegs/p0.jpg" | cut -f1)" "$load" >"$RAW/$1.txt" <<'PY'
+    "$(du -b "$WORK/jpegs/p0.jpg" | cut -f1)" "$load" "$t2" "$waiting" >"$RAW/$1.txt" <<'PY'
 import json, sys
 path, t0, t1, n, rows, size, load = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
+t2, waiting = float(sys.argv[8]), int(sys.argv[9])
 try:
     r = json.load(open(path))
     up, sk, fa = len(r["uploaded"]), len(r["skipped"]), len(r["failed"])
@@ -411,6 +425,9 @@ except (ValueError, KeyError, TypeError):
     up, sk, fa = 0, 0, n
 print(f"files={n} bytes_each={size} uploaded={up} skipped={sk} failed={fa} rows={rows}")
 print(f"wall_s={t1 - t0:.2f} photos_per_s={n / (t1 - t0):.2f} loadavg_before={load}")
+# Until the last variant is stored: the answers' time for a server that makes them before.
+done = max(t1, t2)
+print(f"all_stored_s={done - t0:.2f} all_stored_photos_per_s={n / (done - t0):.2f} still_waiting={waiting}")
 PY
   echo "$1: $(tr '\n' ' ' <"$RAW/$1.txt")" >&2
 }
@@ -422,6 +439,7 @@ upload_single() { # name port prefix: CMP_SINGLES /api/upload requests, one afte
     curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -X POST "http://127.0.0.1:$2/api/upload" \
       -H "X-API-Key: bench-key" -F category=nature -F "file=@$dir/$3$i.jpg"
   done >"$WORK/$1.times"
+  read -r _ waiting < <(wait_variants "$3") # none left to compete with the next scenario
   python3 - "$WORK/$1.times" "$(rows_named "$3")" "$load" >"$RAW/$1.txt" <<'PY'
 import statistics, sys
 runs = [line.split() for line in open(sys.argv[1])]

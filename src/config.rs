@@ -220,6 +220,12 @@ pub struct ImageSettings {
     pub thumb_px: u32,
     /// Longest side of the `medium` variant (`medium_url`); 0: no medium variant.
     pub medium_px: u32,
+    /// Answer an upload once the photo and its row are stored, and make its variants and
+    /// placeholder afterwards, in the background (until then they are null): a photo stored as
+    /// sent is then not decoded before its answer. A photo that must be made smaller or turned
+    /// upright is decoded anyway and gets them before the answer. Off: every answer carries
+    /// them.
+    pub variants_after_answer: bool,
     /// Photos processed at the same time; 0: one per CPU core.
     pub max_concurrent: usize,
 }
@@ -362,6 +368,7 @@ impl Default for Settings {
                 keep_metadata: false,
                 thumb_px: 400,
                 medium_px: 1200,
+                variants_after_answer: true,
                 max_concurrent: 0,
             },
             log: LogSettings {

@@ -47,8 +47,11 @@ pub struct Metrics {
     pub uploads: IntCounterVec,
     /// `storage_errors_total{backend}`.
     pub storage_errors: IntCounterVec,
-    /// Decoding, resizing and encoding one photo and its variants.
+    /// Decoding, resizing and encoding one photo before its answer (with its variants, unless
+    /// they are made after the answer).
     pub image_seconds: Histogram,
+    /// Uploads answered before their variants, whose variants are still to be made.
+    pub variants_pending: IntGauge,
     /// Notifications of changes received from PostgreSQL ([`crate::read::notify`]).
     pub notifications: IntCounter,
     /// 1 while the listener is connected and proven to receive notifications.
@@ -107,7 +110,8 @@ impl Metrics {
         let image_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "image_pipeline_seconds",
-                "Time to make one uploaded photo web-sized, with its variants and placeholder",
+                "Image work on one uploaded photo before its answer: made web-sized, with its \
+                 variants and placeholder unless they are made after the answer",
             )
             .buckets(IMAGE_BUCKETS.to_vec()),
         )
@@ -188,6 +192,12 @@ impl Metrics {
                 &["backend"],
             ),
             image_seconds,
+            variants_pending: gauge(
+                &r,
+                "photos_variants_pending",
+                "Uploads answered before their variants and placeholder were made, still waiting \
+                 for them (image.variants_after_answer)",
+            ),
             notifications: counter(
                 &r,
                 "db_notifications_total",

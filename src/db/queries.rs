@@ -51,8 +51,10 @@ statement!(/// The rows `variants backfill` works on.
     MISSING_VARIANTS = "missing_variants.sql");
 statement!(/// A row locked for the rest of its transaction.
     LOCK_PHOTO = "lock_photo.sql");
-statement!(/// What `variants backfill` made.
+statement!(/// What `variants backfill` or the background task made.
     SET_VARIANTS = "set_variants.sql");
+statement!(/// The rows whose variants the background task has still to make.
+    PENDING_VARIANTS = "pending_variants.sql");
 statement!(/// `reconcile`'s view of the table.
     OBJECT_URLS = "object_urls.sql");
 

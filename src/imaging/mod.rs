@@ -11,7 +11,8 @@ use std::io::Cursor;
 use image::{ImageDecoder, ImageFormat, ImageReader, Limits, metadata::Orientation};
 
 pub use pipeline::{
-    Encoded, Preview, Processed, Variant, process, variants_for_stored, variants_of,
+    Encoded, Preview, Processed, Variant, must_reencode, process, process_photo,
+    variants_for_stored, variants_of,
 };
 
 /// Why an upload was refused before anything was stored. The message is for the uploader.

@@ -120,7 +120,15 @@ pub struct Processed {
     /// upload with its private segments removed.
     pub reencoded: bool,
     pub variants: Vec<(Variant, Encoded)>,
-    pub preview: Preview,
+    /// None when the variants and placeholder are made later ([`process_photo`]).
+    pub preview: Option<Preview>,
+}
+
+impl Processed {
+    /// The variants and placeholder are to be made after the answer ([`process_photo`]).
+    pub fn variants_later(&self) -> bool {
+        self.preview.is_none()
+    }
 }
 
 /// The longest side the placeholder is computed from (ThumbHash takes at most 100x100).
@@ -134,7 +142,18 @@ pub fn process(
     info: &Inspected,
     settings: &ImageSettings,
 ) -> Result<Processed, Rejection> {
-    make(bytes, info, settings, true)
+    make(bytes, info, settings, true, true)
+}
+
+/// The photo alone, for `image.variants_after_answer`: its variants and placeholder are made
+/// later from the stored photo ([`variants_for_stored`]). Nothing is decoded unless the photo
+/// itself must change size or orientation.
+pub fn process_photo(
+    bytes: &[u8],
+    info: &Inspected,
+    settings: &ImageSettings,
+) -> Result<Processed, Rejection> {
+    make(bytes, info, settings, true, false)
 }
 
 /// The variants and preview of a photo that is already stored (`variants backfill`); the
@@ -144,7 +163,24 @@ pub fn variants_for_stored(
     info: &Inspected,
     settings: &ImageSettings,
 ) -> Result<(Vec<(Variant, Encoded)>, Preview), Rejection> {
-    make(bytes, info, settings, false).map(|p| (p.variants, p.preview))
+    let made = make(bytes, info, settings, false, true)?;
+    let preview = made.preview.expect("the preview is a target");
+    Ok((made.variants, preview))
+}
+
+/// The long side of the photo as stored: at most `image.max_dimension`.
+fn photo_long(info: &Inspected, settings: &ImageSettings) -> u32 {
+    let long = info.stored.width.max(info.stored.height);
+    match settings.max_dimension {
+        0 => long,
+        max => long.min(max),
+    }
+}
+
+/// The photo itself must be decoded and encoded again: made smaller, or turned upright.
+pub fn must_reencode(info: &Inspected, settings: &ImageSettings) -> bool {
+    photo_long(info, settings) < info.stored.width.max(info.stored.height)
+        || info.orientation != Orientation::NoTransforms
 }
 
 fn make(
@@ -152,36 +188,37 @@ fn make(
     info: &Inspected,
     settings: &ImageSettings,
     with_photo: bool,
+    with_variants: bool,
 ) -> Result<Processed, Rejection> {
     let stored = info.stored;
-    let long = stored.width.max(stored.height);
-    let photo_long = match settings.max_dimension {
-        0 => long,
-        max => long.min(max),
-    };
-    let reencode =
-        with_photo && (photo_long < long || info.orientation != Orientation::NoTransforms);
+    let photo_long = photo_long(info, settings);
+    let reencode = with_photo && must_reencode(info, settings);
     // Outputs, largest first; none is larger than the stored photo.
     let mut targets: Vec<(Output, u32)> = Vec::new();
     if reencode {
         targets.push((Output::Photo, photo_long));
     }
-    for variant in variants_of(settings).into_iter().rev() {
-        targets.push((
-            Output::Variant(variant),
-            variant.size(settings).min(photo_long),
-        ));
+    if with_variants {
+        for variant in variants_of(settings).into_iter().rev() {
+            targets.push((
+                Output::Variant(variant),
+                variant.size(settings).min(photo_long),
+            ));
+        }
+        targets.push((Output::Preview, PREVIEW_SIDE.min(photo_long)));
     }
-    targets.push((Output::Preview, PREVIEW_SIDE.min(photo_long)));
 
-    let (decoded, icc) = decode(bytes, stored, targets[0].1)?;
     let mut resized: Vec<(Output, Pixels)> = Vec::with_capacity(targets.len());
-    for (output, side) in targets {
-        let source = resized.last().map_or(&decoded, |(_, p)| p);
-        let pixels = resize(source, fit(stored, side))?;
-        resized.push((output, pixels));
+    let mut icc = None;
+    if let Some(&(_, largest)) = targets.first() {
+        let decoded;
+        (decoded, icc) = decode(bytes, stored, largest)?;
+        for (output, side) in targets {
+            let source = resized.last().map_or(&decoded, |(_, p)| p);
+            let pixels = resize(source, fit(stored, side))?;
+            resized.push((output, pixels));
+        }
     }
-    drop(decoded);
 
     let mut preview = None;
     let mut to_encode: Vec<(Output, RgbImage)> = Vec::new();
@@ -260,7 +297,7 @@ fn make(
         photo,
         reencoded: reencode,
         variants,
-        preview: preview.expect("the preview is always a target"),
+        preview,
     })
 }
 
@@ -525,6 +562,27 @@ mod tests {
     }
 
     #[test]
+    fn the_photo_alone_is_decoded_only_when_it_must_change() {
+        let fits = halves(800, 600, Some(exif_orientation(1)));
+        let info = inspect(&fits, 16_384).unwrap();
+        let p = process_photo(&fits, &info, &settings()).unwrap();
+        assert!(!p.reencoded);
+        assert_eq!(p.photo.bytes, metadata::strip(&fits).unwrap());
+        assert!(p.variants.is_empty() && p.preview.is_none());
+
+        let large = halves(3000, 2000, Some(exif_orientation(6)));
+        let info = inspect(&large, 16_384).unwrap();
+        let p = process_photo(&large, &info, &settings()).unwrap();
+        assert!(p.reencoded);
+        assert_eq!(
+            size_of(&p.photo.bytes),
+            (1707, 2560),
+            "downscaled and upright"
+        );
+        assert!(p.variants.is_empty() && p.preview.is_none());
+    }
+
+    #[test]
     fn zero_max_dimension_keeps_the_size_and_zero_sizes_drop_variants() {
         let mut s = settings();
         s.max_dimension = 0;
@@ -575,19 +633,20 @@ mod tests {
             .write_image(&img, 300, 200, image::ExtendedColorType::Rgb8)
             .unwrap();
         let p = run(&bytes, &settings());
+        let preview = p.preview.expect("made with the variants");
         let hash = base64::engine::general_purpose::STANDARD
-            .decode(&p.preview.placeholder)
+            .decode(&preview.placeholder)
             .unwrap();
         assert!((5..=40).contains(&hash.len()), "{} bytes", hash.len());
         let ratio = thumbhash::thumb_hash_to_approximate_aspect_ratio(&hash).unwrap();
         assert!((ratio - 1.5).abs() < 0.2, "the shape is kept: {ratio}");
         let channel =
-            |i: usize| u8::from_str_radix(&p.preview.color[1 + 2 * i..3 + 2 * i], 16).unwrap();
+            |i: usize| u8::from_str_radix(&preview.color[1 + 2 * i..3 + 2 * i], 16).unwrap();
         for (i, want) in [200u8, 100, 50].into_iter().enumerate() {
             assert!(
                 channel(i).abs_diff(want) <= 12,
                 "{} vs {want}",
-                p.preview.color
+                preview.color
             );
         }
     }

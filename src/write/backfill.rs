@@ -31,10 +31,10 @@ use crate::{
 
 /// A row that needs work.
 #[derive(Debug, Clone)]
-struct Row {
-    id: i32,
-    filename: String,
-    url: String,
+pub(super) struct Row {
+    pub id: i32,
+    pub filename: String,
+    pub url: String,
 }
 
 #[derive(Debug, Default)]
@@ -64,7 +64,7 @@ pub trait Progress: Send {
 }
 
 /// The outcome of one row.
-enum Outcome {
+pub(super) enum Outcome {
     Made,
     Gone,
     Failed(String),
@@ -88,23 +88,7 @@ pub async fn run(
             Err(e) => return Err(BackfillError::Other(e.to_string())),
         }
     }
-    let want_thumb = settings.thumb_px > 0;
-    let want_medium = settings.medium_px > 0;
-    let rows: Vec<Row> = db
-        .run(move |c| {
-            Ok(c.query_typed(
-                queries::MISSING_VARIANTS,
-                &[(&want_thumb, Type::BOOL), (&want_medium, Type::BOOL)],
-            )?
-            .iter()
-            .map(|r| Row {
-                id: r.get(0),
-                filename: r.get(1),
-                url: r.get(2),
-            })
-            .collect())
-        })
-        .await?;
+    let rows = rows_needing_work(db, settings).await?;
     let mut report = Report {
         total: rows.len(),
         ..Report::default()
@@ -118,7 +102,7 @@ pub async fn run(
         .map(|row| {
             let (db, store, settings) = (db.clone(), store.clone(), settings.clone());
             async move {
-                let outcome = one(&db, store, &settings, max_side, &row).await;
+                let outcome = one(&db, store, &settings, max_side, &row, None).await;
                 (row, outcome)
             }
         })
@@ -161,13 +145,50 @@ pub async fn run(
     Ok(report)
 }
 
-/// Reads, processes, stores and records one row.
-async fn one(
+/// The rows that lack their placeholder or a variant `settings` turns on, oldest first.
+async fn rows_needing_work(db: &Db, settings: &ImageSettings) -> Result<Vec<Row>, DbError> {
+    let want_thumb = settings.thumb_px > 0;
+    let want_medium = settings.medium_px > 0;
+    db.run(move |c| {
+        Ok(c.query_typed(
+            queries::MISSING_VARIANTS,
+            &[(&want_thumb, Type::BOOL), (&want_medium, Type::BOOL)],
+        )?
+        .iter()
+        .map(|r| Row {
+            id: r.get(0),
+            filename: r.get(1),
+            url: r.get(2),
+        })
+        .collect())
+    })
+    .await
+}
+
+/// The uploads whose variants are to be made after their answer, oldest first.
+pub(super) async fn pending_rows(db: &Db) -> Result<Vec<Row>, DbError> {
+    db.run(|c| {
+        Ok(c.query(queries::PENDING_VARIANTS, &[])?
+            .iter()
+            .map(|r| Row {
+                id: r.get(0),
+                filename: r.get(1),
+                url: r.get(2),
+            })
+            .collect())
+    })
+    .await
+}
+
+/// Reads, processes, stores and records one row. The image work holds a permit of `slots`, if
+/// given, and nothing else does.
+pub(super) async fn one(
     db: &Db,
     store: Arc<dyn ObjectStore>,
     settings: &ImageSettings,
     max_side: u32,
     row: &Row,
+    slots: Option<&tokio::sync::Semaphore>,
 ) -> Result<Outcome, DbError> {
     let Some(photo_key) = crate::storage::key_of_url(&*store, &row.url) else {
         return Ok(Outcome::Failed(format!(
@@ -186,6 +207,10 @@ async fn one(
         }
     };
     let made = {
+        let _slot = match slots {
+            Some(slots) => Some(slots.acquire().await.expect("never closed")),
+            None => None,
+        };
         let settings = settings.clone();
         blocking::run_low_priority(move || {
             let info = imaging::inspect(&bytes, max_side)?;

@@ -3,6 +3,7 @@
 //!
 //! # Modules
 //!
+//! - [`background`]: `image.variants_after_answer`: variants made after the upload's answer.
 //! - [`backfill`]: `portfolio-server variants backfill`: variants for rows that have none.
 //! - [`context`]: What every write works with, shared by the uploader and the manager.
 //! - [`cleanup`]: Clean-up: the resolver that settles objects that may be in storage without a
@@ -16,6 +17,7 @@
 //! - [`upload`]: The upload use case: checks, image work, then the write protocol.
 
 pub mod backfill;
+pub mod background;
 pub mod cleanup;
 pub mod context;
 pub mod error;

@@ -78,7 +78,8 @@ pub(crate) fn write(
             .map(|(_, key, _)| store.public_url(key))
     };
     let (thumbnail_url, medium_url) = (url_of(Variant::Thumb), url_of(Variant::Medium));
-    let preview = &processed.preview;
+    let placeholder = processed.preview.as_ref().map(|p| p.placeholder.clone());
+    let color = processed.preview.as_ref().map(|p| p.color.clone());
     let mut tx = c.transaction().map_err(DbError::from)?;
     // Waiting on a same-name upload is normal; waiting forever is not.
     tx.batch_execute(queries::WAIT_FOR_LOCKS)
@@ -93,8 +94,9 @@ pub(crate) fn write(
             &height,
             &thumbnail_url,
             &medium_url,
-            &preview.placeholder,
-            &preview.color,
+            &placeholder,
+            &color,
+            &processed.variants_later(),
         ],
     );
     inserted();
@@ -185,8 +187,8 @@ pub(crate) fn write(
         height,
         thumbnail_url,
         medium_url,
-        placeholder: Some(preview.placeholder.clone()),
-        color: Some(preview.color.clone()),
+        placeholder,
+        color,
     })
 }
 

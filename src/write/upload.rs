@@ -1,5 +1,6 @@
-//! The upload use case: check the name, category and image, make the variants, then store the
-//! photo through the write protocol ([`super::protocol`]).
+//! The upload use case: check the name, category and image, make the variants (or leave them to
+//! [`super::background`], for a photo stored as sent), then store the photo through the write
+//! protocol ([`super::protocol`]).
 //!
 //! Every successful write invalidates the listing's cached pages itself, so no caller can leave
 //! them stale. The HTTP handlers feed whole forms to the sessions of [`super::session`], which
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{
+    background::{self, Background},
     cleanup::Resolution,
     context::WriteContext,
     error::UploadError,
@@ -54,20 +56,38 @@ pub struct Uploader {
     /// What a photo is turned into before it is stored.
     image: ImageSettings,
     /// Photos decoded and resized at once: bounds the CPU and memory a batch can take.
-    image_slots: Semaphore,
+    image_slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// Makes the variants of uploads answered before them (None without a database).
+    background: Option<Background>,
 }
 
 impl Uploader {
     /// Builds the uploader, with the upload and image settings of `settings`.
     pub fn new(w: WriteContext, metrics: Arc<Metrics>, settings: &Settings) -> Arc<Uploader> {
         let (limits, image) = (settings.upload.clone(), settings.image.clone());
+        let image_slots = Arc::new(Semaphore::new(image_workers(&image)));
+        // Whatever the setting: rows left pending when it was turned off are finished too.
+        let background = match &w.db {
+            Some(db) => Some(Background::start(background::Work {
+                db: db.clone(),
+                store: w.store.clone(),
+                listing: w.listing.clone(),
+                settings: image.clone(),
+                max_side: limits.max_side_px,
+                slots: image_slots.clone(),
+                workers: image_workers(&image),
+                metrics: metrics.clone(),
+            })),
+            None => None,
+        };
         Arc::new(Uploader {
             w,
-            image_slots: Semaphore::new(image_workers(&image)),
+            image_slots,
             image,
             limits,
             metrics,
+            background,
         })
     }
 
@@ -137,13 +157,23 @@ impl Uploader {
         if taken {
             return Err(UploadError::Duplicate(name));
         }
+        // With `image.variants_after_answer`, a photo stored as sent is not decoded before the
+        // answer: its variants are made afterwards, so it needs no image slot and never waits
+        // behind the variants of earlier uploads. A photo that must be decoded anyway (made
+        // smaller, turned upright) gets its variants from that decode, before the answer.
+        let later = self.image.variants_after_answer && !imaging::must_reencode(&info, &self.image);
         let processed = {
-            let _work = self.image_slots.acquire().await.expect("never closed");
+            let _work = match later {
+                true => None,
+                false => Some(self.image_slots.acquire().await.expect("never closed")),
+            };
             let settings = self.image.clone();
             let started = std::time::Instant::now();
-            let processed =
-                blocking::run_low_priority(move || imaging::process(&bytes, &info, &settings))
-                    .await??;
+            let processed = blocking::run_low_priority(move || match later {
+                true => imaging::process_photo(&bytes, &info, &settings),
+                false => imaging::process(&bytes, &info, &settings),
+            })
+            .await??;
             self.metrics
                 .image_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -179,6 +209,9 @@ impl Uploader {
             }
         };
         self.w.listing.invalidate();
+        if let (true, Some(background)) = (later, &self.background) {
+            background.poke();
+        }
         tracing::info!(filename = %photo.filename, id = photo.id, "photo uploaded");
         Ok(photo)
     }

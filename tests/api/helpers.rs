@@ -574,6 +574,10 @@ pub fn settings(db_url: Option<&str>) -> Settings {
     ));
     // Each app its own journal, unless a test shares one on purpose (a restart).
     s.upload.journal_dir = scratch_dir("journal");
+    // Variants before the answer, so that tests of the write protocol find every object of an
+    // upload stored when it answers. Tests of the default (variants after the answer) turn it
+    // on: pipeline.rs, s3.rs, binary.rs.
+    s.image.variants_after_answer = false;
     s
 }
 

@@ -31,7 +31,8 @@ async fn an_empty_database_is_migrated_at_start_up() {
             "0002_photograph_names.sql",
             "0003_category_index.sql",
             "0004_photo_variants.sql",
-            "0005_photographs_notify.sql"
+            "0005_photographs_notify.sql",
+            "0006_variants_pending.sql"
         ]
     );
     let count = db.rows("SELECT count(*) FROM photographs");
@@ -100,7 +101,7 @@ async fn replicas_starting_together_migrate_once() {
     }
     assert_eq!(
         db.rows("SELECT count(*) FROM schema_migrations")[0][0].as_deref(),
-        Some("5")
+        Some("6")
     );
 }
 
@@ -125,7 +126,7 @@ fn the_migrate_subcommand_applies_migrations_and_exits() {
     );
     assert_eq!(
         db.rows("SELECT count(*) FROM schema_migrations")[0][0].as_deref(),
-        Some("5")
+        Some("6")
     );
     let again = migrate(); // idempotent
     assert!(again.status.success());

@@ -697,3 +697,271 @@ async fn a_variant_already_stored_with_these_very_bytes_is_kept_and_the_upload_s
     );
     assert_eq!(row_count(&db), "1");
 }
+
+// ---------------------------------------------------------------------------------------------
+// image.variants_after_answer
+
+fn answering_first(db: &TestDb, media: &std::path::Path) -> portfolio_server::config::Settings {
+    let mut s = upload_settings(Some(&db.url), media);
+    s.image.variants_after_answer = true;
+    s
+}
+
+fn pending(db: &TestDb, name: &str) -> String {
+    db.rows(&format!(
+        "SELECT variants_pending::text FROM photographs WHERE filename = '{name}'"
+    ))[0][0]
+        .clone()
+        .unwrap()
+}
+
+/// The row's variant URLs, placeholder and colour.
+fn made_later(db: &TestDb, name: &str) -> Vec<Option<String>> {
+    db.rows(&format!(
+        "SELECT thumbnail_url, medium_url, placeholder, color FROM photographs \
+         WHERE filename = '{name}'"
+    ))
+    .pop()
+    .unwrap_or_default()
+}
+
+/// The answer comes before the variants, with them null; they follow, made from the stored
+/// photo, clean, with the very bytes the server makes for that photo, and listings show them.
+/// An older row without variants is left to `variants backfill`.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_variants_after_the_answer_the_answer_comes_first_and_the_variants_follow() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    // Variant writes wait until the test has read (and cached) a listing without them.
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(Some(gate));
+    let store = Arc::new(PutHook::new(media.path(), move |inner, key, bytes| {
+        if key.contains("--")
+            && let Some(gate) = gate.lock().unwrap().take()
+        {
+            let _ = gate.recv_timeout(Duration::from_secs(20));
+        }
+        inner.put_new(key, bytes)
+    }));
+    let app = TestApp::spawn_with_store(answering_first(&db, media.path()), store).await;
+    std::fs::write(media.path().join("old.jpg"), camera_photo(800, 600, 1)).unwrap();
+    db.execute(
+        "INSERT INTO photographs (filename, url, category) \
+         VALUES ('old.jpg', 'http://media.test/media/old.jpg', 'nature')",
+    );
+    let r = app.upload("later.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let photo = r.json();
+    assert_eq!(
+        (photo["width"].as_u64(), photo["height"].as_u64()),
+        (Some(1600), Some(1000))
+    );
+    for field in ["thumbnail_url", "medium_url", "placeholder", "color"] {
+        assert!(photo[field].is_null(), "{field} in {photo}");
+    }
+    let medium_of = |listed: serde_json::Value| {
+        let items = listed.as_array().unwrap().clone();
+        items
+            .into_iter()
+            .find(|p| p["filename"] == "later.jpg")
+            .map(|p| p["medium_url"].clone())
+    };
+    let before = app.get("/api/images").await.json();
+    assert_eq!(medium_of(before), Some(serde_json::Value::Null));
+    open.send(()).unwrap();
+    assert!(
+        eventually(20, || made_later(&db, "later.jpg")
+            .iter()
+            .all(Option::is_some))
+        .await,
+        "made: {:?}",
+        made_later(&db, "later.jpg")
+    );
+    assert_eq!(pending(&db, "later.jpg"), "false");
+    let mut all = objects_of("", &["later.jpg"]);
+    all.push("old.jpg".into());
+    all.sort();
+    assert_eq!(
+        files_in(media.path()),
+        all,
+        "nothing made for the older row"
+    );
+    assert_eq!(made_later(&db, "old.jpg"), [None, None, None, None]);
+    let read = |key: &str| std::fs::read(media.path().join(key)).unwrap();
+    for key in objects_of("", &["later.jpg"]) {
+        assert_clean(&key, &read(&key));
+    }
+    // Exactly what the pipeline makes of the stored photo.
+    let stored = read("later.jpg");
+    let settings = portfolio_server::config::Settings::default();
+    let info = portfolio_server::imaging::inspect(&stored, settings.upload.max_side_px).unwrap();
+    let (variants, preview) =
+        portfolio_server::imaging::variants_for_stored(&stored, &info, &settings.image).unwrap();
+    for (variant, encoded) in variants {
+        assert_eq!(
+            read(&variant.key("later.jpg")),
+            encoded.bytes,
+            "{variant:?}"
+        );
+    }
+    let row = made_later(&db, "later.jpg");
+    assert_eq!(
+        row[0].as_deref(),
+        Some("http://media.test/media/thumb--later.jpg")
+    );
+    assert_eq!(row[2].as_deref(), Some(preview.placeholder.as_str()));
+    assert_eq!(row[3].as_deref(), Some(preview.color.as_str()));
+    let listed = app
+        .wait_for("/api/images", 10, |r| {
+            medium_of(r.json()).is_some_and(|m| !m.is_null())
+        })
+        .await;
+    assert_eq!(
+        medium_of(listed.json()),
+        Some("http://media.test/media/medium--later.jpg".into())
+    );
+}
+
+/// A delete that arrives while the variants are being written waits for them, then removes the
+/// photo with them: nothing is left in storage or in the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_photo_deleted_while_its_variants_are_made_leaves_nothing_behind() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let (writing_tx, writing) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (writing_tx, released) = (
+        std::sync::Mutex::new(writing_tx),
+        std::sync::Mutex::new(released),
+    );
+    // The first variant write says so, then waits to be released.
+    let store = Arc::new(PutHook::new(media.path(), move |inner, key, bytes| {
+        if key.starts_with("thumb--") {
+            let _ = writing_tx.lock().unwrap().send(());
+            let _ = released
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(20));
+        }
+        inner.put_new(key, bytes)
+    }));
+    let app = TestApp::spawn_with_store(answering_first(&db, media.path()), store).await;
+    let r = app.upload("gone.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let id = r.json()["id"].as_i64().unwrap();
+    tokio::task::spawn_blocking(move || writing.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the variants are being written");
+    let app = Arc::new(app);
+    let deleting = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.admin(
+                poem::http::Method::DELETE,
+                &format!("/api/images/{id}"),
+                Some(crate::helpers::API_KEY),
+                None,
+            )
+            .await
+        })
+    };
+    // The delete waits on the row the variants hold.
+    let waiting_on_a_lock = || {
+        db.rows(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )[0][0]
+            .as_deref()
+            == Some("1")
+    };
+    assert!(eventually(10, waiting_on_a_lock).await, "the delete waits");
+    assert!(!deleting.is_finished(), "the delete waits for the variants");
+    release.send(()).unwrap();
+    let deleted = deleting.await.unwrap();
+    assert!(deleted.status.is_success(), "{}", deleted.text());
+    assert!(
+        eventually(10, || files_in(media.path()).is_empty()).await,
+        "left: {:?}",
+        files_in(media.path())
+    );
+    assert_eq!(row_count(&db), "0");
+}
+
+/// The store refuses the variants after the answer: the photo stays stored and listed, health
+/// says what the write found, and the next process makes the variants at start-up.
+#[tokio::test(flavor = "multi_thread")]
+async fn variants_that_fail_after_the_answer_are_made_by_the_next_start() {
+    let (db, media) = (TestDb::new(), tempfile::tempdir().unwrap());
+    let tried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = tried.clone();
+    let store = Arc::new(PutHook::new(media.path(), move |inner, key, bytes| {
+        if key == "medium--kept.jpg" {
+            refused.fetch_add(1, Ordering::SeqCst);
+            return Err(StorageError::Rejected {
+                status: 403,
+                message: "quota exceeded (injected)".into(),
+            });
+        }
+        inner.put_new(key, bytes)
+    }));
+    let s = answering_first(&db, media.path());
+    let app = TestApp::spawn_with_store(s.clone(), store).await;
+    let r = app.upload("kept.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert!(
+        eventually(20, || tried.load(Ordering::SeqCst) > 0).await,
+        "the variants were tried"
+    );
+    let health = app
+        .wait_for("/api/health", 10, |r| r.json()["storage"] != "ok")
+        .await
+        .json();
+    assert!(
+        health["storage_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("quota exceeded")),
+        "health says what the write found: {health}"
+    );
+    assert_eq!(made_later(&db, "kept.jpg"), [None, None, None, None]);
+    assert_eq!(pending(&db, "kept.jpg"), "true");
+    let listed = app.get("/api/images").await.json();
+    assert_eq!(listed[0]["filename"], "kept.jpg", "{listed}");
+    assert!(media.path().join("kept.jpg").exists());
+    // The next upload's pass makes its own variants and leaves the failed row to its wait.
+    let r = app.upload("next.jpg", camera_photo(1600, 1000, 1)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert!(
+        eventually(20, || made_later(&db, "next.jpg")
+            .iter()
+            .all(Option::is_some))
+        .await,
+        "{:?}",
+        made_later(&db, "next.jpg")
+    );
+    assert_eq!(tried.load(Ordering::SeqCst), 1, "not tried again so soon");
+    let metrics = app.get("/metrics").await.text();
+    assert!(
+        metrics.contains("\nphotos_variants_pending 1\n"),
+        "{metrics}"
+    );
+    drop(app);
+
+    let app = TestApp::spawn(s).await;
+    assert!(
+        eventually(20, || made_later(&db, "kept.jpg")
+            .iter()
+            .all(Option::is_some))
+        .await,
+        "made at start-up: {:?}",
+        made_later(&db, "kept.jpg")
+    );
+    assert_eq!(
+        files_in(media.path()),
+        objects_of("", &["kept.jpg", "next.jpg"])
+    );
+    assert_eq!(pending(&db, "kept.jpg"), "false");
+    let metrics = app.get("/metrics").await.text();
+    assert!(
+        metrics.contains("\nphotos_variants_pending 0\n"),
+        "{metrics}"
+    );
+}
