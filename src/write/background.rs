@@ -102,11 +102,16 @@ async fn run(work: Work, mut woken: mpsc::Receiver<()>) {
                     .values()
                     .map(|f| f.again_at.saturating_duration_since(Instant::now()))
                     .min(),
+                // An outage is logged where it is noticed; this waits it out quietly.
+                Err(e) if !work.db.is_available() => {
+                    tracing::debug!(error = %e, "the variants wait for the database");
+                    Some(DB_RETRY)
+                }
                 Err(e) => {
                     tracing::warn!(
                         error = %e,
                         retry_secs = DB_RETRY.as_secs(),
-                        "cannot look for photos without variants: the database did not answer"
+                        "could not look for uploads waiting for their variants"
                     );
                     Some(DB_RETRY)
                 }
