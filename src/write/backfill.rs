@@ -37,6 +37,17 @@ pub(super) struct Row {
     pub url: String,
 }
 
+impl Row {
+    /// From `SELECT id, filename, url`.
+    fn of(r: &postgres::Row) -> Row {
+        Row {
+            id: r.get(0),
+            filename: r.get(1),
+            url: r.get(2),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     /// Rows that needed work when the run started.
@@ -155,11 +166,7 @@ async fn rows_needing_work(db: &Db, settings: &ImageSettings) -> Result<Vec<Row>
             &[(&want_thumb, Type::BOOL), (&want_medium, Type::BOOL)],
         )?
         .iter()
-        .map(|r| Row {
-            id: r.get(0),
-            filename: r.get(1),
-            url: r.get(2),
-        })
+        .map(Row::of)
         .collect())
     })
     .await
@@ -170,11 +177,7 @@ pub(super) async fn pending_rows(db: &Db) -> Result<Vec<Row>, DbError> {
     db.run(|c| {
         Ok(c.query(queries::PENDING_VARIANTS, &[])?
             .iter()
-            .map(|r| Row {
-                id: r.get(0),
-                filename: r.get(1),
-                url: r.get(2),
-            })
+            .map(Row::of)
             .collect())
     })
     .await

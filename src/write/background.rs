@@ -84,6 +84,16 @@ struct Failed {
     again_at: Instant,
 }
 
+impl Failed {
+    /// One more failure, at `now`: how long the row now waits.
+    fn again(&mut self, now: Instant) -> Duration {
+        self.times += 1;
+        let wait = wait_after(self.times);
+        self.again_at = now + wait;
+        wait
+    }
+}
+
 /// The wait after a row's `times`-th failure in a row.
 fn wait_after(times: u32) -> Duration {
     FIRST_WAIT
@@ -126,7 +136,7 @@ async fn run(work: Work, mut woken: mpsc::Receiver<()>) {
     }
 }
 
-/// Makes the variants of every row that lacks them and is not waiting after a failure.
+/// Makes the variants of every upload waiting for them, except rows still waiting out a failure.
 async fn pass(work: &Work, failed: &mut HashMap<i32, Failed>, first: bool) -> Result<(), DbError> {
     let rows = backfill::pending_rows(&work.db).await?;
     let mut left = rows.len();
@@ -189,9 +199,7 @@ async fn pass(work: &Work, failed: &mut HashMap<i32, Failed>, first: bool) -> Re
             times: 0,
             again_at: now,
         });
-        f.times += 1;
-        let wait = wait_after(f.times);
-        f.again_at = Instant::now() + wait;
+        let wait = f.again(Instant::now());
         // Said once; a row that keeps failing (a photo of another store, a foreign object at a
         // variant's key) is not logged again every hour.
         if f.times == 1 {
@@ -225,5 +233,20 @@ mod tests {
         let waits: Vec<u64> = (1..=9).map(|t| wait_after(t).as_secs()).collect();
         assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
         assert_eq!(wait_after(u32::MAX), MAX_WAIT, "no overflow");
+    }
+
+    #[test]
+    fn each_failure_of_a_row_is_counted_and_moves_its_next_try() {
+        let start = Instant::now();
+        let mut f = Failed {
+            times: 0,
+            again_at: start,
+        };
+        for (times, secs) in [(1, 60), (2, 120), (3, 240)] {
+            let now = start + Duration::from_secs(times);
+            assert_eq!(f.again(now), Duration::from_secs(secs));
+            assert_eq!(f.times, times as u32);
+            assert_eq!(f.again_at, now + Duration::from_secs(secs));
+        }
     }
 }
