@@ -439,7 +439,7 @@ upload_single() { # name port prefix: CMP_SINGLES /api/upload requests, one afte
     curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -X POST "http://127.0.0.1:$2/api/upload" \
       -H "X-API-Key: bench-key" -F category=nature -F "file=@$dir/$3$i.jpg"
   done >"$WORK/$1.times"
-  read -r _ waiting < <(wait_variants "$3") # none left to compete with the next scenario
+  wait_variants "$3" >/dev/null # none left to compete with the next scenario
   python3 - "$WORK/$1.times" "$(rows_named "$3")" "$load" >"$RAW/$1.txt" <<'PY'
 import statistics, sys
 runs = [line.split() for line in open(sys.argv[1])]

@@ -230,11 +230,20 @@ pub(super) async fn one(
     db.run(move |c| {
         let mut tx = c.transaction()?;
         tx.batch_execute(queries::WAIT_FOR_LOCKS)?;
-        if tx.query_opt(queries::LOCK_PHOTO, &[&id])?.is_none() {
+        let Some(locked) = tx.query_opt(queries::LOCK_PHOTO, &[&id])? else {
             return Ok(Outcome::Gone);
-        }
+        };
+        // A variant the row already has stays as it is: made under other settings (the other
+        // variant turned off then), its bytes may differ from what this run would write.
+        let has = |variant: Variant| {
+            let column: Option<String> = locked.get(match variant {
+                Variant::Thumb => 0,
+                Variant::Medium => 1,
+            });
+            column.is_some()
+        };
         let (mut thumb, mut medium) = (None, None);
-        for (variant, encoded) in &variants {
+        for (variant, encoded) in variants.iter().filter(|(v, _)| !has(*v)) {
             let key = variant.key(&photo_key);
             match crate::write::protocol::put_variant(&*store, &key, &encoded.bytes) {
                 Ok(_) => {}

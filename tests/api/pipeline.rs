@@ -130,6 +130,7 @@ async fn a_camera_photo_is_stored_web_sized_and_private_with_variants_and_a_plac
         (Some(2560), Some(1707))
     );
     assert_eq!(files_in(media.path()), objects_of("", &["camera.jpg"]));
+    assert_eq!(pending(&db, "camera.jpg"), "false", "nothing left to make");
 
     let read = |key: &str| std::fs::read(media.path().join(key)).unwrap();
     assert_eq!(stored_size(&read("camera.jpg")), (2560, 1707));
@@ -1019,4 +1020,51 @@ async fn a_database_lost_while_the_variants_are_recorded_is_waited_out() {
     );
     assert!(made_later(&db, "cut.jpg").iter().all(Option::is_some));
     assert_eq!(files_in(media.path()), objects_of("", &["cut.jpg"]));
+}
+
+/// A variant turned off (`image.thumb_px` or `image.medium_px` 0) is not asked for: a backfill
+/// with it off makes the rest and then finds nothing to do, and once it is on again the next
+/// backfill makes that variant alone.
+#[test]
+fn backfill_asks_only_for_the_variants_turned_on() {
+    for (setting, column) in [
+        ("APP_IMAGE__THUMB_PX", "thumbnail_url"),
+        ("APP_IMAGE__MEDIUM_PX", "medium_url"),
+    ] {
+        let (db, media, dir) = (
+            TestDb::new(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        migrate(dir.path(), &db.url);
+        old_rows(&db, media.path(), 2);
+        let run = |off: bool| {
+            let mut c = backfill_command(dir.path(), &db.url, media.path());
+            if off {
+                c.env(setting, "0");
+            }
+            let out = c.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{setting}: {stderr}");
+            stderr
+        };
+        let without = |db: &TestDb| {
+            db.rows(&format!(
+                "SELECT count(*) FROM photographs WHERE {column} IS NULL"
+            ))[0][0]
+                .clone()
+                .unwrap()
+        };
+        assert!(run(true).contains("2 photos need variants"), "{setting}");
+        assert_eq!(missing_variants(&db), "2", "{setting}: one variant is off");
+        assert_eq!(without(&db), "2", "{setting}");
+        let again = run(true);
+        assert!(
+            again.contains("0 photos need variants"),
+            "{setting}: {again}"
+        );
+        let on = run(false);
+        assert!(on.contains("2 photos need variants"), "{setting}: {on}");
+        assert_eq!(missing_variants(&db), "0", "{setting}");
+    }
 }
