@@ -708,6 +708,11 @@ fn answering_first(db: &TestDb, media: &std::path::Path) -> portfolio_server::co
     s
 }
 
+/// Waits up to 20 s for the row's variants, placeholder and colour to be recorded.
+async fn variants_made(db: &TestDb, name: &str) -> bool {
+    eventually(20, || made_later(db, name).iter().all(Option::is_some)).await
+}
+
 fn pending(db: &TestDb, name: &str) -> String {
     db.rows(&format!(
         "SELECT variants_pending::text FROM photographs WHERE filename = '{name}'"
@@ -770,10 +775,7 @@ async fn with_variants_after_the_answer_the_answer_comes_first_and_the_variants_
     assert_eq!(medium_of(before), Some(serde_json::Value::Null));
     open.send(()).unwrap();
     assert!(
-        eventually(20, || made_later(&db, "later.jpg")
-            .iter()
-            .all(Option::is_some))
-        .await,
+        variants_made(&db, "later.jpg").await,
         "made: {:?}",
         made_later(&db, "later.jpg")
     );
@@ -934,7 +936,7 @@ async fn variants_that_fail_after_the_answer_are_made_by_the_next_start() {
         let r = app.upload(name, camera_photo(1600, 1000, 1)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
         assert!(
-            eventually(20, || made_later(&db, name).iter().all(Option::is_some)).await,
+            variants_made(&db, name).await,
             "{name}: {:?}",
             made_later(&db, name)
         );
@@ -949,10 +951,7 @@ async fn variants_that_fail_after_the_answer_are_made_by_the_next_start() {
 
     let app = TestApp::spawn(s).await;
     assert!(
-        eventually(20, || made_later(&db, "kept.jpg")
-            .iter()
-            .all(Option::is_some))
-        .await,
+        variants_made(&db, "kept.jpg").await,
         "made at start-up: {:?}",
         made_later(&db, "kept.jpg")
     );
